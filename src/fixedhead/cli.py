@@ -1,0 +1,116 @@
+"""`fixedhead` command: thin subcommands over the library. Bad input -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+# flag dest -> config key; a flag left unset does not override the config file.
+TRAIN_FLAGS = {
+    "data": "data.name", "data_dir": "data.data_dir", "arch": "model.arch", "head": "model.head",
+    "fixed": "model.fixed", "scale": "model.scale", "learn_scale": "model.learn_scale", "init": "model.init",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "seed",
+    "device": "train.device", "bf16": "train.bf16", "channels_last": "train.channels_last",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train one run into --out")
+    p.add_argument("--data", help="dataset name (digits, imagefolder)")
+    p.add_argument("--data-dir", help="folder holding the dataset")
+    p.add_argument("--arch", help="encoder name (resnet18, resnet20, vgg16, mobilenetv2, fastnet, fastnet-small)")
+    p.add_argument("--head", help="dot or cosine")
+    p.add_argument("--fixed", action="store_true", default=None, help="freeze random class vectors")
+    p.add_argument("--scale", type=float, help="cosine scale S (> 0)")
+    p.add_argument("--learn-scale", action="store_true", default=None, help="learn S")
+    p.add_argument("--init", help="class vectors: random, uniform-int, orthogonal, hadamard, simplex")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--config", help="YAML file of config overrides")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _train(args) -> int:
+    from .config import make_config, parse_overrides, read_yaml
+    from .train import fit
+
+    flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
+    file_layer = read_yaml(args.config) if args.config else {}
+    config = make_config(file_layer, flags, parse_overrides(args.set))
+    final = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
+    print(f"test accuracy {final['test_acc']:.4f} ({final['num_test']} images, epoch {final['selected_epoch']}, "
+          f"{final['train_time_s']:.0f} s training) -> {args.out}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, device=args.device)
+    print(json.dumps(result) if args.json else f"{result['split']} accuracy {result['acc']:.4f} ({result['count']} images)")
+    return 0
+
+
+def _demo(args) -> int:
+    from .config import parse_overrides
+    from .demo import demo, markdown_table
+
+    summary = demo(args.out, seed=args.seed, overrides=parse_overrides(args.set), overwrite=args.overwrite)
+    print(f"\nThe paper's four models on digits (seed {args.seed}, n=1 run each; test split):\n")
+    print(markdown_table(summary["results"]))
+    print(f"\nruns and summary.json in {args.out}")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fixedhead", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train(sub)
+    p = sub.add_parser("eval", help="re-evaluate a run's final weights")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--data-dir", help="where the dataset lives now, if it moved")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("demo", help="the paper's four models on digits, side by side")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+COMMANDS = {"train": _train, "eval": _eval, "demo": _demo}
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"fixedhead: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fixedhead: interrupted; a run can be continued with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

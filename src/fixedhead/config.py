@@ -1,0 +1,220 @@
+"""Typed run configuration: dataclass defaults, YAML overrides, `key=value` overrides, validation.
+
+Unknown keys and bad values raise UserError naming the key and the accepted values.
+"""
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .data import DATASETS
+from .errors import UserError
+from .heads import INITS, SIMILARITIES
+from .models import ENCODERS
+
+SCHEDULES = ("onecycle", "cosine", "step", "constant", "plateau")
+SELECTIONS = ("last", "best_val")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    data_dir: Optional[str] = None
+    image_size: Optional[int] = None  # resize every image to this side (imagefolder); None keeps the size
+    val_fraction: float = 0.0  # held out of train; 0.1 is used when the schedule or selection needs one
+    augment: bool = True
+    crop_padding: Optional[int] = None  # None: image side // 8 (4 at 32 px)
+    flip: Optional[bool] = None  # None: the dataset's default (no flips for digits)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "fastnet"
+    head: str = "dot"
+    fixed: bool = False
+    scale: float = 1.0
+    learn_scale: bool = False
+    init: str = "random"
+    bias: bool = False
+    head_seed: Optional[int] = None  # None: the run's seed
+    pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    head_weight_decay: Optional[float] = None  # learned class vectors; None: same as weight_decay
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    select: str = "last"  # which weights are final: the last epoch's, or the best on validation
+    bf16: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+    deterministic: bool = True
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.name": tuple(DATASETS),
+    "model.arch": tuple(ENCODERS),
+    "model.head": SIMILARITIES,
+    "model.init": tuple(INITS),
+    "model.pool": ("avg", "authors"),
+    "train.schedule": SCHEDULES,
+    "train.select": SELECTIONS,
+}
+
+# key: (test, what is accepted)
+RANGES = {
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "data.image_size": (lambda v: v is None or v >= 8, "an integer >= 8"),
+    "data.val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "data.crop_padding": (lambda v: v is None or v >= 0, "an integer >= 0"),
+    "model.scale": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "train.epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.lr": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "train.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "train.head_weight_decay": (lambda v: v is None or v >= 0, "a number >= 0"),
+    "train.warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _coerce(key: str, value, kind):
+    """Convert a YAML value to the field's type; strings from `--set` are parsed as YAML first."""
+    optional = typing.get_origin(kind) is typing.Union
+    base = next(t for t in typing.get_args(kind) if t is not type(None)) if optional else kind
+    if isinstance(value, str) and base is not str:
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            pass  # not YAML: reported below as the wrong type
+        if isinstance(value, str) and base is float:  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+    raise UserError(f"{key} must be {name}{' or null' if optional else ''}, got {value!r}")
+
+
+def _section(config: Config, key: str):
+    parts = key.split(".")
+    target = config
+    for part in parts[:-1]:
+        if part not in {f.name for f in dataclasses.fields(Config)} or part == "seed":
+            raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
+        target = getattr(target, part)
+    hints = typing.get_type_hints(type(target))
+    if parts[-1] not in hints or isinstance(hints[parts[-1]], type) and dataclasses.is_dataclass(hints[parts[-1]]):
+        raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
+    return target, parts[-1], hints[parts[-1]]
+
+
+def all_keys() -> list[str]:
+    keys = []
+    for section in dataclasses.fields(Config):
+        if section.name == "seed":
+            keys.append("seed")
+        else:
+            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(section.default_factory())]
+    return keys
+
+
+def set_value(config: Config, key: str, value) -> None:
+    target, name, kind = _section(config, key)
+    setattr(target, name, _coerce(key, value, kind))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['train.lr=0.1', ...] -> {'train.lr': '0.1', ...}; a pair without '=' is an error."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value (e.g. train.lr=0.05), got {pair!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UserError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys (seed, data, model, train)")
+    return tree
+
+
+def make_config(*layers: dict) -> Config:
+    """Defaults, then each layer of nested or dotted overrides in order, then validation."""
+    config = Config()
+    for layer in layers:
+        for key, value in _flatten(layer).items():
+            set_value(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    flat = _flatten(to_dict(config))
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise UserError(f"unknown {key.split('.')[-1]} {flat[key]!r} ({key}); choose one of: {', '.join(choices)}")
+    for key, (ok, accepted) in RANGES.items():
+        if not ok(flat[key]):
+            raise UserError(f"{key} must be {accepted}, got {flat[key]!r}")
+    if config.model.head == "dot" and (config.model.scale != 1.0 or config.model.learn_scale):
+        raise UserError("scale and learn_scale apply to cosine heads only; use --head cosine")
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def needs_validation(config: Config) -> bool:
+    return config.train.schedule == "plateau" or config.train.select == "best_val"

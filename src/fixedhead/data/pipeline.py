@@ -1,0 +1,86 @@
+"""Batches from uint8 tensors kept on the training device: crop, flip and normalise whole batches."""
+
+from __future__ import annotations
+
+import torch
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for chunk in images.split(4096):
+        x = chunk.double().div_(255).transpose(0, 1).flatten(1)  # (C, n*H*W)
+        total += x.sum(1)
+        total_sq += x.square().sum(1)
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def split_validation(num_items: int, fraction: float, labels: torch.Tensor, seed: int):
+    """Stratified (train_index, val_index) with about `fraction` of each class held out."""
+    generator = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for label in labels.unique().tolist():
+        index = (labels == label).nonzero().flatten()
+        index = index[torch.randperm(len(index), generator=generator)]
+        cut = int(round(len(index) * fraction))
+        val.append(index[:cut])
+        train.append(index[cut:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `padding`, then cut each image at its own random offset (B, C, H, W) -> same."""
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy, dx = (torch.randint(0, 2 * padding + 1, (2, batch), generator=generator)).to(images.device)
+    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, :]  # (B, 1, W)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    return padded[batch_index, :, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class BatchLoader:
+    """Iterates (inputs float (B, C, H, W), labels (B,)) over uint8 images held on `device`.
+
+    Each epoch draws its order and augmentation from a generator seeded by (seed, epoch), so an
+    epoch is the same whether or not the run was interrupted before it.
+    """
+
+    def __init__(self, images, labels, batch_size, mean, std, device="cpu", shuffle=False,
+                 crop_padding=0, flip=False, drop_last=False, channels_last=False):
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.crop_padding, self.flip, self.channels_last = crop_padding, flip, channels_last
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.labels), self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def epoch(self, seed: int = 0, epoch: int = 0):
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        count = len(self.labels)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        order = order.to(self.labels.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index]
+            if self.crop_padding:
+                images = random_crop(images, self.crop_padding, generator)
+            if self.flip:
+                images = random_flip(images, generator)
+            yield self.normalise(images), self.labels[index]

@@ -1,0 +1,94 @@
+"""Predictions and accuracy; re-evaluation of a finished run's weights."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .config import make_config
+from .data.loaders import prepare
+from .errors import UserError
+from .models import build_model
+from .runs import RunDir
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, bf16: bool):
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def predict(model, loader, bf16: bool = False, with_features: bool = False) -> dict:
+    """Run `model` over a BatchLoader in eval mode: logits (N, C) float32, labels (N,), [features (N, D)]."""
+    was_training = model.training
+    model.eval()
+    device = loader.labels.device
+    logits, labels, features = [], [], []
+    for images, targets in loader.epoch():
+        with autocast(device, bf16):
+            batch_features = model.features(images)
+            batch_logits = model.head(batch_features)
+        logits.append(batch_logits.float().cpu())
+        labels.append(targets.cpu())
+        if with_features:
+            features.append(batch_features.float().cpu())
+    model.train(was_training)
+    out = {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+    if with_features:
+        out["features"] = torch.cat(features)
+    return out
+
+
+def summarise(predictions: dict) -> dict:
+    """Accuracy (a fraction), mean cross-entropy and count from predict()'s output."""
+    logits, labels = predictions["logits"], predictions["labels"]
+    return {
+        "acc": (logits.argmax(1) == labels).double().mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "count": len(labels),
+    }
+
+
+def check_classes(head_classes: int, data_classes: list[str], where: str) -> None:
+    if head_classes != len(data_classes):
+        raise UserError(
+            f"the checkpoint's head has {head_classes} classes but {where} has {len(data_classes)}; "
+            "evaluate on the dataset the run was trained on"
+        )
+
+
+def load_run_model(run_dir, device="cpu") -> tuple:
+    """(model in eval mode, model.pt payload) of a finished run."""
+    payload = RunDir(run_dir).load("model.pt")
+    config = make_config(payload["config"])
+    model = build_model(config.model, config.seed, len(payload["classes"]), payload["in_channels"], payload["image_size"])
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), payload
+
+
+def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto") -> dict:
+    """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`)."""
+    device = resolve_device(device)
+    model, payload = load_run_model(run_dir, device)
+    config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {})
+    data = prepare(config.data, seed=config.seed, batch_size=config.train.batch_size,
+                   eval_batch_size=config.train.eval_batch_size, device=device, splits=(split,),
+                   stats=(payload["mean"], payload["std"]))
+    check_classes(model.head.num_classes, data["classes"], f"dataset {config.data.name!r}")
+    result = summarise(predict(model, data[split], config.train.bf16))
+    return {"split": split, **result}

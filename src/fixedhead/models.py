@@ -1,0 +1,90 @@
+"""Encoder registry, Classifier(encoder, head), and swapping the last layer of torchvision/timm models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import encoders
+from .errors import UserError
+from .heads import ClassHead
+
+ENCODERS = {
+    "resnet18": encoders.resnet18,  # CIFAR ResNet-18, 512-d (the paper's encoder)
+    "resnet20": encoders.resnet20,  # CIFAR ResNet-20, 64-d
+    "vgg16": encoders.VGG,  # VGG-16 with batch norm, 512-d
+    "mobilenetv2": encoders.MobileNetV2,  # MobileNetV2 in CIFAR form, 1280-d
+    "fastnet": encoders.fastnet,  # airbench-style 3-stage net, 256-d, for CPU work
+    "fastnet-small": encoders.fastnet_small,  # half-width fastnet, 128-d, about 3x faster
+}
+
+
+def build_encoder(name: str, in_channels: int = 3, image_size: int = 32, pool: str = "avg") -> nn.Module:
+    """An encoder from the registry; it has a `num_features` attribute."""
+    if name not in ENCODERS:
+        raise UserError(f"unknown arch {name!r}; choose one of: {', '.join(ENCODERS)}")
+    if pool != "avg" and not name.startswith("resnet"):
+        raise UserError(f"pool {pool!r} is offered for resnet18/resnet20 only; use pool 'avg' with {name}")
+    if name.startswith("resnet"):
+        return ENCODERS[name](in_channels=in_channels, pool=pool, image_size=image_size)
+    return ENCODERS[name](in_channels=in_channels)
+
+
+class Classifier(nn.Module):
+    """An encoder followed by a ClassHead: features(x) (B, D), forward(x) logits (B, C)."""
+
+    def __init__(self, encoder: nn.Module, head: ClassHead):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = name, module
+    if found is None:
+        raise UserError(f"{type(model).__name__} has no nn.Linear layer to replace with a ClassHead")
+    name, linear = found
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return parent, name.rpartition(".")[2], linear
+
+
+def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -> Classifier:
+    """Replace the classification layer of a torchvision or timm classifier by a ClassHead.
+
+    timm models (those with `reset_classifier` and `num_features`) keep their own pooling and
+    pre-logits path: `reset_classifier(0)` makes forward return pre-logit features. For other models
+    the last nn.Linear is replaced by nn.Identity, so the model outputs what that layer received.
+    `num_classes` defaults to the replaced layer's; `head_kwargs` go to ClassHead.
+    """
+    if hasattr(model, "reset_classifier") and hasattr(model, "num_features"):
+        num_classes = num_classes or model.num_classes
+        model.reset_classifier(0)
+        num_features = model.num_features
+        if hasattr(model, "head_hidden_size"):  # timm >= 1.0: pre-logits width may differ
+            num_features = model.head_hidden_size
+    else:
+        parent, attr, linear = _last_linear(model)
+        num_classes, num_features = num_classes or linear.out_features, linear.in_features
+        setattr(parent, attr, nn.Identity())
+    return Classifier(model, ClassHead(num_features, num_classes, **head_kwargs))
+
+
+def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_size: int) -> Classifier:
+    """The Classifier a run's model config describes; the encoder is initialised from torch's seed,
+    the class vectors from their own generator (model_cfg.head_seed, else `seed`)."""
+    torch.manual_seed(seed)
+    encoder = build_encoder(model_cfg.arch, in_channels, image_size, model_cfg.pool)
+    head = ClassHead(
+        encoder.num_features, num_classes, similarity=model_cfg.head, fixed=model_cfg.fixed,
+        scale=model_cfg.scale, learn_scale=model_cfg.learn_scale, init=model_cfg.init, bias=model_cfg.bias,
+        seed=seed if model_cfg.head_seed is None else model_cfg.head_seed,
+    )
+    return Classifier(encoder, head)

@@ -1,0 +1,202 @@
+"""Optimizer from the model, one epoch, and fit(config, run_dir) -> final metrics."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import config as config_mod
+from .data.loaders import prepare
+from .errors import UserError
+from .evaluate import autocast, predict, resolve_device, summarise
+from .models import build_model
+from .runs import RunDir, describe_environment, write_json
+
+
+def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
+    """SGD over the parameters that require grad; fixed class vectors are buffers and never appear.
+
+    Learned class vectors get `head_weight_decay` (default: weight_decay); the head's bias and
+    scale get none; every encoder parameter gets weight_decay.
+    """
+    head_decay = train_cfg.weight_decay if train_cfg.head_weight_decay is None else train_cfg.head_weight_decay
+    groups = {"encoder": [], "class_vectors": [], "head_other": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name == "head.weight":
+            groups["class_vectors"].append(param)
+        else:
+            groups["head_other" if name.startswith("head.") else "encoder"].append(param)
+    decay = {"encoder": train_cfg.weight_decay, "class_vectors": head_decay, "head_other": 0.0}
+    param_groups = [{"params": p, "weight_decay": decay[k], "name": k} for k, p in groups.items() if p]
+    return torch.optim.SGD(param_groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                           nesterov=train_cfg.nesterov and train_cfg.momentum > 0)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` of `total`."""
+    if schedule == "plateau":
+        return 1.0  # ReduceLROnPlateau acts per epoch on validation loss
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "onecycle":
+        return max(1.0 - progress, 0.0)
+    if schedule == "step":
+        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+    return 1.0
+
+
+def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress) -> dict:
+    """One pass over the training loader; returns mean loss, accuracy and images/s."""
+    model.train()
+    device = loader.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen, start = 0, time.perf_counter()
+    for step, (images, labels) in enumerate(loader.epoch(seed, epoch)):
+        with autocast(device, train_cfg.bf16):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=train_cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % 10 == 0 or step == len(loader) - 1:
+            rate = seen / (time.perf_counter() - start)
+            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+        progress.update(1)
+    elapsed = time.perf_counter() - start
+    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+            "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+
+def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
+    """Decide between a fresh start and a resume; refuse to clobber a run unless told to."""
+    if overwrite:
+        run.clear()
+    elif run.is_finished():
+        raise UserError(f"{run.path} already holds a finished run; choose another --out or pass --overwrite")
+    elif run.has_checkpoint() and not resume:
+        raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
+    if resume and run.has_checkpoint():
+        return config_mod.make_config(run.read_config()), run.load("checkpoint.pt")
+    return config, None
+
+
+def _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s) -> dict:
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "plateau": plateau.state_dict() if plateau else None, "epoch": epoch, "best": best,
+        "train_time_s": train_time_s, "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _restore(checkpoint, model, optimizer, scheduler, plateau):
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if plateau is not None:
+        plateau.load_state_dict(checkpoint["plateau"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"]
+
+
+def _evaluate(model, loader, bf16: bool, prefix: str) -> dict:
+    return {f"{prefix}_{k}": v for k, v in summarise(predict(model, loader, bf16)).items() if k != "count"}
+
+
+def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True) -> dict:
+    """Train the run `config` describes into `run_dir`; returns the final metrics (also final.json).
+
+    The test split is evaluated once, at the end, on the weights chosen by `train.select`.
+    """
+    run = RunDir(run_dir)
+    config, checkpoint = _open_run(run, config, resume, overwrite)
+    tc = config.train
+    device = resolve_device(tc.device)
+    torch.backends.cudnn.benchmark = not tc.deterministic
+    data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
+                   device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
+    model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
+    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    optimizer = make_optimizer(model, tc)
+    steps, warmup = tc.epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=3)
+               if tc.schedule == "plateau" else None)
+    start_epoch, best, train_time_s = 0, None, 0.0
+    if checkpoint is not None:
+        start_epoch, best, train_time_s = _restore(checkpoint, model, optimizer, scheduler, plateau)
+        run.rewrite_metrics([r for r in run.read_metrics() if r["epoch"] <= start_epoch])
+    else:
+        run.write_config(config_mod.to_dict(config))
+        run.rewrite_metrics([])
+        run_meta = describe_environment(config.seed, str(device))
+        run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
+        write_json(run.file("meta.json"), run_meta)
+    for epoch in range(start_epoch, tc.epochs):
+        with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+                  disable=None if verbose else True, file=sys.stderr) as progress:
+            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            record.update(train_epoch(model, data["train"], optimizer, scheduler, tc, config.seed, epoch, progress))
+        train_time_s += record["epoch_time_s"]
+        if not math.isfinite(record["train_loss"]):
+            _fail(run, record, config)
+        if "val" in data:
+            record.update(_evaluate(model, data["val"], tc.bf16, "val"))
+            if plateau is not None:
+                plateau.step(record["val_loss"])
+            if tc.select == "best_val" and (best is None or record["val_acc"] > best["val_acc"]):
+                best = {"epoch": epoch + 1, "val_acc": record["val_acc"],
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        run.append_metrics(record)
+        run.save("checkpoint.pt", _state(model, optimizer, scheduler, plateau, epoch + 1, best, train_time_s))
+        if verbose:
+            print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
+    return _finish(run, config, model, data, best, train_time_s)
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    val = f"  val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  train_acc {record['train_acc']:.4f}"
+            f"{val}  lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s")
+
+
+def _fail(run: RunDir, record: dict, config) -> None:
+    message = (f"training diverged: loss is {record['train_loss']} in epoch {record['epoch']} at learning rate "
+               f"{record['lr']:.4g}; try a lower --lr, a longer warm-up or no bf16")
+    write_json(run.file("final.json"), {"status": "failed", "error": message, "epochs": record["epoch"] - 1,
+                                        "seed": config.seed})
+    raise UserError(message)
+
+
+def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict:
+    if best is not None:
+        model.load_state_dict(best["model"])
+    test = _evaluate(model, data["test"], config.train.bf16, "test")
+    run.save("model.pt", {
+        "model": model.state_dict(), "config": config_mod.to_dict(config), "classes": data["classes"],
+        "in_channels": data["in_channels"], "image_size": data["image_size"],
+        "mean": data["mean"], "std": data["std"],
+    })
+    final = {
+        "status": "finished", **test, "train_time_s": train_time_s, "epochs": config.train.epochs,
+        "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,
+        "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
+    }
+    if best is not None:
+        final["val_acc"] = best["val_acc"]
+    write_json(run.file("final.json"), final)
+    return final

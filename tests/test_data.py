@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fixedhead import data
+from fixedhead.data import pipeline
+from fixedhead.errors import UserError
+
+
+def test_digits_split_is_fixed_and_stratified():
+    train, test = data.load("digits", split="train"), data.load("digits", split="test")
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 16, 16)
+    assert len(train) + len(test) == 1797 and len(test) == 540
+    assert torch.equal(data.load("digits", split="test").labels, test.labels)
+    assert train.images.max() == 255 and train.classes == [str(d) for d in range(10)]
+
+
+def test_imagefolder_reads_the_pixels_and_classes(image_folder):
+    train = data.load("imagefolder", image_folder, "train")
+    assert train.classes == ["cat", "dog", "owl"]
+    assert train.images.shape == (18, 3, 16, 16)
+    first = np.asarray(Image.open(image_folder / "train" / "cat" / "000.png").convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(train.images[0].numpy(), first)
+    assert train.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+
+
+def test_imagefolder_second_load_comes_from_the_cache(image_folder, monkeypatch):
+    first = data.load("imagefolder", image_folder, "train")
+    monkeypatch.setattr(data, "decode_images", lambda *a, **k: pytest.fail("decoded again"))
+    second = data.load("imagefolder", image_folder, "train")
+    assert torch.equal(first.images, second.images)
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(image_folder / "train" / "cat" / "000.png")  # changed source
+    monkeypatch.undo()
+    third = data.load("imagefolder", image_folder, "train")
+    assert third.images[0, :, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_imagefolder_resizes_when_asked(image_folder):
+    assert data.load("imagefolder", image_folder, "test", image_size=24).images.shape == (18, 3, 24, 24)
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda root: None, "does not exist"),
+    (lambda root: (root / "train").mkdir(parents=True), "has no class folders"),
+    (lambda root: (root / "train" / "cat").mkdir(parents=True), "holds no images"),
+])
+def test_imagefolder_missing_or_empty(tmp_path, breakage, match):
+    root = tmp_path / "broken"
+    breakage(root)
+    with pytest.raises(UserError, match=match):
+        data.load("imagefolder", root, "train")
+
+
+def test_unreadable_image_is_named(image_folder):
+    bad = image_folder / "train" / "dog" / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot read image .*bad.png"):
+        data.load("imagefolder", image_folder, "train")
+
+
+def test_test_class_unknown_to_training_is_named(image_folder):
+    (image_folder / "test" / "yak").mkdir()
+    Image.new("RGB", (16, 16)).save(image_folder / "test" / "yak" / "a.png")
+    with pytest.raises(UserError, match="yak is not a training class"):
+        data.load("imagefolder", image_folder, "test")
+
+
+def test_mixed_sizes_need_image_size(image_folder):
+    Image.new("RGB", (20, 20)).save(image_folder / "train" / "owl" / "big.png")
+    with pytest.raises(UserError, match="set data.image_size"):
+        data.load("imagefolder", image_folder, "train")
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(UserError, match="digits, imagefolder"):
+        data.load("imagenet")
+    with pytest.raises(UserError, match="train, test"):
+        data.load("digits", split="val")
+
+
+def test_channel_stats_match_numpy():
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    mean, std = pipeline.channel_stats(images)
+    x = images.numpy().astype(np.float64) / 255
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-8)
+
+
+def test_random_crop_equals_per_image_pad_and_slice():
+    images = torch.randint(0, 256, (6, 3, 10, 12), dtype=torch.uint8)
+    out = pipeline.random_crop(images, 3, torch.Generator().manual_seed(0))
+    dy, dx = torch.randint(0, 7, (2, 6), generator=torch.Generator().manual_seed(0))
+    padded = np.pad(images.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)))
+    for n in range(6):
+        expected = padded[n, :, dy[n]:dy[n] + 10, dx[n]:dx[n] + 12]
+        assert np.array_equal(out[n].numpy(), expected)
+
+
+def test_loader_epochs_are_reproducible_and_cover_everything():
+    images = torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(37)
+    loader = pipeline.BatchLoader(images, labels, 10, [0.5] * 3, [0.25] * 3, shuffle=True, crop_padding=2, flip=True)
+    a = [(x.clone(), y.clone()) for x, y in loader.epoch(seed=1, epoch=3)]
+    b = list(loader.epoch(seed=1, epoch=3))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == list(range(37))
+    plain = pipeline.BatchLoader(images, labels, 10, [0.5] * 3, [0.25] * 3)
+    x, _ = next(plain.epoch())
+    torch.testing.assert_close(x, (images[:10].float() / 255 - 0.5) / 0.25)
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    labels = torch.arange(100) % 4
+    train, val = pipeline.split_validation(100, 0.2, labels, seed=0)
+    assert len(val) == 20 and set(train.tolist()).isdisjoint(val.tolist())
+    assert torch.bincount(labels[val]).tolist() == [5, 5, 5, 5]

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from fixedhead import ENCODERS, ClassHead, Classifier, build_encoder, swap_head
+from fixedhead.errors import UserError
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_every_encoder_maps_images_to_num_features(name):
+    torch.manual_seed(0)
+    encoder = build_encoder(name, in_channels=3).eval()
+    features = encoder(torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, encoder.num_features)
+
+
+@pytest.mark.parametrize("size", [16, 64, 96])
+def test_resnet18_works_at_other_sizes_with_512_features(size):
+    encoder = build_encoder("resnet18", image_size=size).eval()
+    assert encoder(torch.randn(1, 3, size, size)).shape == (1, 512)
+
+
+def test_resnet18_authors_pooling_gives_4608_features_at_96px():
+    encoder = build_encoder("resnet18", image_size=96, pool="authors").eval()
+    assert encoder.num_features == 4608
+    assert encoder(torch.randn(1, 3, 96, 96)).shape == (1, 4608)
+
+
+def test_grayscale_input_channels():
+    encoder = build_encoder("fastnet", in_channels=1).eval()
+    assert encoder(torch.randn(2, 1, 16, 16)).shape == (2, 256)
+
+
+def test_unknown_encoder_lists_the_registry():
+    with pytest.raises(UserError, match="resnet18, resnet20, vgg16"):
+        build_encoder("resnet1000")
+
+
+def test_classifier_features_then_head():
+    encoder = build_encoder("resnet20").eval()
+    model = Classifier(encoder, ClassHead(encoder.num_features, 10, "cosine", fixed=True))
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(model(x), model.head(model.features(x)))
+
+
+def test_swap_head_on_torchvision_resnet():
+    torchvision = pytest.importorskip("torchvision")
+    model = swap_head(torchvision.models.resnet18(weights=None), num_classes=7, similarity="cosine", fixed=True)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert model.features(x).shape == (2, 512)
+    assert model(x).shape == (2, 7)
+    assert "head.weight" in model.state_dict()
+    assert all(p is not model.head.weight for p in model.parameters())
+
+
+def test_swap_head_on_torchvision_vgg_keeps_class_count():
+    torchvision = pytest.importorskip("torchvision")
+    model = swap_head(torchvision.models.vgg11(weights=None), fixed=True).eval()
+    assert model.head.num_classes == 1000 and model.head.num_features == 4096
+
+
+def test_swap_head_on_timm_model():
+    timm = pytest.importorskip("timm", reason="timm is an optional extra (pip install fixedhead[timm])")
+    model = swap_head(timm.create_model("resnet18", pretrained=False, num_classes=5), similarity="dot", fixed=True)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model.features(x).shape == (2, 512)
+    assert model(x).shape == (2, 5)
+    vit = swap_head(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32,
+                                      patch_size=8), similarity="cosine").eval()
+    assert vit(x).shape == (2, 3) and vit.features(x).shape == (2, vit.head.num_features)
+
+
+def test_swap_head_refuses_model_without_linear():
+    with pytest.raises(UserError, match="no nn.Linear"):
+        swap_head(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
