@@ -204,7 +204,8 @@ def validate(config: Config) -> None:
     flat = _flatten(to_dict(config))
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
-            raise UserError(f"unknown {key.split('.')[-1]} {flat[key]!r} ({key}); choose one of: {', '.join(choices)}")
+            noun = "dataset" if key == "data.name" else key.split(".")[-1]
+            raise UserError(f"unknown {noun} {flat[key]!r} ({key}); choose one of: {', '.join(choices)}")
     for key, (ok, accepted) in RANGES.items():
         if not ok(flat[key]):
             raise UserError(f"{key} must be {accepted}, got {flat[key]!r}")

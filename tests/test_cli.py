@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_image_folder
+from fixedhead.cli import main
+
+FAST = ["--arch", "fastnet-small", "--batch-size", "128", "--quiet"]
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_eval_end_to_end_in_a_real_process(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fixedhead", "train", "--data", "digits", "--head", "cosine", "--fixed",
+           "--epochs", "2", "--out", str(out), *FAST]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout
+    final = json.loads((out / "final.json").read_text())
+    done = subprocess.run([sys.executable, "-m", "fixedhead", "eval", str(out), "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["acc"] == pytest.approx(final["test_acc"], abs=1e-12)
+
+
+def test_config_file_and_set_overrides(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {head: cosine, scale: 4}\ntrain: {epochs: 5}\n")
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--epochs", "1", "--set", "model.init=simplex",
+                           "--out", tmp_path / "r", *FAST)
+    assert code == 0, err
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "scale: 4.0" in saved and "epochs: 1" in saved and "init: simplex" in saved
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "imagenet"], "unknown dataset 'imagenet' (data.name); choose one of: digits, imagefolder"),
+    (["--arch", "resnet1000"], "unknown arch 'resnet1000' (model.arch); choose one of: resnet18"),
+    (["--init", "xavier"], "choose one of: random, uniform-int, orthogonal, hadamard, simplex"),
+    (["--head", "euclid"], "choose one of: dot, cosine"),
+    (["--head", "cosine", "--scale", "0"], "model.scale must be a finite number > 0, got 0.0"),
+    (["--epochs", "-1"], "train.epochs must be an integer >= 0, got -1"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--data", "imagefolder"], "needs --data-dir"),
+    (["--data", "imagefolder", "--data-dir", "/nonexistent/x"], "data folder /nonexistent/x does not exist"),
+    (["--set", "train.momentum=2"], "train.momentum must be a number in [0, 1)"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    code, out, err = run_cli(capsys, "train", "--out", tmp_path / "r", *FAST, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "final.json").exists()
+
+
+def test_refuses_to_clobber_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "train", "--epochs", "1", "--out", out, *FAST)[0] == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--out", out, *FAST)
+    assert code == 2 and "already holds a finished run" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert run_cli(capsys, "train", "--epochs", "1", "--out", out, "--overwrite", *FAST)[0] == 0
+
+
+def test_checkpoint_class_count_mismatch(tmp_path, capsys):
+    three = write_image_folder(tmp_path / "three")
+    code, _, err = run_cli(capsys, "train", "--data", "imagefolder", "--data-dir", three, "--epochs", "1",
+                           "--out", tmp_path / "r", *FAST)
+    assert code == 0, err
+    two = write_image_folder(tmp_path / "two", classes=("cat", "dog"))
+    code, _, err = run_cli(capsys, "eval", tmp_path / "r", "--data-dir", two)
+    assert code == 2 and "head has 3 classes but dataset 'imagefolder' has 2" in err
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", tmp_path)
+    assert code == 2 and "model.pt does not exist" in err
+
+
+def test_demo_with_one_epoch(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--set", "train.epochs=1",
+                             "--set", "model.arch=fastnet-small")
+    assert code == 0, err
+    for name in ("dot-learned", "dot-fixed", "cosine-learned", "cosine-fixed"):
+        assert f"| {name} |" in out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary["results"]) == {"dot-learned", "dot-fixed", "cosine-learned", "cosine-fixed"}
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--set", "train.epochs=1",
+                           "--set", "model.arch=fastnet-small")
+    assert code == 0 and "reusing" in err

@@ -1,0 +1,49 @@
+"""End-to-end checks on real data; marked slow (about 2 minutes together), run in CI."""
+
+import json
+import tarfile
+
+import pytest
+
+from conftest import SHARED_CIFAR
+from fixedhead import fit
+from fixedhead.cli import main
+from fixedhead.config import make_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(tmp_path_factory):
+    """The first 300 train and 100 test images per class of the shared CIFAR-10 (JPEG) set."""
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"{SHARED_CIFAR} is absent (the shared CIFAR-10 JPEG set)")
+    root = tmp_path_factory.mktemp("cifar10-jpeg")
+    limits, counts = {"train": 300, "test": 100}, {}
+    with tarfile.open(SHARED_CIFAR) as archive:
+        members = []
+        for member in archive:
+            parts = member.name.strip("./").split("/")
+            if member.isfile() and len(parts) == 3 and parts[0] in limits:
+                key = (parts[0], parts[1])
+                counts[key] = counts.get(key, 0) + 1
+                if counts[key] <= limits[parts[0]]:
+                    members.append(member)
+        archive.extractall(root, members=members, filter="data")
+    return root
+
+
+def test_cifar10_jpeg_trains_through_imagefolder(cifar_subset, tmp_path):
+    config = make_config({"data.name": "imagefolder", "data.data_dir": str(cifar_subset), "model.arch": "fastnet-small",
+                          "train.epochs": 6, "train.batch_size": 64, "train.lr": 0.05, "train.bf16": True,
+                          "train.channels_last": True})
+    final = fit(config, tmp_path / "run", verbose=False)
+    assert final["num_test"] == 1000
+    assert final["test_acc"] > 0.3  # chance is 0.1; 3,000 training images, 6 epochs
+
+
+def test_demo_default_is_the_main_job(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert all(r["acc"] > 0.9 for r in summary["results"].values())  # digits: every variant learns it
+    assert summary["results"]["dot-fixed"]["max_class_vector_cos"] < 0.5

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from fixedhead import class_vectors, fit
+from fixedhead import train as train_mod
+from fixedhead.config import make_config
+from fixedhead.errors import UserError
+from fixedhead.models import build_model
+
+TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3, "train.batch_size": 128,
+        "train.lr": 0.05}
+
+
+def test_fit_writes_a_self_describing_run(tmp_path):
+    config = make_config(TINY, {"model.head": "cosine", "model.fixed": True, "seed": 3})
+    final = fit(config, tmp_path / "run", verbose=False)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "final.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "final.json").read_text()) == final
+    assert 0 <= final["test_acc"] <= 1 and final["epochs"] == 3 and final["train_time_s"] > 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["seed"] == 3 and meta["torch"] == torch.__version__
+    saved = torch.load(run / "model.pt", weights_only=True)
+    assert torch.equal(saved["model"]["head.weight"], class_vectors(10, 128, "random", seed=3))
+
+
+def test_optimizer_never_sees_fixed_vectors_and_decays_learned_ones_as_told():
+    config = make_config(TINY, {"train.head_weight_decay": 0.0, "model.bias": True})
+    model = build_model(config.model, 0, 10, 1, 16)
+    groups = {g["name"]: g for g in train_mod.make_optimizer(model, config.train).param_groups}
+    assert any(p is model.head.weight for p in groups["class_vectors"]["params"])
+    assert groups["class_vectors"]["weight_decay"] == 0.0 and groups["head_other"]["weight_decay"] == 0.0
+    assert groups["encoder"]["weight_decay"] == config.train.weight_decay
+    fixed = build_model(make_config(TINY, {"model.fixed": True}).model, 0, 10, 1, 16)
+    names = {g["name"] for g in train_mod.make_optimizer(fixed, config.train).param_groups}
+    assert "class_vectors" not in names
+    ids = {id(p) for g in train_mod.make_optimizer(fixed, config.train).param_groups for p in g["params"]}
+    assert ids == {id(p) for p in fixed.parameters()}
+
+
+def test_lr_schedules():
+    assert [train_mod.lr_factor(s, 10, 2, "onecycle") for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, 0.5]
+    assert train_mod.lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert [train_mod.lr_factor(s, 10, 0, "step") for s in (4, 5, 8)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = make_config(TINY, {"train.epochs": 4, "train.select": "best_val", "train.schedule": "cosine"})
+    whole = fit(config, tmp_path / "whole", verbose=False)
+    real_epoch = train_mod.train_epoch
+
+    def dies_in_third_epoch(*args, **kwargs):
+        if args[6] == 2:  # epoch index
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "cut", verbose=False)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    with pytest.raises(UserError, match="--resume"):
+        fit(config, tmp_path / "cut", verbose=False)
+    resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)
+    for key in ("test_acc", "test_loss", "val_acc", "selected_epoch"):
+        assert resumed[key] == whole[key], key
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_finished_run_is_never_clobbered(tmp_path):
+    config = make_config(TINY, {"train.epochs": 1})
+    fit(config, tmp_path / "run", verbose=False)
+    before = (tmp_path / "run" / "final.json").read_bytes()
+    with pytest.raises(UserError, match="already holds a finished run"):
+        fit(config, tmp_path / "run", verbose=False)
+    assert (tmp_path / "run" / "final.json").read_bytes() == before
+    fit(make_config(TINY, {"train.epochs": 1, "seed": 1}), tmp_path / "run", overwrite=True, verbose=False)
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["seed"] == 1
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    config = make_config(TINY, {"train.epochs": 2, "train.lr": 1e30, "train.warmup_epochs": 0})
+    with pytest.raises(UserError, match="training diverged: loss is nan in epoch 1"):
+        fit(config, tmp_path / "run", verbose=False)
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "failed"
+
+
+def test_imagefolder_training_learns_colour_classes(image_folder, tmp_path):
+    config = make_config({"data.name": "imagefolder", "data.data_dir": str(image_folder), "model.arch": "resnet20",
+                          "train.epochs": 6, "train.batch_size": 6, "train.lr": 0.05})
+    final = fit(config, tmp_path / "run", verbose=False)
+    assert final["num_test"] == 18 and final["test_acc"] > 0.6  # chance is 1/3
