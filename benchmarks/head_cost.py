@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,8 @@ def state_bytes(similarity: str, fixed: bool, num_classes: int, num_features: in
     head = ClassHead(num_features, num_classes, similarity, fixed=fixed)
     params = list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9) if params else None
-    loss = F.cross_entropy(head(torch.randn(batch, num_features)), torch.randint(0, num_classes, (batch,)))
+    features = torch.randn(batch, num_features, requires_grad=True)  # as an encoder's output would
+    loss = F.cross_entropy(head(features), torch.randint(0, num_classes, (batch,)))
     loss.backward()
     if optimizer:
         optimizer.step()
@@ -73,10 +74,13 @@ def time_pair(similarity: str, num_classes: int, num_features: int, batch: int, 
 
 
 def peak_rss_mib(similarity: str, fixed: bool, num_classes: int, num_features: int, batch: int) -> float:
-    """Peak resident memory of a fresh process that builds the head and takes three steps."""
-    code = (f"import resource, sys; sys.argv=['x']; from head_cost import make_step; "
-            f"s = make_step({similarity!r}, {fixed}, {num_classes}, {num_features}, {batch}); [s() for _ in range(3)]; "
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    """Peak resident memory of three steps in a fresh process (the high-water mark is reset after the head
+    is built, so the one-off cost of drawing the vectors is not counted)."""
+    # VmHWM, not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's high-water mark.
+    code = (f"from head_cost import make_step; "
+            f"s = make_step({similarity!r}, {fixed}, {num_classes}, {num_features}, {batch}); "
+            f"open('/proc/self/clear_refs', 'w').write('5'); [s() for _ in range(3)]; "
+            f"print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=__file__.rpartition("/")[0] or ".")
     return int(out.stdout.strip()) / 1024

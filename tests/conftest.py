@@ -36,4 +36,5 @@ def image_folder(tmp_path):
 
 
 def pytest_report_header(config):
-    return f"threads: torch default; cifar10-jpeg: {'present' if SHARED_CIFAR.exists() else 'absent'}; cpu count {os.cpu_count()}"
+    cifar = "present" if SHARED_CIFAR.exists() else "absent"
+    return f"cifar10-jpeg: {cifar}; cpu count {os.cpu_count()}"

@@ -19,8 +19,8 @@ SIMILARITIES = ("dot", "cosine")
 
 
 def _gaussian(num_classes: int, num_features: int, generator: torch.Generator) -> torch.Tensor:
-    # Gaussian rows, normalised below: uniform on the unit sphere.
-    return torch.randn(num_classes, num_features, generator=generator, dtype=torch.float64)
+    # Gaussian rows, normalised below: uniform on the unit sphere. float32 keeps C = 10^6 affordable.
+    return torch.randn(num_classes, num_features, generator=generator)
 
 
 def _uniform_int(num_classes: int, num_features: int, generator: torch.Generator) -> torch.Tensor:
@@ -28,7 +28,7 @@ def _uniform_int(num_classes: int, num_features: int, generator: torch.Generator
     while True:
         weight = torch.randint(-100, 100, (num_classes, num_features), generator=generator)
         if bool((weight != 0).any(dim=1).all()):
-            return weight.double()
+            return weight.float()
 
 
 def _orthonormal_columns(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
@@ -96,7 +96,7 @@ def class_vectors(num_classes: int, num_features: int, init: str = "random", see
         raise UserError(f"num_classes and num_features must be >= 1, got {num_classes} and {num_features}")
     generator = torch.Generator().manual_seed(int(seed))
     weight = INITS[init](num_classes, num_features, generator)
-    return F.normalize(weight, dim=1).float()
+    return weight.div_(weight.norm(dim=1, keepdim=True)).float()  # in place: one (C, D) copy at most
 
 
 class ClassHead(nn.Module):

@@ -27,7 +27,8 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     out = {"classes": train.classes, "mean": mean, "std": std, "in_channels": train.images.shape[1],
            "image_size": side, "val_fraction": fraction}
     if "train" in splits:
-        out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True, drop_last=len(train_labels) > batch_size,
+        out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True,
+                                   drop_last=len(train_labels) > batch_size,
                                    crop_padding=padding if data_cfg.augment else 0,
                                    flip=flip and data_cfg.augment, **common)
     if val_index is not None:
