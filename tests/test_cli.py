@@ -96,3 +96,31 @@ def test_demo_with_one_epoch(tmp_path, capsys):
     code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--set", "train.epochs=1",
                            "--set", "model.arch=fastnet-small")
     assert code == 0 and "reusing" in err
+
+
+def test_data_info_and_offline_download(tmp_path, capsys):
+    from formats import write_stl10
+
+    write_stl10(tmp_path)
+    code, out, err = run_cli(capsys, "data", "info", "stl10", "--data-dir", tmp_path)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["splits"] == {"train": 3, "test": 3} and summary["image_size"] == [3, 96, 96]
+    assert summary["num_classes"] == 10 and len(summary["mean"]) == 3
+    code, _, err = run_cli(capsys, "data", "info", "cifar10", "--data-dir", tmp_path)
+    assert code == 2 and "missing file" in err and "fixedhead data download cifar10" in err
+    code, _, err = run_cli(capsys, "data", "download", "imagenet21k", "--data-dir", tmp_path)
+    assert code == 2 and "downloadable: cifar10, cifar100, stl10, tinyimagenet, cifar10.1" in err
+
+
+def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    from fixedhead.data import download as download_mod
+
+    def offline(root):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setitem(download_mod.DOWNLOADERS, "cifar10", offline)
+    code, _, err = run_cli(capsys, "data", "download", "cifar10", "--data-dir", tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1 and "cannot download cifar10" in err

@@ -9,6 +9,7 @@ from conftest import SHARED_CIFAR
 from fixedhead import fit
 from fixedhead.cli import main
 from fixedhead.config import make_config
+from fixedhead.data import info
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,17 @@ def cifar_subset(tmp_path_factory):
                     members.append(member)
         archive.extractall(root, members=members, filter="data")
     return root
+
+
+def test_cifar10_jpeg_full_set_reads_as_the_readme_says(tmp_path):
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"{SHARED_CIFAR} is absent (the shared CIFAR-10 JPEG set)")
+    with tarfile.open(SHARED_CIFAR) as archive:
+        archive.extractall(tmp_path, filter="data")
+    summary = info("imagefolder", tmp_path)
+    assert summary["splits"] == {"train": 50000, "test": 10000} and summary["num_classes"] == 10
+    assert summary["image_size"] == [3, 32, 32]
+    assert summary["mean"] == pytest.approx([0.49, 0.48, 0.45], abs=0.01)
 
 
 def test_cifar10_jpeg_trains_through_imagefolder(cifar_subset, tmp_path):

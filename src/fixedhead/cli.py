@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train one run into --out")
-    p.add_argument("--data", help="dataset name (digits, imagefolder)")
+    p.add_argument("--data", help="dataset: digits, imagefolder, cifar10, cifar100, stl10, tinyimagenet")
     p.add_argument("--data-dir", help="folder holding the dataset")
     p.add_argument("--arch", help="encoder name (resnet18, resnet20, vgg16, mobilenetv2, fastnet, fastnet-small)")
     p.add_argument("--head", help="dot or cosine")
@@ -79,6 +79,26 @@ def _demo(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from . import data
+    from .data.download import download
+
+    if args.action == "download":
+        root = download(args.name, args.data_dir)
+        print(f"{args.name} is in {root}")
+    else:
+        print(json.dumps(data.info(args.name, args.data_dir, args.variant), indent=2))
+    return 0
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="download a dataset or describe one")
+    p.add_argument("action", choices=("download", "info"))
+    p.add_argument("name", help="dataset name")
+    p.add_argument("--data-dir", help="folder to download into / read from")
+    p.add_argument("--variant", help="cifar100: fine|coarse; cifar10.1: v6|v4")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="fixedhead", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -89,6 +109,7 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir", help="where the dataset lives now, if it moved")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    _add_data(sub)
     p = sub.add_parser("demo", help="the paper's four models on digits, side by side")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +118,7 @@ def build_parser() -> Parser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "demo": _demo}
+COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data}
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ SELECTIONS = ("last", "best_val")
 class DataConfig:
     name: str = "digits"
     data_dir: Optional[str] = None
+    variant: Optional[str] = None  # cifar100: fine | coarse; cifar10.1: v6 | v4; None: the dataset's default
     image_size: Optional[int] = None  # resize every image to this side (imagefolder); None keeps the size
     val_fraction: float = 0.0  # held out of train; 0.1 is used when the schedule or selection needs one
     augment: bool = True

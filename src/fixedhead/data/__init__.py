@@ -1,15 +1,20 @@
-"""Dataset registry: `load(name, root, split)` returns an ImageSet of uint8 images (N, C, H, W)."""
+"""Dataset registry: `load(name, root, split)` returns an ImageSet of uint8 images (N, C, H, W).
+
+Every file-based dataset is decoded once into the array cache (see cache.py), keyed by its source
+files, so a second start reads memory-mapped arrays instead of decoding again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from . import cache
+from . import cache, formats
 from .imagefolder import decode_images, list_classes, list_images
 
 SPLITS = ("train", "test")
@@ -25,7 +30,7 @@ class ImageSet:
         return len(self.labels)
 
 
-def _digits(root, split: str, image_size: int | None) -> ImageSet:
+def _digits(root, split, variant):
     """scikit-learn's 8x8 digits (1797 images), upsampled x2 to 16 px; fixed stratified 70/30 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -34,50 +39,122 @@ def _digits(root, split: str, image_size: int | None) -> ImageSet:
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
     train, test = train_test_split(np.arange(len(images)), test_size=0.3, random_state=0, stratify=digits.target)
     index = train if split == "train" else test
-    x = torch.from_numpy(images[index]).unsqueeze(1)  # (N, 1, 8, 8)
-    x = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest x2 -> (N, 1, 16, 16)
-    if image_size not in (None, 16):
-        x = torch.nn.functional.interpolate(x.float(), size=image_size, mode="bilinear").round().byte()
-    return ImageSet(x, torch.from_numpy(digits.target[index]).long(), [str(d) for d in range(10)])
+    x = images[index][:, None].repeat(2, axis=2).repeat(2, axis=3)  # nearest x2 -> (N, 1, 16, 16)
+    return {"images": x, "labels": digits.target[index].astype(np.int64), "classes": [str(d) for d in range(10)]}
 
 
-def _imagefolder(root, split: str, image_size: int | None) -> ImageSet:
-    """`ROOT/train/<class>/*` and `ROOT/test/<class>/*`; classes are the sorted train folder names."""
-    if root is None:
-        raise UserError("dataset 'imagefolder' needs --data-dir DIR holding DIR/train/<class>/ and DIR/test/<class>/")
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"data folder {root} does not exist; expected {root}/train/<class>/ and {root}/test/<class>/")
+def _imagefolder_sources(root: Path, split: str, variant) -> list[Path]:
+    return list_images(root / split, list_classes(root / "train"))[0]
+
+
+def _imagefolder(root: Path, split: str, variant, image_size=None) -> dict:
     classes = list_classes(root / "train")
-    split_dir = root / split
-    list_classes(split_dir)  # a clear error when the split folder is missing or empty
-    paths, labels = list_images(split_dir, classes)
-    key = cache.source_key(paths, f"imagefolder|{image_size}|{classes}")
-    entry = cache.load_entry(cache.default_cache_dir(), key)
-    if entry is None:
-        images = decode_images(paths, image_size)
-        cache.store_entry(cache.default_cache_dir(), key, images, np.asarray(labels, dtype=np.int64), classes)
-    else:
-        images = np.asarray(entry["images"])
-    return ImageSet(torch.from_numpy(np.array(images)), torch.tensor(labels, dtype=torch.long), classes)
+    list_classes(root / split)  # a clear error when the split folder is missing or empty
+    paths, labels = list_images(root / split, classes)
+    return {"images": decode_images(paths, image_size), "labels": np.asarray(labels, np.int64), "classes": classes}
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    reader: object
-    flip: bool  # horizontal flips keep the label (false for digits)
+    read: Callable  # (folder, split, variant) -> {"images", "labels", "classes"}
+    sources: Callable | None  # (folder, split, variant) -> files whose change invalidates the cache
+    folder: str | None = None  # sub-folder of --data-dir that holds the files (None: --data-dir itself)
+    flip: bool = True  # horizontal flips keep the label
+    variants: tuple = (None,)  # accepted data.variant values; the first is the default
+    splits: tuple = SPLITS
+    howto: str = ""
 
 
 DATASETS = {
-    "digits": DatasetSpec(_digits, flip=False),
-    "imagefolder": DatasetSpec(_imagefolder, flip=True),
+    "digits": DatasetSpec(_digits, None, flip=False),
+    "imagefolder": DatasetSpec(_imagefolder, _imagefolder_sources,
+                               howto="lay out DIR/train/<class>/<images> and DIR/test/<class>/<images>"),
+    "cifar10": DatasetSpec(formats.read_cifar10, formats.cifar10_files, "cifar-10-batches-py"),
+    "cifar100": DatasetSpec(formats.read_cifar100, formats.cifar100_files, "cifar-100-python",
+                            variants=("fine", "coarse")),
+    "cifar10.1": DatasetSpec(formats.read_cifar101, formats.cifar101_files, variants=("v6", "v4"), splits=("test",)),
+    "stl10": DatasetSpec(formats.read_stl10, formats.stl10_files, "stl10_binary"),
+    "tinyimagenet": DatasetSpec(formats.read_tinyimagenet, formats.tinyimagenet_files, "tiny-imagenet-200"),
 }
+for _name, _spec in DATASETS.items():
+    if _name not in ("digits", "imagefolder"):
+        object.__setattr__(_spec, "howto", f"get it with: fixedhead data download {_name} --data-dir DIR")
 
 
-def load(name: str, root=None, split: str = "train", image_size: int | None = None) -> ImageSet:
-    """Load one split of a registered dataset as uint8 tensors."""
+def dataset_folder(name: str, root) -> Path:
+    """The folder holding a dataset's files: DIR/<its folder> or DIR itself when it is that folder."""
+    spec = DATASETS[name]
+    if root is None:
+        raise UserError(f"dataset {name!r} needs --data-dir DIR; {spec.howto}")
+    root = Path(root).expanduser()
+    if spec.folder and (root / spec.folder).is_dir():
+        return root / spec.folder
+    if root.is_dir():
+        return root
+    raise UserError(f"data folder {root} does not exist; {spec.howto}")
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    x = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(images)).float(), size=(size, size),
+                                        mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).byte().numpy()
+
+
+def load(name: str, root=None, split: str = "train", image_size: int | None = None, variant: str | None = None) -> ImageSet:
+    """Load one split of a registered dataset as uint8 tensors (decoded once, then cached)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    return DATASETS[name].reader(root, split, image_size)
+    spec = DATASETS[name]
+    if split not in spec.splits:
+        raise UserError(f"dataset {name!r} has no split {split!r}; it has: {', '.join(spec.splits)}")
+    variant = spec.variants[0] if variant is None else variant
+    if variant not in spec.variants:
+        accepted = ", ".join(str(v) for v in spec.variants)
+        raise UserError(f"dataset {name!r} has no variant {variant!r}; accepted: {accepted}")
+    if spec.sources is None:
+        arrays = spec.read(root, split, variant)
+    else:
+        folder = dataset_folder(name, root)
+        read = (lambda: spec.read(folder, split, variant, image_size)) if name == "imagefolder" else \
+            (lambda: spec.read(folder, split, variant))
+        try:
+            key = cache.source_key(spec.sources(folder, split, variant), f"{name}|{split}|{variant}|{image_size}")
+        except UserError as error:
+            if str(error).startswith("missing file"):
+                raise UserError(f"{error}; {spec.howto}") from None
+            raise
+        arrays = cache.cached(key, read)
+    images = arrays["images"]
+    if image_size is not None and images.shape[-1] != image_size:
+        images = _resize(images, image_size)
+    return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(arrays["labels"], np.int64)),
+                    list(arrays["classes"]))
+
+
+def load_folder_onto(path, classes: list[str], image_size: int | None = None) -> ImageSet:
+    """A test-only folder `PATH/<class name>/<images>` whose class names are mapped onto `classes`
+    (a training set's). Classes missing from the folder are allowed; unknown ones are an error."""
+    path = Path(path)
+    list_classes(path)
+    paths, labels = list_images(path, classes)
+    key = cache.source_key(paths, f"folder|{classes}|{image_size}")
+    arrays = cache.cached(key, lambda: {"images": decode_images(paths, image_size),
+                                        "labels": np.asarray(labels, np.int64), "classes": classes})
+    images = arrays["images"]
+    return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(arrays["labels"])), list(classes))
+
+
+def info(name: str, root=None, variant: str | None = None) -> dict:
+    """Split sizes, image size, classes and per-channel mean/std of the training split."""
+    from .pipeline import channel_stats
+
+    spec = DATASETS.get(name)
+    splits = {split: load(name, root, split, variant=variant) for split in (spec.splits if spec else SPLITS)}
+    first = next(iter(splits.values()))
+    mean, std = channel_stats(splits.get("train", first).images)
+    return {
+        "name": name, "variant": variant or (spec.variants[0] if spec else None),
+        "splits": {split: len(s) for split, s in splits.items()},
+        "image_size": list(first.images.shape[1:]), "num_classes": len(first.classes), "classes": first.classes,
+        "mean": mean, "std": std, "stats_split": "train" if "train" in splits else next(iter(splits)),
+    }

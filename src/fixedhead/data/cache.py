@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FIXEDHEAD_CACHE", Path.home() / ".cache" / "fixedhead"))
@@ -25,7 +27,10 @@ def source_key(paths: list[Path], extra: str) -> str:
     """Hash of each source file's path, size and modification time, plus `extra` (e.g. image size)."""
     digest = hashlib.sha256(extra.encode())
     for path in paths:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise UserError(f"missing file {path}") from None
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
@@ -55,3 +60,14 @@ def store_entry(cache_dir: Path, key: str, images: np.ndarray, labels: np.ndarra
     except OSError:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached(key: str, read) -> dict:
+    """The cache entry for `key`, or read() stored under it. A failed read leaves no entry."""
+    cache_dir = default_cache_dir()
+    entry = load_entry(cache_dir, key)
+    if entry is None:
+        entry = read()
+        store_entry(cache_dir, key, np.ascontiguousarray(entry["images"]), np.asarray(entry["labels"]),
+                    list(entry["classes"]))
+    return entry

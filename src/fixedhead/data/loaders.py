@@ -14,7 +14,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     `stats` = (mean, std) is given, as when re-evaluating a checkpoint.
     `val` is carved from train with `data_cfg.val_fraction` (0.1 when that is 0 and `with_val`).
     """
-    train = load(data_cfg.name, data_cfg.data_dir, "train", data_cfg.image_size)
+    train = load(data_cfg.name, data_cfg.data_dir, "train", data_cfg.image_size, data_cfg.variant)
     fraction = data_cfg.val_fraction or (0.1 if with_val else 0.0)
     train_index, val_index = split_validation(len(train), fraction, train.labels, seed) if fraction else (None, None)
     train_images = train.images if train_index is None else train.images[train_index]
@@ -34,6 +34,6 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)
     if "test" in splits:
-        test = load(data_cfg.name, data_cfg.data_dir, "test", data_cfg.image_size)
+        test = load(data_cfg.name, data_cfg.data_dir, "test", data_cfg.image_size, data_cfg.variant)
         out["test"] = BatchLoader(test.images, test.labels, eval_batch_size, **common)
     return out
