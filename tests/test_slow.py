@@ -58,4 +58,4 @@ def test_demo_default_is_the_main_job(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert all(r["acc"] > 0.9 for r in summary["results"].values())  # digits: every variant learns it
-    assert summary["results"]["dot-fixed"]["max_class_vector_cos"] < 0.5
+    assert summary["results"]["dot-fixed"]["class_vector_cos_max"] < 0.5

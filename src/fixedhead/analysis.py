@@ -1,31 +1,120 @@
-"""Run folder -> features and predictions -> the paper's numbers."""
+"""Run folder -> features and predictions (computed once) -> the paper's numbers -> analysis.json + figures."""
 
 from __future__ import annotations
 
-from . import metrics
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics, plots
 from .config import make_config
 from .data.loaders import prepare
+from .errors import UserError
 from .evaluate import check_classes, load_run_model, predict, resolve_device
+from .runs import RunDir, atomic_write, write_json
+
+TSNE_MAX_POINTS = 3000
 
 
-def measure(run_dir, split: str = "test", device: str = "auto") -> dict:
-    """Accuracy, compactness and class-vector measures of a finished run on one split."""
+def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
+    """Features, logits and labels of a run on one split, with the head's class vectors."""
     device = resolve_device(device)
-    model, payload = load_run_model(run_dir, device)
+    model, payload = load_run_model(run_dir, device, allow_unfinished=True)
     config = make_config(payload["config"])
     data = prepare(config.data, seed=config.seed, batch_size=config.train.batch_size,
                    eval_batch_size=config.train.eval_batch_size, device=device, splits=(split,),
                    stats=(payload["mean"], payload["std"]))
     check_classes(model.head.num_classes, data["classes"], f"dataset {config.data.name!r}")
     out = predict(model, data[split], config.train.bf16, with_features=True)
-    weight = model.head.weight.detach().cpu()
-    predicted = out["logits"].argmax(1)
+    head = model.head
+    out.update(weight=head.weight.detach().float().cpu(), classes=payload["classes"], source=payload["source"],
+               head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,
+                     "scale": head.scale.item(), "num_features": head.num_features})
+    return out
+
+
+def measure(outputs: dict) -> dict:
+    """Every number of the paper's Sections 2-3 from run_outputs()."""
+    features, labels, weight = outputs["features"], outputs["labels"], outputs["weight"]
+    predicted = outputs["logits"].argmax(1)
     cosines = metrics.cosine_matrix(weight)
-    confusion = metrics.confusion_matrix(out["labels"], predicted, len(weight))
+    confusion = metrics.confusion_matrix(labels, predicted, len(weight))
     return {
-        "acc": (predicted == out["labels"]).double().mean().item(),
-        "mean_cos_to_predicted": metrics.mean_cos_to_class(out["features"], weight, predicted),
-        "max_class_vector_cos": metrics.max_off_diagonal(cosines),
+        "acc": (predicted == labels).double().mean().item(), "num_images": len(labels),
         **metrics.similarity_confusion_spearman(cosines, confusion),
-        "num_images": len(predicted),
+        **metrics.compactness(features, weight, labels, predicted),
+        **metrics.separability(weight, features, labels),
+        "class_vector_cosine": cosines.tolist(), "confusion": confusion.tolist(),
     }
+
+
+def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bool) -> list[str]:
+    classes, cosines = outputs["classes"], np.array(result["class_vector_cosine"])
+    order = metrics.cluster_order(torch.tensor(cosines)) if cluster else list(range(len(classes)))
+    files = plots.class_vector_heatmap(cosines[np.ix_(order, order)], [classes[k] for k in order],
+                                       folder / "class_vector_cosine", "cos(w_i, w_j)" + (" (clustered)" if cluster else ""))
+    off = ~np.eye(len(cosines), dtype=bool)
+    files += plots.similarity_confusion_scatter(cosines[off], np.array(result["confusion"])[off],
+                                                result["spearman_rho"], folder / "similarity_vs_confusion")
+    features, labels = outputs["features"], outputs["labels"].numpy()
+    if features.shape[1] == 2:  # the paper's way: raw 2-d features with the class vectors as rays
+        return files + plots.feature_scatter(features.numpy(), labels, classes, folder / "features_2d",
+                                             "2-d features and class vectors", rays=outputs["weight"].numpy())
+    centred = features.double() - features.double().mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    files += plots.feature_scatter((centred @ v[:2].T).numpy(), labels, classes, folder / "features_pca",
+                                   "features, first two principal components")
+    if tsne:
+        from sklearn.manifold import TSNE
+
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:TSNE_MAX_POINTS]
+        points = TSNE(n_components=2, init="pca", random_state=0).fit_transform(features[keep].numpy())
+        files += plots.feature_scatter(points, labels[keep.numpy()], classes, folder / "features_tsne",
+                                       f"t-SNE of {len(keep)} test features")
+    return files
+
+
+def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = False, cluster: bool = False) -> dict:
+    """Measure a run and write RUN_DIR/analysis/analysis.json plus PNG and PDF figures."""
+    outputs = run_outputs(run_dir, split, device)
+    result = {"run": str(run_dir), "split": split, "source": outputs["source"], "classes": outputs["classes"],
+              "head": outputs["head"], **measure(outputs)}
+    folder = RunDir(run_dir).file("analysis")
+    result["figures"] = _pictures(outputs, result, folder, tsne, cluster)
+    write_json(folder / "analysis.json", result)
+    return result
+
+
+SUMMARY_KEYS = ("acc", "spearman_rho", "mean_cos_to_predicted", "mean_cos_to_true", "class_vector_cos_max",
+                "class_mean_cos_max", "within_class_cos", "scatter_ratio")
+
+
+def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
+    """The run's analysis.json when it exists for `split`, else a fresh analysis."""
+    path = RunDir(run_dir).file("analysis") / "analysis.json"
+    if path.exists():
+        result = json.loads(path.read_text())
+        if result.get("split") == split:
+            return result
+    return analyze(run_dir, split, device)
+
+
+def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto") -> dict:
+    """Several runs side by side: a Markdown table of their numbers and one figure of their heatmaps."""
+    if len(run_dirs) < 1:
+        raise UserError("compare needs at least one run folder")
+    names = [Path(r).name for r in run_dirs]
+    if len(set(names)) < len(names):  # same folder names in different places: use the full paths
+        names = [str(r) for r in run_dirs]
+    results = {name: load_or_analyze(r, split, device) for name, r in zip(names, run_dirs)}
+    header = "| run | " + " | ".join(SUMMARY_KEYS) + " |"
+    rows = [f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in SUMMARY_KEYS) + " |" for name, r in results.items()]
+    table = "\n".join([header, "|---" * (len(SUMMARY_KEYS) + 1) + "|", *rows])
+    figures = []
+    if out is not None:
+        panels = {name: (np.array(r["class_vector_cosine"]), r["classes"]) for name, r in results.items()}
+        figures = plots.heatmap_grid(panels, Path(out) / "class_vector_cosine")
+        atomic_write(Path(out) / "compare.md", lambda f: f.write((table + "\n").encode()))
+    return {"table": table, "figures": figures, "runs": {n: {k: r[k] for k in SUMMARY_KEYS} for n, r in results.items()}}

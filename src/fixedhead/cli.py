@@ -91,6 +91,42 @@ def _data(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from .analysis import SUMMARY_KEYS, analyze
+
+    result = analyze(args.run_dir, split=args.split, device=args.device, tsne=args.tsne, cluster=args.cluster)
+    if not result["source"].startswith("model.pt"):
+        print(f"note: {args.run_dir} is unfinished; analysed its {result['source']}", file=sys.stderr)
+    for key in ("num_images", *SUMMARY_KEYS, "spearman_p", "num_pairs"):
+        print(f"{key:24} {result[key]:.4g}" if isinstance(result[key], float) else f"{key:24} {result[key]}")
+    print(f"analysis.json and {len(result['figures'])} figure files in {args.run_dir}/analysis")
+    return 0
+
+
+def _compare(args) -> int:
+    from .analysis import compare
+
+    result = compare(args.run_dirs, out=args.out, split=args.split, device=args.device)
+    print(result["table"])
+    if args.out:
+        print(f"\ncompare.md and class-vector heatmaps in {args.out}")
+    return 0
+
+
+def _add_analysis(sub):
+    p = sub.add_parser("analyze", help="the paper's measurements and figures for one run")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tsne", action="store_true", help="also a t-SNE picture of the features (slower)")
+    p.add_argument("--cluster", action="store_true", help="order the heatmap by hierarchical clustering")
+    p = sub.add_parser("compare", help="several runs side by side")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", help="folder for compare.md and the heatmap figure")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--device", default="auto")
+
+
 def _add_data(sub):
     p = sub.add_parser("data", help="download a dataset or describe one")
     p.add_argument("action", choices=("download", "info"))
@@ -110,6 +146,7 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     _add_data(sub)
+    _add_analysis(sub)
     p = sub.add_parser("demo", help="the paper's four models on digits, side by side")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
@@ -118,7 +155,7 @@ def build_parser() -> Parser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data}
+COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare}
 
 
 def main(argv=None) -> int:

@@ -43,6 +43,7 @@ class ModelConfig:
     init: str = "random"
     bias: bool = False
     head_seed: Optional[int] = None  # None: the run's seed
+    feature_dim: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
     pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
 
 
@@ -91,6 +92,7 @@ RANGES = {
     "data.val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "data.crop_padding": (lambda v: v is None or v >= 0, "an integer >= 0"),
     "model.scale": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "model.feature_dim": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
     "train.epochs": (lambda v: v >= 0, "an integer >= 0"),
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),

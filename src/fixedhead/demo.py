@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .analysis import measure
+from .analysis import analyze
 from .config import make_config, to_dict
 from .errors import UserError
 from .runs import RunDir, write_json
@@ -23,7 +23,7 @@ DIGITS = {"data.name": "digits", "model.arch": "fastnet", "train.epochs": 15, "t
           "train.lr": 0.05, "train.weight_decay": 5e-4}
 
 COLUMNS = (("acc", "accuracy"), ("mean_cos_to_predicted", "mean cos(f(x), w_pred)"),
-           ("max_class_vector_cos", "max cos(w_i, w_j)"), ("spearman_rho", "Spearman(cos, confusions)"))
+           ("class_vector_cos_max", "max cos(w_i, w_j)"), ("spearman_rho", "Spearman(cos, confusions)"))
 
 
 def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
@@ -35,7 +35,7 @@ def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
     else:
         log(f"{name}: training ({config.train.epochs} epochs of {config.model.arch} on {config.data.name})")
         fit(config, run.path, overwrite=overwrite, verbose=False)
-    return measure(run.path, device=config.train.device)
+    return analyze(run.path, device=config.train.device)
 
 
 def markdown_table(results: dict) -> str:
@@ -53,7 +53,8 @@ def demo(out="runs/demo", seed: int = 0, overrides: dict | None = None, overwrit
     for name, head in MODELS.items():
         config = make_config(DIGITS, {"seed": seed}, head, overrides or {})
         results[name] = _run_one(name, config, out, overwrite, log)
+    keep = ("acc", "spearman_rho", "spearman_p", "mean_cos_to_predicted", "class_vector_cos_max", "num_images")
     summary = {"dataset": "digits", "seed": seed, "n_seeds": 1, "runs": {k: str(out / k) for k in MODELS},
-               "results": results}
+               "results": {name: {k: r[k] for k in keep} for name, r in results.items()}}
     write_json(out / "summary.json", summary)
     return summary

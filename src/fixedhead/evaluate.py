@@ -72,9 +72,18 @@ def check_classes(head_classes: int, data_classes: list[str], where: str) -> Non
         )
 
 
-def load_run_model(run_dir, device="cpu") -> tuple:
-    """(model in eval mode, model.pt payload) of a finished run."""
-    payload = RunDir(run_dir).load("model.pt")
+def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tuple:
+    """(model in eval mode, payload) of a finished run; with `allow_unfinished`, an unfinished run's
+    last checkpoint (payload["source"] says which file was used)."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise UserError(f"{run.path} is not a folder; give a run folder written by fixedhead train")
+    if run.file("model.pt").exists() or not (allow_unfinished and run.has_checkpoint()):
+        payload = {**run.load("model.pt"), "source": "model.pt"}
+    else:
+        checkpoint = run.load("checkpoint.pt")
+        payload = {"model": checkpoint["model"], "config": checkpoint["config"], **checkpoint["data"],
+                   "source": f"checkpoint.pt (unfinished run, epoch {checkpoint['epoch']})"}
     config = make_config(payload["config"])
     model = build_model(config.model, config.seed, len(payload["classes"]), payload["in_channels"], payload["image_size"])
     model.load_state_dict(payload["model"])

@@ -13,13 +13,6 @@ def cosine_matrix(weight: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def max_off_diagonal(matrix: torch.Tensor) -> float:
-    """Largest entry off the diagonal of a square matrix (the closest pair of classes)."""
-    off = matrix.clone()
-    off.fill_diagonal_(float("-inf"))
-    return off.max().item()
-
-
 def mean_cos_to_class(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> float:
     """Mean over images of cos(features_n, weight[classes_n]) (the paper's Table 4 with predicted classes)."""
     unit_features = F.normalize(features.double(), dim=1)
@@ -38,3 +31,76 @@ def similarity_confusion_spearman(cosines: torch.Tensor, confusion: torch.Tensor
     off = ~torch.eye(len(cosines), dtype=torch.bool)
     result = stats.spearmanr(cosines[off].numpy(), confusion[off].double().numpy())
     return {"spearman_rho": float(result.statistic), "spearman_p": float(result.pvalue), "num_pairs": int(off.sum())}
+
+
+def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
+    """The C*(C-1) entries of a square matrix off its diagonal, row by row."""
+    return matrix[~torch.eye(len(matrix), dtype=torch.bool, device=matrix.device)]
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, D) mean feature per class and (C,) counts; classes without images get a zero row."""
+    features = features.double()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64).index_add_(0, labels, features)
+    return sums / counts.clamp_min(1)[:, None], counts
+
+
+def within_class_cos(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Mean over images of cos(features_n, mean feature of its class): 1 means collapsed classes."""
+    means, _ = class_means(features, labels, num_classes)
+    return mean_cos_to_class(features, means, labels)
+
+
+def scatter_ratio(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """tr(S_W S_B^+) / C with S_W, S_B the within- and between-class scatter (normalised by N).
+
+    S_B = M^T M with rows M_c = sqrt(n_c/N) (mu_c - mu), so tr(S_W S_B^+) = ||X_w M^+||_F^2 / N where
+    X_w holds each feature minus its class mean: no D x D matrix is formed.
+    """
+    features = features.double()
+    means, counts = class_means(features, labels, num_classes)
+    present = counts > 0
+    total = len(features)
+    centre = features.mean(0)
+    between = (means[present] - centre) * (counts[present] / total).sqrt()[:, None]  # (C', D)
+    within = features - means[labels]  # (N, D)
+    projected = within @ torch.linalg.pinv(between)  # (N, D) @ (D, C') -> (N, C')
+    return (projected.square().sum() / total / num_classes).item()
+
+
+def separability(weight: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Inter-class separability and intra-class compactness numbers of a head and its features."""
+    num_classes = len(weight)
+    vectors = off_diagonal(cosine_matrix(weight))
+    means, counts = class_means(features, labels, num_classes)
+    present = counts > 0
+    mean_cos = off_diagonal(cosine_matrix(means[present]))
+    return {
+        "class_vector_cos_mean": vectors.mean().item(), "class_vector_cos_max": vectors.max().item(),
+        "class_mean_cos_mean": mean_cos.mean().item(), "class_mean_cos_max": mean_cos.max().item(),
+        "within_class_cos": within_class_cos(features, labels, num_classes),
+        "scatter_ratio": scatter_ratio(features, labels, num_classes),
+    }
+
+
+def compactness(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> dict:
+    """Mean cos(f(x), w) to the predicted and the true class, overall and for right / wrong images."""
+    correct = predicted == labels
+    out = {"mean_cos_to_predicted": mean_cos_to_class(features, weight, predicted),
+           "mean_cos_to_true": mean_cos_to_class(features, weight, labels)}
+    for name, mask in (("correct", correct), ("wrong", ~correct)):
+        value = mean_cos_to_class(features[mask], weight, predicted[mask]) if mask.any() else float("nan")
+        out[f"mean_cos_to_predicted_{name}"] = value
+    return out
+
+
+def cluster_order(matrix: torch.Tensor) -> list[int]:
+    """Class order from average-linkage clustering of a cosine matrix (similar classes side by side)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    distance = (1 - matrix.double()).clamp_min(0).numpy()
+    distance = (distance + distance.T) / 2
+    distance[range(len(distance)), range(len(distance))] = 0
+    return leaves_list(linkage(squareform(distance, checks=False), "average")).tolist()

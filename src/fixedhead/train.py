@@ -95,9 +95,15 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     return config, None
 
 
-def _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s) -> dict:
+def _data_meta(data: dict) -> dict:
+    """What evaluation needs to rebuild the model and its input normalisation."""
+    return {k: data[k] for k in ("classes", "in_channels", "image_size", "mean", "std")}
+
+
+def _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s, config, data) -> dict:
     return {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "config": config_mod.to_dict(config), "data": _data_meta(data), "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "plateau": plateau.state_dict() if plateau else None, "epoch": epoch, "best": best,
         "train_time_s": train_time_s, "torch_rng": torch.get_rng_state(),
     }
@@ -162,7 +168,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
                 best = {"epoch": epoch + 1, "val_acc": record["val_acc"],
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         run.append_metrics(record)
-        run.save("checkpoint.pt", _state(model, optimizer, scheduler, plateau, epoch + 1, best, train_time_s))
+        run.save("checkpoint.pt", _state(model, optimizer, scheduler, plateau, epoch + 1, best, train_time_s, config, data))
         if verbose:
             print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
     return _finish(run, config, model, data, best, train_time_s)
@@ -186,11 +192,7 @@ def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict
     if best is not None:
         model.load_state_dict(best["model"])
     test = _evaluate(model, data["test"], config.train.bf16, "test")
-    run.save("model.pt", {
-        "model": model.state_dict(), "config": config_mod.to_dict(config), "classes": data["classes"],
-        "in_channels": data["in_channels"], "image_size": data["image_size"],
-        "mean": data["mean"], "std": data["std"],
-    })
+    run.save("model.pt", {"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
         "status": "finished", **test, "train_time_s": train_time_s, "epochs": config.train.epochs,
         "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,

@@ -1,0 +1,79 @@
+"""Figures only, no maths: every function takes computed arrays and writes PNG + PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, stem: Path) -> list[str]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix in (".png", ".pdf"):
+        path = stem.with_suffix(suffix)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path.name)
+    plt.close(fig)
+    return paths
+
+
+def _heatmap(ax, matrix: np.ndarray, classes: list[str], title: str):
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    if len(classes) <= 30:
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{len(classes)} classes")
+    ax.set_title(title, fontsize=9)
+    return image
+
+
+def class_vector_heatmap(matrix: np.ndarray, classes: list[str], stem: Path, title: str) -> list[str]:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig.colorbar(_heatmap(ax, matrix, classes, title), ax=ax, fraction=0.046, label="cos(w_i, w_j)")
+    return _save(fig, stem)
+
+
+def heatmap_grid(panels: dict, stem: Path) -> list[str]:
+    """panels: title -> (matrix, classes); one heatmap per run side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, (matrix, classes)) in zip(axes[0], panels.items()):
+        image = _heatmap(ax, matrix, classes, title)
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, label="cos(w_i, w_j)")
+    return _save(fig, stem)
+
+
+def similarity_confusion_scatter(cosines: np.ndarray, counts: np.ndarray, rho: float, stem: Path) -> list[str]:
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.scatter(cosines, counts, s=8, alpha=0.6)
+    ax.set_xlabel("cos(w_i, w_j)")
+    ax.set_ylabel("images of class i predicted as j")
+    ax.set_title(f"Spearman rho = {rho:.2f} over {len(cosines)} pairs", fontsize=9)
+    return _save(fig, stem)
+
+
+def feature_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], stem: Path, title: str,
+                    rays: np.ndarray | None = None) -> list[str]:
+    """2-D points coloured by class; `rays` (C, 2) are drawn as class vectors from the origin."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for k in np.unique(labels):
+        mask = labels == k
+        ax.scatter(points[mask, 0], points[mask, 1], s=3, alpha=0.5, color=cmap(k % cmap.N),
+                   label=classes[k] if len(classes) <= 20 else None)
+    if rays is not None:
+        reach = np.abs(points).max()
+        for k, ray in enumerate(rays):
+            end = ray / (np.linalg.norm(ray) + 1e-12) * reach
+            ax.plot([0, end[0]], [0, end[1]], color=cmap(k % cmap.N), linewidth=1.5)
+    if len(classes) <= 20:
+        ax.legend(fontsize=6, markerscale=3, loc="best")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, stem)

@@ -1,0 +1,86 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from fixedhead import class_vectors, metrics
+
+
+def test_cosine_matrix_of_orthogonal_vectors_is_identity():
+    w = class_vectors(8, 32, "orthogonal", seed=1) * torch.arange(1.0, 9.0)[:, None]  # any row norms
+    np.testing.assert_allclose(metrics.cosine_matrix(w).numpy(), np.eye(8), atol=1e-6)
+
+
+def test_confusion_matrix_counts():
+    labels, predicted = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 0, 2, 2])
+    expected = np.zeros((3, 3), int)
+    for t, p in zip(labels.tolist(), predicted.tolist()):
+        expected[t, p] += 1
+    assert np.array_equal(metrics.confusion_matrix(labels, predicted, 3).numpy(), expected)
+
+
+def test_spearman_matches_scipy_on_hand_built_matrices():
+    rng = np.random.default_rng(0)
+    cos = rng.uniform(-1, 1, (5, 5))
+    conf = rng.integers(0, 9, (5, 5))
+    pairs = [(i, j) for i in range(5) for j in range(5) if i != j]
+    expected = stats.spearmanr([cos[i, j] for i, j in pairs], [conf[i, j] for i, j in pairs])
+    result = metrics.similarity_confusion_spearman(torch.tensor(cos), torch.tensor(conf))
+    assert result["spearman_rho"] == pytest.approx(expected.statistic)
+    assert result["spearman_p"] == pytest.approx(expected.pvalue) and result["num_pairs"] == 20
+
+
+def test_compactness_against_numpy():
+    rng = np.random.default_rng(1)
+    f, w = rng.normal(size=(40, 6)), rng.normal(size=(4, 6))
+    labels, predicted = rng.integers(0, 4, 40), rng.integers(0, 4, 40)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+    cos = unit(f) @ unit(w).T
+    result = metrics.compactness(*map(torch.tensor, (f, w, labels, predicted)))
+    assert result["mean_cos_to_predicted"] == pytest.approx(cos[np.arange(40), predicted].mean())
+    assert result["mean_cos_to_true"] == pytest.approx(cos[np.arange(40), labels].mean())
+    right = predicted == labels
+    assert result["mean_cos_to_predicted_correct"] == pytest.approx(cos[np.arange(40), predicted][right].mean())
+
+
+def test_collapsed_features_give_compactness_one_and_scatter_zero():
+    means = torch.randn(5, 16, dtype=torch.float64)
+    labels = torch.arange(50) % 5
+    features = means[labels]
+    assert metrics.within_class_cos(features, labels, 5) == pytest.approx(1.0)
+    assert metrics.scatter_ratio(features, labels, 5) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scatter_ratio_matches_the_textbook_formula():
+    rng = np.random.default_rng(2)
+    x, labels = rng.normal(size=(200, 7)) + np.repeat(rng.normal(size=(4, 7)) * 2, 50, axis=0), np.repeat(np.arange(4), 50)
+    mu, sw, sb = x.mean(0), np.zeros((7, 7)), np.zeros((7, 7))
+    for c in range(4):
+        xc = x[labels == c]
+        m = xc.mean(0)
+        sw += (xc - m).T @ (xc - m)
+        sb += len(xc) * np.outer(m - mu, m - mu)
+    expected = np.trace(sw / 200 @ np.linalg.pinv(sb / 200)) / 4
+    assert metrics.scatter_ratio(torch.tensor(x), torch.tensor(labels), 4) == pytest.approx(expected, rel=1e-6)
+
+
+def test_separability_of_a_simplex_head():
+    w = class_vectors(6, 12, "simplex")
+    labels = torch.arange(60) % 6
+    result = metrics.separability(w, w[labels] * 3, labels)
+    assert result["class_vector_cos_max"] == pytest.approx(-0.2, abs=1e-6)
+    assert result["class_mean_cos_mean"] == pytest.approx(-0.2, abs=1e-6) and result["within_class_cos"] == pytest.approx(1)
+
+
+def test_two_hundred_classes_ten_thousand_images_take_seconds():
+    torch.manual_seed(0)
+    features, labels = torch.randn(10_000, 512), torch.randint(0, 200, (10_000,))
+    weight, predicted = torch.randn(200, 512), torch.randint(0, 200, (10_000,))
+    start = time.perf_counter()
+    metrics.separability(weight, features, labels)
+    metrics.compactness(features, weight, labels, predicted)
+    metrics.similarity_confusion_spearman(metrics.cosine_matrix(weight), metrics.confusion_matrix(labels, predicted, 200))
+    metrics.cluster_order(metrics.cosine_matrix(weight))
+    assert time.perf_counter() - start < 30  # seconds, not minutes (about 1 s here)
