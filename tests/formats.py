@@ -86,3 +86,24 @@ def write_tinyimagenet(root: Path, wnids=("n01443537", "n01629819", "n01641577")
         decoded["test"].append((np.asarray(Image.open(path).convert("RGB")), k))
     (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return decoded
+
+
+def write_idx(folder: Path, split: str = "train", n: int = 5, gz: bool = True, seed: int = 0, num_classes: int = 10):
+    """MNIST-style IDX files: big-endian header (magic 0x00000803 / 0x00000801, then the sizes), raw bytes."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, n).astype(np.uint8)
+    prefix = "train" if split == "train" else "t10k"
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, array, dims in (("images", images, 3), ("labels", labels, 1)):
+        header = bytes([0, 0, 8, dims]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+        name = folder / f"{prefix}-{kind}-idx{dims}-ubyte"
+        payload = header + array.tobytes()
+        if gz:
+            with gzip.open(f"{name}.gz", "wb") as file:
+                file.write(payload)
+        else:
+            name.write_bytes(payload)
+    return images, labels

@@ -86,16 +86,29 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_demo_with_one_epoch(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--set", "train.epochs=1",
+    code, out, err = run_cli(capsys, "demo", "--data", "digits", "--out", tmp_path / "demo", "--set", "train.epochs=1",
                              "--set", "model.arch=fastnet-small")
     assert code == 0, err
     for name in ("dot-learned", "dot-fixed", "cosine-learned", "cosine-fixed"):
         assert f"| {name} |" in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(summary["results"]) == {"dot-learned", "dot-fixed", "cosine-learned", "cosine-fixed"}
-    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--set", "train.epochs=1",
+    assert "held here" in out or "did not hold here" in out
+    assert (tmp_path / "demo" / "demo.md").read_text().count("| ") >= 5
+    assert (tmp_path / "demo" / "class_vector_cosine.png").stat().st_size > 1000
+    code, _, err = run_cli(capsys, "demo", "--data", "digits", "--out", tmp_path / "demo", "--set", "train.epochs=1",
                            "--set", "model.arch=fastnet-small")
     assert code == 0 and "reusing" in err
+
+
+def test_demo_auto_falls_back_to_digits_with_one_line(tmp_path, monkeypatch):
+    from fixedhead.data import idx
+    from fixedhead.demo import choose_dataset
+
+    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "none")
+    messages = []
+    assert choose_dataset("auto", None, messages.append) == "digits"
+    assert len(messages) == 1 and "apt-get install dataset-fashion-mnist" in messages[0]
 
 
 def test_data_info_and_offline_download(tmp_path, capsys):

@@ -72,10 +72,12 @@ def _demo(args) -> int:
     from .config import parse_overrides
     from .demo import demo, markdown_table
 
-    summary = demo(args.out, seed=args.seed, overrides=parse_overrides(args.set), overwrite=args.overwrite)
-    print(f"\nThe paper's four models on digits (seed {args.seed}, n=1 run each; test split):\n")
+    summary = demo(args.out, data=args.data, data_dir=args.data_dir, seed=args.seed,
+                   overrides=parse_overrides(args.set), overwrite=args.overwrite)
+    print(f"\nThe paper's four models on {summary['dataset']} (seed {args.seed}, n=1 run each; test split):\n")
     print(markdown_table(summary["results"]))
-    print(f"\nruns and summary.json in {args.out}")
+    print("\n" + "\n".join(summary["reading"]))
+    print(f"\nruns, summary.json and demo.md in {args.out}")
     return 0
 
 
@@ -147,8 +149,11 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     _add_data(sub)
     _add_analysis(sub)
-    p = sub.add_parser("demo", help="the paper's four models on digits, side by side")
+    p = sub.add_parser("demo", help="the paper's four models side by side (Fashion-MNIST if here, else digits)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default="auto", help="auto (Fashion-MNIST when found, never downloads), "
+                   "fashion-mnist (downloads if missing) or digits")
+    p.add_argument("--data-dir", help="where to look for (or download) Fashion-MNIST")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from . import cache, formats
+from . import cache, formats, idx
 from .imagefolder import decode_images, list_classes, list_images
 
 SPLITS = ("train", "test")
@@ -59,6 +59,7 @@ class DatasetSpec:
     read: Callable  # (folder, split, variant) -> {"images", "labels", "classes"}
     sources: Callable | None  # (folder, split, variant) -> files whose change invalidates the cache
     folder: str | None = None  # sub-folder of --data-dir that holds the files (None: --data-dir itself)
+    locate: Callable | None = None  # (root) -> folder or None, for datasets with several usual places
     flip: bool = True  # horizontal flips keep the label
     variants: tuple = (None,)  # accepted data.variant values; the first is the default
     splits: tuple = SPLITS
@@ -75,23 +76,40 @@ DATASETS = {
     "cifar10.1": DatasetSpec(formats.read_cifar101, formats.cifar101_files, variants=("v6", "v4"), splits=("test",)),
     "stl10": DatasetSpec(formats.read_stl10, formats.stl10_files, "stl10_binary"),
     "tinyimagenet": DatasetSpec(formats.read_tinyimagenet, formats.tinyimagenet_files, "tiny-imagenet-200"),
+    "fashion-mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, idx.FASHION_CLASSES),
+                                 lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
+                                 locate=lambda root: idx.locate("fashion-mnist", root),
+                                 howto="get it with: apt-get install dataset-fashion-mnist (it lands in "
+                                       "/usr/share/datasets/fashion-mnist/), or fixedhead data download "
+                                       "fashion-mnist --data-dir DIR"),
+    "mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, [str(d) for d in range(10)]),
+                         lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
+                         flip=False, locate=lambda root: idx.locate("mnist", root)),
 }
-for _name, _spec in DATASETS.items():
-    if _name not in ("digits", "imagefolder"):
-        object.__setattr__(_spec, "howto", f"get it with: fixedhead data download {_name} --data-dir DIR")
+
+
+def howto(name: str) -> str:
+    """How to get a dataset that is missing."""
+    return DATASETS[name].howto or f"get it with: fixedhead data download {name} --data-dir DIR"
 
 
 def dataset_folder(name: str, root) -> Path:
     """The folder holding a dataset's files: DIR/<its folder> or DIR itself when it is that folder."""
     spec = DATASETS[name]
+    if spec.locate is not None:
+        found = spec.locate(root)
+        if found is None:
+            places = ", ".join(str(p) for p in idx.candidates(name, root))
+            raise UserError(f"dataset {name!r} not found in {places}; {howto(name)}")
+        return found
     if root is None:
-        raise UserError(f"dataset {name!r} needs --data-dir DIR; {spec.howto}")
+        raise UserError(f"dataset {name!r} needs --data-dir DIR; {howto(name)}")
     root = Path(root).expanduser()
     if spec.folder and (root / spec.folder).is_dir():
         return root / spec.folder
     if root.is_dir():
         return root
-    raise UserError(f"data folder {root} does not exist; {spec.howto}")
+    raise UserError(f"data folder {root} does not exist; {howto(name)}")
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -121,7 +139,7 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
             key = cache.source_key(spec.sources(folder, split, variant), f"{name}|{split}|{variant}|{image_size}")
         except UserError as error:
             if str(error).startswith("missing file"):
-                raise UserError(f"{error}; {spec.howto}") from None
+                raise UserError(f"{error}; {howto(name)}") from None
             raise
         arrays = cache.cached(key, read)
     images = arrays["images"]

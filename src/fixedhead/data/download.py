@@ -18,6 +18,8 @@ def _torchvision(name: str, root: Path) -> None:
 
     if name == "stl10":
         datasets.STL10(str(root), split="train", download=True)
+    elif name in ("fashion-mnist", "mnist"):  # lands in root/FashionMNIST/raw or root/MNIST/raw
+        (datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST)(str(root), train=True, download=True)
     else:
         getattr(datasets, name.upper())(str(root), train=True, download=True)
 
@@ -48,6 +50,8 @@ DOWNLOADERS = {
     "stl10": lambda root: _torchvision("stl10", root),
     "tinyimagenet": _tinyimagenet,
     "cifar10.1": _cifar101,
+    "fashion-mnist": lambda root: _torchvision("fashion-mnist", root),
+    "mnist": lambda root: _torchvision("mnist", root),
 }
 
 
