@@ -129,6 +129,71 @@ def _add_analysis(sub):
     p.add_argument("--device", default="auto")
 
 
+def _severities(text: str) -> list[int]:
+    try:
+        if "-" in text:
+            low, high = (int(v) for v in text.split("-"))
+            values = list(range(low, high + 1))
+        else:
+            values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(1 <= v <= 5 for v in values):
+        raise UserError(f"--severities takes a range like 1-5 or a list like 1,3,5 within 1..5, got {text!r}")
+    return values
+
+
+def _corruption_names(text: str) -> list[str]:
+    from .corruptions import CORRUPTIONS
+
+    if text == "all":
+        return list(CORRUPTIONS)
+    if text == "none":
+        return []
+    names = [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise UserError(f"unknown corruption {unknown[0]!r}; choose all, none or any of: {', '.join(CORRUPTIONS)}")
+    return names
+
+
+def _evaluate(args) -> int:
+    from .robustness import evaluate_suite, table
+
+    result = evaluate_suite(args.run_dir, _corruption_names(args.corruptions), _severities(args.severities),
+                            args.preset, args.seed, args.generalization, args.device)
+    print(table(result))
+    print(f"\nevaluation.json in {args.run_dir}")
+    return 0
+
+
+def _corrupt(args) -> int:
+    from .robustness import export
+
+    files = export(args.name, args.data_dir, args.out, args.preset, args.seed, _corruption_names(args.corruptions))
+    print(f"{', '.join(files)} in {args.out}")
+    return 0
+
+
+def _add_robustness(sub):
+    p = sub.add_parser("evaluate", help="clean, corrupted and generalisation accuracy of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--corruptions", default="all", help="all, none, or a comma list of corruption names")
+    p.add_argument("--severities", default="1-5")
+    p.add_argument("--preset", default="imagenet-c", help="imagenet-c (the paper's), cifar-c or tiny-imagenet-c")
+    p.add_argument("--seed", type=int, default=0, help="seed of the impulse noise")
+    p.add_argument("--generalization", action="append", default=[], metavar="SPEC",
+                   help="cifar10.1[:v4][@DIR] or folder:PATH (repeatable)")
+    p.add_argument("--device", default="auto")
+    p = sub.add_parser("corrupt", help="export a CIFAR-10-C-style corrupted copy of a test set")
+    p.add_argument("name", help="dataset name")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--corruptions", default="all")
+    p.add_argument("--preset", default="imagenet-c")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _add_data(sub):
     p = sub.add_parser("data", help="download a dataset or describe one")
     p.add_argument("action", choices=("download", "info"))
@@ -149,6 +214,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     _add_data(sub)
     _add_analysis(sub)
+    _add_robustness(sub)
     p = sub.add_parser("demo", help="the paper's four models side by side (Fashion-MNIST if here, else digits)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default="auto", help="auto (Fashion-MNIST when found, never downloads), "
@@ -160,7 +226,8 @@ def build_parser() -> Parser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare}
+COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
+            "evaluate": _evaluate, "corrupt": _corrupt}
 
 
 def main(argv=None) -> int:

@@ -9,9 +9,8 @@ whatever batch it sits in.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -42,36 +41,48 @@ PRESETS = {
 }
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A counter-based hash (SplitMix64 finaliser): uint64 in, well-mixed uint64 out, vectorised."""
+@functools.lru_cache(maxsize=8)
+def _multipliers(size: int) -> np.ndarray:
+    """A fixed table of random odd 64-bit multipliers, one per value of an image."""
+    return np.random.default_rng(0x5EED).integers(0, 2 ** 64, size, dtype=np.uint64, endpoint=False) | np.uint64(1)
+
+
+def image_keys(images: np.ndarray, seed: int) -> np.ndarray:
+    """One odd uint64 per image from its pixels and the seed (a seeded multiply-sum hash, then a mix)."""
+    flat = images.reshape(len(images), -1)
+    if flat.shape[1] % 8:
+        flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 8)))  # whole 64-bit words
+    words = flat.view(np.uint64)
+    table = np.random.default_rng(seed).integers(0, 2 ** 64, words.shape[1], dtype=np.uint64, endpoint=False)
     with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def image_keys(images: np.ndarray, seed: int, tag: str) -> np.ndarray:
-    """One uint64 per image from its bytes, the seed and the corruption's parameters."""
-    keys = np.empty(len(images), dtype=np.uint64)
-    for n, image in enumerate(images):
-        digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=f"{seed}|{tag}".encode()[:64])
-        keys[n] = int.from_bytes(digest.digest(), "little")
-    return keys
+        keys = (words * (table | np.uint64(1))).sum(axis=1, dtype=np.uint64)
+        keys ^= keys >> np.uint64(31)
+        keys *= np.uint64(0xBF58476D1CE4E5B9)
+        keys ^= keys >> np.uint64(29)
+    return keys | np.uint64(1)
 
 
 def impulse_noise(images: np.ndarray, amount: float, seed: int = 0) -> np.ndarray:
-    """Salt and pepper on each channel value: with probability `amount` it becomes 255 or 0, half each."""
-    keys = image_keys(images, seed, f"impulse|{amount}")
-    counter = np.arange(images[0].size, dtype=np.uint64)
-    bits = _splitmix64(keys[:, None] ^ _splitmix64(counter)[None, :])  # (N, H*W*3)
-    uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53  # top 53 bits -> [0, 1)
-    flip = (uniform < amount).reshape(images.shape)
-    salt = (bits & np.uint64(1)).astype(bool).reshape(images.shape)
-    out = images.copy()
-    out[flip & salt] = 255
-    out[flip & ~salt] = 0
-    return out
+    """Salt and pepper on each channel value: with probability `amount` it becomes 255 or 0, half each.
+
+    The random bits of value j of image i are key_i * m_j (mod 2^64), a multiply-shift hash with a
+    random odd multiplier m_j per position and a key per image from its pixels and the seed: so an
+    image gets the same noise in any batch, and no generator is created per image. A value is
+    replaced when its 64 bits fall below amount * 2^64; bit 31 then picks salt or pepper.
+    """
+    out = images.copy().reshape(len(images), -1)
+    keys, multipliers = image_keys(images, seed), _multipliers(out.shape[1])
+    threshold = np.uint64(min(round(amount * 2 ** 64), 2 ** 64 - 1))
+    chunk = 256  # keeps the (chunk, values) product in cache-sized pieces
+    bits = np.empty((chunk, out.shape[1]), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(out), chunk):
+            part = bits[: len(keys[start:start + chunk])]
+            np.multiply(keys[start:start + chunk, None], multipliers[None, :], out=part)
+            index = np.flatnonzero(part < threshold)
+            salt = (part.ravel()[index] >> np.uint64(31)) & np.uint64(1)
+            out[start:start + chunk].ravel()[index] = (salt * np.uint64(255)).astype(np.uint8)
+    return out.reshape(images.shape)
 
 
 def _jpeg_one(image: np.ndarray, quality: int) -> np.ndarray:
@@ -81,9 +92,8 @@ def _jpeg_one(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def jpeg_compression(images: np.ndarray, quality: int, seed: int = 0) -> np.ndarray:
-    """Encode with Pillow at `quality` and decode (bound by the codec; threads share the work)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return np.stack(list(pool.map(lambda image: _jpeg_one(image, quality), images, chunksize=64)))
+    """Encode with Pillow at `quality` and decode: bound by the codec (threads only added overhead)."""
+    return np.stack([_jpeg_one(image, quality) for image in images])
 
 
 def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
@@ -108,18 +118,31 @@ def defocus_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 def defocus_blur(images: np.ndarray, radius: float, alias_blur: float, seed: int = 0) -> np.ndarray:
-    """Correlate each channel of x/255 with the defocus kernel (reflect-101 borders), clip, x255, truncate."""
-    kernel = torch.from_numpy(defocus_kernel(radius, alias_blur))
-    pad = kernel.shape[0] // 2
+    """Correlate each channel of x/255 with the defocus kernel (reflect-101 borders), clip, x255, truncate.
+
+    The correlation runs as a float32 FFT product over the reflect-padded image: the numbers of direct
+    correlation up to about 3e-5 grey levels, at a fraction of the cost for kernels of 17x17 and up.
+    """
+    kernel = torch.from_numpy(defocus_kernel(radius, alias_blur)).float()
+    size = kernel.shape[0]
+    pad = size // 2
     if min(images.shape[1:3]) <= pad:
         raise UserError(f"defocus_blur with radius {radius} needs images larger than {pad} px on each side, "
                         f"got {images.shape[1]}x{images.shape[2]}")
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).double().div_(255)  # (N, 3, H, W)
+    height, width = images.shape[1:3]
+    shape = (height + 2 * pad, width + 2 * pad)
+    spectrum = torch.fft.rfft2(kernel.flip(0, 1), s=shape)  # flipped: convolution with it = correlation
     out = []
-    for chunk in x.split(256):
-        padded = F.pad(chunk.reshape(-1, 1, *chunk.shape[2:]), (pad,) * 4, mode="reflect")
-        out.append(F.conv2d(padded, kernel[None, None]).reshape(chunk.shape))
+    for chunk in torch.from_numpy(images).split(256):
+        x = chunk.permute(0, 3, 1, 2).float().div_(255)  # (n, 3, H, W)
+        padded = F.pad(x, (pad,) * 4, mode="reflect")  # torch 'reflect' = OpenCV BORDER_REFLECT_101
+        full = torch.fft.irfft2(torch.fft.rfft2(padded) * spectrum, s=shape)
+        out.append(full[..., size - 1:, size - 1:])  # the (H, W) outputs that did not wrap around
     blurred = torch.cat(out).clamp_(0, 1).mul_(255)
+    # Rounding must not decide a truncation: values that are integers up to rounding (flat regions,
+    # near-delta kernels) are snapped to them first.
+    nearest = blurred.round()
+    blurred = torch.where((blurred - nearest).abs() < 1e-3, nearest, blurred)
     return blurred.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # .to(uint8) truncates, as the reference
 
 

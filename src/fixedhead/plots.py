@@ -77,3 +77,21 @@ def feature_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], 
         ax.legend(fontsize=6, markerscale=3, loc="best")
     ax.set_title(title, fontsize=9)
     return _save(fig, stem)
+
+
+def accuracy_vs_severity(evaluations: dict, stem: Path) -> list[str]:
+    """evaluations: run name -> evaluation.json dict; one panel per corruption, one line per run."""
+    names = sorted({c for e in evaluations.values() for c in e["corruptions"]})
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False, sharey=True)
+    for ax, corruption in zip(axes[0], names):
+        for run, evaluation in evaluations.items():
+            if corruption in evaluation["corruptions"]:
+                acc = evaluation["corruptions"][corruption]["acc"]
+                severities = sorted(acc, key=int)
+                ax.plot([0] + [int(s) for s in severities], [evaluation["clean_acc"]] + [acc[s] for s in severities],
+                        marker="o", label=run)
+        ax.set_title(corruption.replace("_", " "), fontsize=9)
+        ax.set_xlabel("severity (0 = clean)")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, stem)

@@ -1,0 +1,121 @@
+"""The paper's Section 4: accuracy on corrupted test sets (Table 6) and on new test sets (Table 5).
+
+Corrupted test sets are cached per (test images, corruption, severity, preset, seed), so evaluating
+ten runs of one dataset corrupts its images once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data, plots
+from .config import make_config
+from .corruptions import CORRUPTIONS, corrupt, parameters
+from .data import cache
+from .data.pipeline import BatchLoader
+from .errors import UserError
+from .evaluate import load_run_model, predict, resolve_device
+from .runs import RunDir, write_json
+
+CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, payload: dict, config, device) -> float:
+    loader = BatchLoader(images, labels, config.train.eval_batch_size, payload["mean"], payload["std"], device=device)
+    out = predict(model, loader, config.train.bf16)
+    return (out["logits"].argmax(1) == out["labels"]).double().mean().item()
+
+
+def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, seed: int) -> torch.Tensor:
+    """(N, 3, H, W) uint8 corrupted images, from the cache when this exact set was made before."""
+    if images.shape[1] != 3:
+        raise UserError(f"corruptions need RGB images; this dataset has {images.shape[1]} channel(s)")
+    parameters(name, severity, preset)  # validate before hashing
+    digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=12).hexdigest()
+    key = f"corrupt-v{CACHE_VERSION}-{digest}-{name}-{severity}-{preset}-{seed}"
+    entry = cache.cached(key, lambda: {"images": corrupt(images, name, severity, preset, seed).numpy(),
+                                       "labels": np.zeros(0, np.int64), "classes": []})
+    return torch.from_numpy(np.array(entry["images"]))
+
+
+def generalization_set(spec: str, classes: list[str], config) -> data.ImageSet:
+    """'cifar10.1' or 'cifar10.1:v4' (looked up in DIR given as 'cifar10.1@DIR', else the run's data
+    folder) or 'folder:PATH' (PATH/<class name>/<images>), with labels mapped onto `classes`."""
+    size = config.data.image_size
+    if spec.startswith("folder:"):
+        return data.load_folder_onto(spec[len("folder:"):], classes, size)
+    name, _, where = spec.partition("@")
+    name, _, variant = name.partition(":")
+    if name != "cifar10.1":
+        raise UserError(f"unknown generalisation set {spec!r}; use cifar10.1[:v4][@DIR] or folder:PATH")
+    new = data.load(name, where or config.data.data_dir, "test", size, variant or None)
+    unknown = sorted(set(new.classes) - set(classes))
+    if unknown:
+        raise UserError(f"{spec} has classes the run was not trained on: {', '.join(unknown)}")
+    mapping = torch.tensor([classes.index(c) for c in new.classes])
+    return data.ImageSet(new.images, mapping[new.labels], classes)
+
+
+def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5), preset: str = "imagenet-c",
+                   seed: int = 0, generalization: list[str] = (), device: str = "auto") -> dict:
+    """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json."""
+    device = resolve_device(device)
+    model, payload = load_run_model(run_dir, device)
+    config = make_config(payload["config"])
+    test = data.load(config.data.name, config.data.data_dir, "test", config.data.image_size, config.data.variant)
+    clean = accuracy(model, test.images, test.labels, payload, config, device)
+    result = {"run": str(run_dir), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
+              "corruptions": {}, "generalization": {}}
+    for name in corruptions:
+        per_severity = {str(s): accuracy(model, corrupted_set(test.images, name, s, preset, seed), test.labels,
+                                         payload, config, device) for s in severities}
+        mean = float(np.mean(list(per_severity.values())))
+        result["corruptions"][name] = {"acc": per_severity, "mean_acc": mean,
+                                       "relative_drop": (clean - mean) / clean if clean else float("nan")}
+    for spec in generalization:
+        new = generalization_set(spec, payload["classes"], config)
+        result["generalization"][spec] = {"acc": accuracy(model, new.images, new.labels, payload, config, device),
+                                          "num_images": len(new)}
+    write_json(RunDir(run_dir).file("evaluation.json"), result)
+    if result["corruptions"]:
+        plots.accuracy_vs_severity({Path(run_dir).name: result}, RunDir(run_dir).file("evaluation"))
+    return result
+
+
+def table(result: dict) -> str:
+    """Markdown: accuracy per corruption and severity, mean, relative drop; then generalisation sets."""
+    severities = sorted({s for c in result["corruptions"].values() for s in c["acc"]}, key=int)
+    lines = [f"clean accuracy {result['clean_acc']:.4f} ({result['num_test']} images)", ""]
+    if severities:
+        lines += ["| corruption | " + " | ".join(f"s{s}" for s in severities) + " | mean | relative drop |",
+                  "|---" * (len(severities) + 3) + "|"]
+        for name, c in result["corruptions"].items():
+            cells = " | ".join(f"{c['acc'][s]:.4f}" for s in severities)
+            lines.append(f"| {name} | {cells} | {c['mean_acc']:.4f} | {c['relative_drop']:.3f} |")
+    for spec, g in result["generalization"].items():
+        lines.append(f"{spec}: accuracy {g['acc']:.4f} ({g['num_images']} images)")
+    return "\n".join(lines)
+
+
+def export(name: str, root, out, preset: str = "imagenet-c", seed: int = 0, corruptions=CORRUPTIONS,
+           log=lambda m: print(m, file=sys.stderr)) -> list[str]:
+    """CIFAR-10-C-style files: <corruption>.npy (5N, H, W, 3), severity 1 first, and labels.npy (5N,)."""
+    from .runs import atomic_write
+
+    test = data.load(name, root, "test")
+    out = Path(out)
+    written = []
+    for corruption in corruptions:
+        stacked = np.concatenate([corrupted_set(test.images, corruption, s, preset, seed).permute(0, 2, 3, 1).numpy()
+                                  for s in range(1, 6)])
+        atomic_write(out / f"{corruption}.npy", lambda f, a=stacked: np.save(f, a))
+        written.append(f"{corruption}.npy")
+        log(f"{corruption}: {stacked.shape} -> {out / (corruption + '.npy')}")
+    labels = np.tile(test.labels.numpy().astype(np.int64), 5)
+    atomic_write(out / "labels.npy", lambda f: np.save(f, labels))
+    return written + ["labels.npy"]
