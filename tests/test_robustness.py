@@ -104,3 +104,11 @@ def test_grayscale_dataset_cannot_be_corrupted(tmp_path, capsys):
     fit(make_config(TINY, {"data.name": "digits"}), tmp_path / "d", verbose=False)
     code = main(["evaluate", str(tmp_path / "d"), "--corruptions", "impulse_noise"])
     assert code == 2 and "corruptions need RGB images" in capsys.readouterr().err
+
+
+def test_compare_draws_robustness_of_evaluated_runs(run, tmp_path, capsys):
+    from fixedhead.robustness import evaluate_suite
+
+    evaluate_suite(run / "run", ["impulse_noise"], [1, 2])
+    assert main(["compare", str(run / "run"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "accuracy_vs_severity.png").stat().st_size > 1000

@@ -116,5 +116,10 @@ def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto")
     if out is not None:
         panels = {name: (np.array(r["class_vector_cosine"]), r["classes"]) for name, r in results.items()}
         figures = plots.heatmap_grid(panels, Path(out) / "class_vector_cosine")
+        evaluations = {name: RunDir(r).file("evaluation.json") for name, r in zip(names, run_dirs)}
+        if all(path.exists() for path in evaluations.values()):  # robustness side by side, when evaluated
+            loaded = {name: json.loads(path.read_text()) for name, path in evaluations.items()}
+            if all(e["corruptions"] for e in loaded.values()):
+                figures += plots.accuracy_vs_severity(loaded, Path(out) / "accuracy_vs_severity")
         atomic_write(Path(out) / "compare.md", lambda f: f.write((table + "\n").encode()))
     return {"table": table, "figures": figures, "runs": {n: {k: r[k] for k in SUMMARY_KEYS} for n, r in results.items()}}
