@@ -194,6 +194,41 @@ def _add_robustness(sub):
     p.add_argument("--seed", type=int, default=0)
 
 
+def _sweep(args) -> int:
+    from .config import parse_overrides
+    from .sweep import run_sweep
+
+    summary = run_sweep(args.experiment, args.out, seeds=args.seeds, sets=parse_overrides(args.set),
+                        shard_spec=args.shard, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"{len(summary['planned'])} runs planned")
+        return 0
+    print(f"{len(summary['planned'])} runs: {len(summary['finished'])} trained, {len(summary['skipped'])} already "
+          f"finished, {len(summary['failed'])} failed" + (f" ({', '.join(summary['failed'])})" if summary["failed"] else ""))
+    return 1 if summary["failed"] else 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    result = write_report(args.out_dir)
+    print(result["markdown"])
+    print(f"report.md, results.csv, tables.tex and {len(result['figures'])} figures in {args.out_dir}")
+    return 0
+
+
+def _add_sweep(sub):
+    p = sub.add_parser("sweep", help="run an experiment file: grid x seeds, resumable, shardable")
+    p.add_argument("experiment")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, help="number of seeds (0..n-1), overriding the file")
+    p.add_argument("--shard", help="i/n: run every n-th run starting at the i-th (1 <= i <= n)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
+    p = sub.add_parser("report", help="tables (mean ± std, n) from a sweep's run folders")
+    p.add_argument("out_dir")
+
+
 def _add_data(sub):
     p = sub.add_parser("data", help="download a dataset or describe one")
     p.add_argument("action", choices=("download", "info"))
@@ -215,6 +250,7 @@ def build_parser() -> Parser:
     _add_data(sub)
     _add_analysis(sub)
     _add_robustness(sub)
+    _add_sweep(sub)
     p = sub.add_parser("demo", help="the paper's four models side by side (Fashion-MNIST if here, else digits)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default="auto", help="auto (Fashion-MNIST when found, never downloads), "
@@ -227,7 +263,7 @@ def build_parser() -> Parser:
 
 
 COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
-            "evaluate": _evaluate, "corrupt": _corrupt}
+            "evaluate": _evaluate, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
 
 
 def main(argv=None) -> int:

@@ -95,3 +95,19 @@ def accuracy_vs_severity(evaluations: dict, stem: Path) -> list[str]:
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7)
     return _save(fig, stem)
+
+
+def bars(table: dict, stem: Path) -> list[str]:
+    """A report table as grouped bars (rows as groups, columns as bars) with ±std error bars."""
+    rows, columns = table["rows"], table["columns"]
+    width = 0.8 / max(len(columns), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) * max(len(columns), 1) * 0.6 + 2), 3.4))
+    for k, column in enumerate(columns):
+        cells = [table["cells"][row].get(column) for row in rows]
+        means = [c["mean"] if c else np.nan for c in cells]
+        stds = [0 if not c or np.isnan(c["std"]) else c["std"] for c in cells]
+        ax.bar(np.arange(len(rows)) + k * width, means, width, yerr=stds, capsize=3, label=column or "all")
+    ax.set_xticks(np.arange(len(rows)) + width * (len(columns) - 1) / 2, rows, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel(table["metric"])
+    ax.legend(fontsize=7)
+    return _save(fig, stem)

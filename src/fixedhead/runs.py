@@ -6,6 +6,10 @@ RUN_DIR/metrics.jsonl   one JSON line per epoch
 RUN_DIR/checkpoint.pt   latest training state (for --resume)
 RUN_DIR/model.pt        the selected final weights with their config and class names
 RUN_DIR/final.json      final metrics and status
+RUN_DIR/analysis/       analysis.json and figures (fixedhead analyze)
+RUN_DIR/evaluation.json clean / corrupted / generalisation accuracy (fixedhead evaluate)
+RUN_DIR/sweep.json      the variant and overrides a sweep gave this run
+RUN_DIR/failure.json    why a sweep's run failed
 """
 
 from __future__ import annotations
@@ -99,6 +103,16 @@ class RunDir:
         """Remove this run's own files (for --overwrite); anything else in the folder is kept."""
         for name in RUN_FILES:
             self.file(name).unlink(missing_ok=True)
+
+    def write_sweep_info(self, info: dict) -> None:
+        write_json(self.file("sweep.json"), info)
+
+    def read_optional(self, name: str) -> dict | None:
+        """A JSON file of the run folder, or None when it is absent or unreadable."""
+        try:
+            return read_json(self.file(name))
+        except (OSError, ValueError):
+            return None
 
     def write_config(self, config: dict) -> None:
         atomic_write(self.file("config.yaml"), lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))

@@ -1,0 +1,208 @@
+"""Run folders -> tables of mean ± std (n) -> report.md, results.csv, tables.tex and figures.
+
+Reads only what the runs wrote. Layout comes from the sweep's experiment.yaml when present:
+  report:
+    rows: [data.name, model.arch]       # config keys (or "variant") down the side
+    columns: [variant]                  # across the top
+    metrics: [test_acc, spearman_rho]   # one table per metric
+    compare: [[dot-fixed, dot-learned]] # column pairs: difference with a 95% confidence interval
+    select: {key: model.scale, by: val_acc}  # per cell, keep the key value with the best validation mean
+  paper: {metric: {"row label | column label": value}}   # the paper's numbers, shown beside ours
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
+
+from .errors import UserError
+from .runs import RunDir, atomic_write
+
+PERCENT = {"test_acc", "acc", "clean_acc", "val_acc"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def collect(root) -> list[dict]:
+    """One flat record per run folder under `root`: config keys, variant, final, analysis, evaluation."""
+    records = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "config.yaml").exists()):
+        run = RunDir(folder)
+        final = run.read_optional("final.json") or {}
+        record = {"run": folder.name, "status": final.get("status", "unfinished"), **_flatten(run.read_config())}
+        record["variant"] = (run.read_optional("sweep.json") or {}).get("variant", "")
+        record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
+        analysis = run.read_optional("analysis/analysis.json") or {}
+        record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
+        evaluation = run.read_optional("evaluation.json") or {}
+        if evaluation:
+            record["clean_acc"] = evaluation["clean_acc"]
+            record.update({f"{c}_mean_acc": e["mean_acc"] for c, e in evaluation["corruptions"].items()})
+            record.update({f"gen_acc[{g}]": e["acc"] for g, e in evaluation["generalization"].items()})
+        records.append(record)
+    return records
+
+
+def summarise(values: list[float]) -> dict:
+    """mean, sample std (ddof=1) and n."""
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else float("nan"),
+            "n": len(array), "values": [float(v) for v in array]}
+
+
+def difference_ci(a: list[float], b: list[float], level: float = 0.95) -> dict:
+    """mean(a) - mean(b) with a Welch t confidence interval (unequal variances)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = a.mean() - b.mean()
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": float(diff), "low": float("nan"), "high": float("nan"), "df": float("nan")}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"diff": float(diff), "low": float(diff), "high": float(diff), "df": float("inf")}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return {"diff": float(diff), "low": float(diff - half), "high": float(diff + half), "df": float(df)}
+
+
+def _label(record: dict, keys: list[str]) -> str:
+    return ", ".join(str(record.get(k, "")) for k in keys) or "all"
+
+
+def select_runs(records: list[dict], layout: dict) -> list[dict]:
+    """With layout["select"] = {key, by}: in each table cell keep only the runs whose `key` value has
+    the best mean `by` (a validation metric), e.g. the scale S with the best validation accuracy."""
+    choice = layout.get("select")
+    if not choice:
+        return records
+    key, by = choice["key"], choice["by"]
+    groups: dict = {}
+    for record in records:
+        cell = (_label(record, layout["rows"]), _label(record, layout["columns"]))
+        groups.setdefault(cell, {}).setdefault(record.get(key), []).append(record)
+    kept = []
+    for candidates in groups.values():
+        scored = {v: np.mean([r[by] for r in rs]) for v, rs in candidates.items() if all(by in r for r in rs)}
+        if scored:
+            kept += candidates[max(scored, key=scored.get)]
+    return kept
+
+
+def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
+    """Per metric: cells[row][column] = summary of the finished runs' values (seeds pooled)."""
+    finished = select_runs([r for r in records if r["status"] == "finished"], layout)
+    tables = []
+    for metric in layout["metrics"]:
+        cells: dict = {}
+        for record in finished:
+            if isinstance(record.get(metric), (int, float)):
+                row, column = _label(record, layout["rows"]), _label(record, layout["columns"])
+                cells.setdefault(row, {}).setdefault(column, []).append(record[metric])
+        if not cells:
+            continue
+        summary = {row: {col: summarise(v) for col, v in columns.items()} for row, columns in cells.items()}
+        columns = sorted({c for row in summary.values() for c in row})
+        diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
+                                if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
+        tables.append({"metric": metric, "rows": sorted(summary), "columns": columns, "cells": summary,
+                       "diffs": diffs, "paper": (paper or {}).get(metric, {})})
+    return tables
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{100 * value:.2f}" if metric in PERCENT else f"{value:.3f}"
+
+
+def _cell(metric: str, s: dict | None, paper_value=None) -> str:
+    if s is None:
+        return "-"
+    std = "" if math.isnan(s["std"]) else f" ± {_fmt(metric, s['std'])}"
+    paper = "" if paper_value is None else f" [paper {paper_value}]"
+    return f"{_fmt(metric, s['mean'])}{std} (n={s['n']}){paper}"
+
+
+def markdown(table: dict) -> str:
+    metric = table["metric"]
+    unit = " (%)" if metric in PERCENT else ""
+    lines = [f"### {metric}{unit}", "", "| | " + " | ".join(table["columns"]) + " |",
+             "|---" * (len(table["columns"]) + 1) + "|"]
+    for row in table["rows"]:
+        cells = [_cell(metric, table["cells"][row].get(c), table["paper"].get(f"{row} | {c}")) for c in table["columns"]]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    for name, per_row in table["diffs"].items():
+        lines += ["", f"{name}, mean difference with 95% CI (Welch):", ""]
+        for row, d in per_row.items():
+            ci = "" if math.isnan(d["low"]) else f" [{_fmt(metric, d['low'])}, {_fmt(metric, d['high'])}]"
+            lines.append(f"- {row}: {_fmt(metric, d['diff'])}{ci}")
+    return "\n".join(lines)
+
+
+def latex(table: dict) -> str:
+    metric = table["metric"]
+    head = " & ".join(["", *table["columns"]]) + r" \\"
+    body = []
+    for row in table["rows"]:
+        cells = []
+        for c in table["columns"]:
+            s = table["cells"][row].get(c)
+            cells.append("-" if s is None else f"${_fmt(metric, s['mean'])}" + (
+                "" if math.isnan(s["std"]) else rf" \pm {_fmt(metric, s['std'])}") + "$")
+        body.append(" & ".join([row.replace("_", r"\_"), *cells]) + r" \\")
+    spec = "l" + "c" * len(table["columns"])
+    caption = metric.replace("_", r"\_")
+    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head,
+                      r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+                      rf"\caption{{{caption}: mean $\pm$ std over seeds.}}", r"\end{table}"])
+
+
+def default_layout(records: list[dict], experiment: dict) -> dict:
+    layout = dict((experiment.get("report") or {}))
+    varying = [k for k in (experiment.get("grid") or {})]
+    layout.setdefault("columns", ["variant"] if experiment.get("variants") else [])
+    layout.setdefault("rows", [k for k in varying if k not in layout["columns"]])
+    layout.setdefault("metrics", ["test_acc"])
+    return layout
+
+
+def write_report(root) -> dict:
+    """Write report.md, results.csv, tables.tex and one figure per metric under `root`."""
+    from . import plots
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; give the --out folder of a sweep")
+    records = collect(root)
+    if not any(r["status"] == "finished" for r in records):
+        raise UserError(f"{root} holds no finished runs ({len(records)} run folders); run fixedhead sweep first")
+    experiment = yaml.safe_load((root / "experiment.yaml").read_text()) if (root / "experiment.yaml").exists() else {}
+    layout = default_layout(records, experiment)
+    tables = build_tables(records, layout, experiment.get("paper"))
+    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "failed", "unfinished")}
+    header = [f"# Report: {experiment.get('name', root.name)}", "",
+              f"{len(records)} runs: {counts['finished']} finished, {counts['failed']} failed, "
+              f"{counts['unfinished']} unfinished. Cells: mean ± sample std over seeds (n = runs). "
+              "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
+    text = "\n".join(header + [markdown(t) + "\n" for t in tables])
+    atomic_write(root / "report.md", lambda f: f.write(text.encode()))
+    buffer = io.StringIO()
+    keys = sorted({k for r in records for k in r})
+    writer = csv.DictWriter(buffer, fieldnames=["run", "status", "variant"] + [k for k in keys if k not in
+                                                                                   ("run", "status", "variant")])
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write(root / "results.csv", lambda f: f.write(buffer.getvalue().encode()))
+    tex = "\n\n".join(latex(t) for t in tables) + "\n"
+    atomic_write(root / "tables.tex", lambda f: f.write(tex.encode()))
+    figures = [plots.bars(t, root / f"figure_{t['metric']}") for t in tables]
+    return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}

@@ -1,0 +1,183 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from fixedhead.cli import main
+from fixedhead.errors import UserError
+from fixedhead.report import difference_ci, write_report
+from fixedhead.sweep import expand, load_experiment, parse_shard, shard
+
+EXPERIMENT = {
+    "name": "t",
+    "base": {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128},
+    "variants": {"dot-learned": {"model.head": "dot"}, "dot-fixed": {"model.head": "dot", "model.fixed": True}},
+    "grid": {"train.lr": [0.05, 0.1]},
+    "seeds": 2,
+}
+
+
+def write(tmp_path, experiment, name="e.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def test_grid_expansion_and_names(tmp_path):
+    runs = expand(load_experiment(write(tmp_path, EXPERIMENT)))
+    names = [r.name for r in runs]
+    assert len(runs) == 2 * 2 * 2 and names == sorted(names) and len(set(names)) == 8
+    assert "dot-fixed__lr=0.05__seed=1" in names
+    run = next(r for r in runs if r.name == "dot-fixed__lr=0.1__seed=0")
+    assert run.overrides == {"model.head": "dot", "model.fixed": True, "train.lr": 0.1, "seed": 0}
+    assert names == [r.name for r in expand(load_experiment(write(tmp_path, EXPERIMENT, "again.yaml")))]
+    assert len(expand(load_experiment(write(tmp_path, EXPERIMENT), seeds=3))) == 12
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 9])
+def test_shards_are_disjoint_and_complete(tmp_path, count):
+    runs = expand(load_experiment(write(tmp_path, EXPERIMENT)))
+    parts = [shard(runs, i, count) for i in range(1, count + 1)]
+    names = [r.name for part in parts for r in part]
+    assert sorted(names) == sorted(r.name for r in runs) and len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"gird": {"train.lr": [0.1]}}, "unknown key 'gird'"),
+    ({"grid": {}, "variants": None}, "the grid is empty"),
+    ({"grid": {"train.lr": []}}, "non-empty lists"),
+    ({"grid": {"train.lrr": [0.1]}}, "unknown config key 'train.lrr'"),
+    ({"seeds": 0}, "seeds must be a count >= 1"),
+    ({"after": ["plot"]}, "unknown step 'plot'"),
+])
+def test_bad_experiment_files(tmp_path, change, match):
+    experiment = {**EXPERIMENT, **change}
+    with pytest.raises(UserError, match=match):
+        expand(load_experiment(write(tmp_path, {k: v for k, v in experiment.items() if v is not None})))
+
+
+@pytest.mark.parametrize("spec", ["3/2", "0/2", "1", "a/b", "2/0"])
+def test_bad_shard_specs(spec):
+    with pytest.raises(UserError, match="--shard takes i/n"):
+        parse_shard(spec)
+
+
+def test_cli_dry_run_and_bad_shard(tmp_path, capsys):
+    path = write(tmp_path, EXPERIMENT)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--shard", "2/3"]) == 0
+    assert "3 runs planned" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--shard", "3/2"]) == 2
+    assert "--shard takes i/n" in capsys.readouterr().err
+
+
+def test_report_of_a_folder_without_finished_runs(tmp_path, capsys):
+    (tmp_path / "r" / "run1").mkdir(parents=True)
+    (tmp_path / "r" / "run1" / "config.yaml").write_text("seed: 0\n")
+    assert main(["report", str(tmp_path / "r")]) == 2
+    assert "holds no finished runs" in capsys.readouterr().err
+
+
+def fixture_run(root, name, variant, dataset, seed, acc):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "data": {"name": dataset}}))
+    (folder / "final.json").write_text(json.dumps({"status": "finished", "test_acc": acc, "seed": seed}))
+    (folder / "sweep.json").write_text(json.dumps({"variant": variant}))
+
+
+def test_report_tables_against_numpy_and_scipy(tmp_path):
+    accs = {("fixed", "a"): [0.91, 0.93, 0.92], ("learned", "a"): [0.88, 0.90, 0.85], ("fixed", "b"): [0.5]}
+    for (variant, dataset), values in accs.items():
+        for seed, acc in enumerate(values):
+            fixture_run(tmp_path, f"{variant}-{dataset}-{seed}", variant, dataset, seed, acc)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "fx", "grid": {"data.name": ["a", "b"]},
+                                                              "variants": {"fixed": {}, "learned": {}},
+                                                              "report": {"compare": [["fixed", "learned"]]}}))
+    result = write_report(tmp_path)
+    table = result["tables"][0]
+    cell = table["cells"]["a"]["fixed"]
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(np.mean(accs[("fixed", "a")]))
+    assert cell["std"] == pytest.approx(np.std(accs[("fixed", "a")], ddof=1))
+    assert np.isnan(table["cells"]["b"]["fixed"]["std"]) and table["cells"]["b"]["fixed"]["n"] == 1
+    welch = stats.ttest_ind(accs[("fixed", "a")], accs[("learned", "a")], equal_var=False)
+    ci = welch.confidence_interval(0.95)
+    d = table["diffs"]["fixed - learned"]["a"]
+    assert (d["low"], d["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    text = (tmp_path / "report.md").read_text()
+    assert "92.00 ± 1.00 (n=3)" in text and "| b | 50.00 (n=1) | - |" in text
+    assert (tmp_path / "results.csv").read_text().count("\n") == 8
+    assert r"\begin{tabular}" in (tmp_path / "tables.tex").read_text()
+    assert (tmp_path / "figure_test_acc.png").stat().st_size > 1000
+
+
+def test_difference_ci_with_single_runs_has_no_interval():
+    assert np.isnan(difference_ci([0.5], [0.4])["low"])
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    experiment = {**EXPERIMENT, "variants": None, "grid": {"train.lr": [1e30, 0.05]}, "seeds": 1,
+                  "base": {**EXPERIMENT["base"], "train.epochs": 1, "train.warmup_epochs": 0}}
+    path = write(tmp_path, {k: v for k, v in experiment.items() if v is not None})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o")]) == 1
+    assert "1 failed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "lr=1e+30__seed=0" / "failure.json").read_text())["error"].startswith(
+        "training diverged")
+    assert json.loads((tmp_path / "o" / "lr=0.05__seed=0" / "final.json").read_text())["status"] == "finished"
+
+
+def test_killed_sweep_restarts_and_every_run_finishes_exactly_once(tmp_path):
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.epochs": 3}, "seeds": 1}
+    path = write(tmp_path, experiment)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "fixedhead", "sweep", str(path), "--out", str(out)]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill during the second run, after its first checkpoint
+        finished = list(out.glob("*/final.json"))
+        started = [p for p in out.glob("*/checkpoint.pt") if not (p.parent / "final.json").exists()]
+        if finished and started:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(list(out.glob("*/final.json"))) < 4
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for run in out.iterdir():
+        if run.is_dir():
+            epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+            assert epochs == [1, 2, 3], run.name
+            assert json.loads((run / "final.json").read_text())["status"] == "finished"
+    assert "already finished" in done.stdout and len(list(out.glob("*/final.json"))) == 4
+
+
+def test_select_keeps_the_value_best_on_validation_not_test(tmp_path):
+    from fixedhead.report import build_tables
+
+    records = []
+    for scale, val, test in ((1, 0.70, 0.90), (16, 0.80, 0.60)):  # S=1 is best on test, S=16 on validation
+        for seed in range(2):
+            records.append({"status": "finished", "data.name": "a", "variant": "v", "model.scale": scale,
+                            "val_acc": val, "test_acc": test + seed / 100})
+    layout = {"rows": ["data.name"], "columns": ["variant"], "metrics": ["test_acc", "model.scale"],
+              "select": {"key": "model.scale", "by": "val_acc"}}
+    tables = {t["metric"]: t for t in build_tables(records, layout)}
+    assert tables["model.scale"]["cells"]["a"]["v"]["mean"] == 16
+    assert tables["test_acc"]["cells"]["a"]["v"]["mean"] == pytest.approx(0.605)
+
+
+def test_every_shipped_experiment_file_expands(tmp_path):
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        runs = expand(load_experiment(path, sets={"data.data_dir": str(tmp_path)}))
+        assert runs, path
