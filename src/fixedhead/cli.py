@@ -273,6 +273,13 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"fixedhead: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from .train import Interrupted
+
+        if not isinstance(error, Interrupted):
+            raise
+        print(f"fixedhead: {error}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("fixedhead: interrupted; a run can be continued with --resume", file=sys.stderr)
         return 130

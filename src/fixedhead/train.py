@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -55,14 +57,47 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
-def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress) -> dict:
-    """One pass over the training loader; returns mean loss, accuracy and images/s."""
+class StopSignals:
+    """While active, SIGINT/SIGTERM ask training to stop after the current step (a second one stops at once)."""
+
+    def __enter__(self):
+        self.received, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+class Interrupted(Exception):
+    """Training stopped on request after writing a checkpoint; the message says how to resume."""
+
+
+def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress,
+                partial: dict | None = None, stop: StopSignals | None = None) -> dict:
+    """One pass over the training loader; returns mean loss, accuracy and images/s.
+
+    `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
+    the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
+    If `stop` receives a signal, the epoch ends after the current step with record["partial"] set.
+    """
     model.train()
     device = loader.labels.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    seen, start = 0, time.perf_counter()
+    partial = partial or {"step": 0, "loss_sum": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "elapsed": 0.0}
+    loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
+    seen, start = partial["seen"], time.perf_counter() - partial["elapsed"]
+    progress.update(partial["step"])
     for step, (images, labels) in enumerate(loader.epoch(seed, epoch)):
+        if step < partial["step"]:
+            continue
         with autocast(device, train_cfg.bf16):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=train_cfg.label_smoothing)
@@ -77,6 +112,9 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
             rate = seen / (time.perf_counter() - start)
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
         progress.update(1)
+        if stop is not None and stop.received and step < len(loader) - 1:
+            return {"partial": {"step": step + 1, "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+                                "elapsed": time.perf_counter() - start}}
     elapsed = time.perf_counter() - start
     return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
@@ -100,8 +138,10 @@ def _data_meta(data: dict) -> dict:
     return {k: data[k] for k in ("classes", "in_channels", "image_size", "mean", "std")}
 
 
-def _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s, config, data) -> dict:
+def _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s, config, data, partial=None) -> dict:
+    """Everything needed to continue exactly: `epoch` epochs done, plus `partial` steps of the next."""
     return {
+        "partial": partial,
         "config": config_mod.to_dict(config), "data": _data_meta(data), "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "plateau": plateau.state_dict() if plateau else None, "epoch": epoch, "best": best,
@@ -116,7 +156,7 @@ def _restore(checkpoint, model, optimizer, scheduler, plateau):
     if plateau is not None:
         plateau.load_state_dict(checkpoint["plateau"])
     torch.set_rng_state(checkpoint["torch_rng"])
-    return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"]
+    return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"], checkpoint.get("partial")
 
 
 def _evaluate(model, loader, bf16: bool, prefix: str) -> dict:
@@ -142,9 +182,9 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
-    start_epoch, best, train_time_s = 0, None, 0.0
+    start_epoch, best, train_time_s, partial = 0, None, 0.0, None
     if checkpoint is not None:
-        start_epoch, best, train_time_s = _restore(checkpoint, model, optimizer, scheduler, plateau)
+        start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, plateau)
         run.rewrite_metrics([r for r in run.read_metrics() if r["epoch"] <= start_epoch])
     else:
         run.write_config(config_mod.to_dict(config))
@@ -152,26 +192,43 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
         run_meta = describe_environment(config.seed, str(device))
         run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
         write_json(run.file("meta.json"), run_meta)
-    for epoch in range(start_epoch, tc.epochs):
-        with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
-                  disable=None if verbose else True, file=sys.stderr) as progress:
-            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            record.update(train_epoch(model, data["train"], optimizer, scheduler, tc, config.seed, epoch, progress))
-        train_time_s += record["epoch_time_s"]
-        if not math.isfinite(record["train_loss"]):
-            _fail(run, record, config)
-        if "val" in data:
-            record.update(_evaluate(model, data["val"], tc.bf16, "val"))
-            if plateau is not None:
-                plateau.step(record["val_loss"])
-            if tc.select == "best_val" and (best is None or record["val_acc"] > best["val_acc"]):
-                best = {"epoch": epoch + 1, "val_acc": record["val_acc"],
-                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        run.append_metrics(record)
-        run.save("checkpoint.pt", _state(model, optimizer, scheduler, plateau, epoch + 1, best, train_time_s, config, data))
-        if verbose:
-            print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
+    state = lambda epoch, part=None: _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s,
+                                            config, data, part)
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, tc.epochs):
+            with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+                      disable=None if verbose else True, file=sys.stderr) as progress:
+                lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
+                record = {"epoch": epoch + 1, "lr": lr}
+                record.update(train_epoch(model, data["train"], optimizer, scheduler, tc, config.seed, epoch,
+                                          progress, partial, stop))
+            partial = None
+            if "partial" in record:
+                run.save("checkpoint.pt", state(epoch, {**record["partial"], "lr": record["lr"]}))
+                raise Interrupted(f"stopped by {stop.received} in epoch {epoch + 1} after step "
+                                  f"{record['partial']['step']} of {len(data['train'])}; checkpoint written; "
+                                  f"continue with: fixedhead train --out {run.path} --resume")
+            best = _end_epoch(run, record, model, data, plateau, tc, best, config)
+            train_time_s += record["epoch_time_s"]
+            run.save("checkpoint.pt", state(epoch + 1))
+            if verbose:
+                print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
     return _finish(run, config, model, data, best, train_time_s)
+
+
+def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config):
+    """Check the loss, validate, step the plateau schedule, track the best weights, log the epoch."""
+    if not math.isfinite(record["train_loss"]):
+        _fail(run, record, config)
+    if "val" in data:
+        record.update(_evaluate(model, data["val"], tc.bf16, "val"))
+        if plateau is not None:
+            plateau.step(record["val_loss"])
+        if tc.select == "best_val" and (best is None or record["val_acc"] > best["val_acc"]):
+            best = {"epoch": record["epoch"], "val_acc": record["val_acc"],
+                    "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    run.append_metrics(record)
+    return best
 
 
 def _epoch_line(record: dict, epochs: int) -> str:

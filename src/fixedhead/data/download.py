@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +15,55 @@ CIFAR101 = "https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/master/dat
 CIFAR101_SIZES = {"v6": 2000, "v4": 2021}
 
 
-def _torchvision(name: str, root: Path) -> None:
-    from torchvision import datasets  # their downloaders check the published md5 sums
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a .tar(.gz) or .zip into `target`, refusing absolute paths, '..', links and devices that
+    would write outside it (checked for every member before anything is written)."""
+    target = Path(target).resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as opened:
+            for name in opened.namelist():
+                _check_member(archive, name, target)
+            opened.extractall(target)
+        return
+    with tarfile.open(archive) as opened:
+        members = opened.getmembers()
+        for member in members:
+            _check_member(archive, member.name, target)
+            if member.issym() or member.islnk():
+                _check_member(archive, member.linkname, (target / member.name).parent, link=True)
+            if member.isdev():
+                raise UserError(f"refusing to extract {archive}: {member.name} is a device file")
+        opened.extractall(target, members=members)
 
-    if name == "stl10":
-        datasets.STL10(str(root), split="train", download=True)
-    elif name in ("fashion-mnist", "mnist"):  # lands in root/FashionMNIST/raw or root/MNIST/raw
+
+def _check_member(archive: Path, name: str, base: Path, link: bool = False) -> None:
+    path = (base / name).resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_relative_to(base.resolve()):
+        what = "a link pointing" if link else "a member"
+        raise UserError(f"refusing to extract {archive}: {what} {name!r} would land outside {base}")
+
+
+def _archive(url: str, filename: str, md5: str | None, root: Path) -> None:
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    if not check_integrity(str(root / filename), md5):
+        download_url(url, str(root), filename, md5)  # checks the md5 after downloading
+    safe_extract(root / filename, root)
+
+
+def _torchvision(name: str, root: Path) -> None:
+    from torchvision import datasets  # their class attributes hold the canonical URLs and md5 sums
+
+    if name in ("fashion-mnist", "mnist"):  # gzipped IDX files, no archive: lands in root/<Name>/raw
         (datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST)(str(root), train=True, download=True)
-    else:
-        getattr(datasets, name.upper())(str(root), train=True, download=True)
+        return
+    source = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "stl10": datasets.STL10}[name]
+    _archive(source.url, source.filename, source.tgz_md5, root)
 
 
 def _tinyimagenet(root: Path) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
-
     url, md5 = TINYIMAGENET
-    download_and_extract_archive(url, str(root), md5=md5)
+    _archive(url, "tiny-imagenet-200.zip", md5, root)
 
 
 def _cifar101(root: Path) -> None:
