@@ -115,9 +115,9 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "ok/../../escape.txt"])
 def test_archives_cannot_write_outside_their_folder(tmp_path, name):
-    from fixedhead.data.download import safe_extract
-
     import io
+
+    from fixedhead.data.download import safe_extract
 
     tar_path = tmp_path / "bad.tar.gz"
     with tarfile.open(tar_path, "w:gz") as archive:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -14,6 +15,7 @@ TRAIN_FLAGS = {
     "fixed": "model.fixed", "scale": "model.scale", "learn_scale": "model.learn_scale", "init": "model.init",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "seed",
     "device": "train.device", "bf16": "train.bf16", "channels_last": "train.channels_last",
+    "sync_bn": "train.sync_bn", "compile": "train.compile",
 }
 
 
@@ -39,6 +41,8 @@ def _add_train(sub):
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--sync-bn", action="store_true", default=None, help="torchrun: batch norm over the global batch")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--config", help="YAML file of config overrides")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--out", required=True, help="run folder")
@@ -54,7 +58,14 @@ def _train(args) -> int:
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     file_layer = read_yaml(args.config) if args.config else {}
     config = make_config(file_layer, flags, parse_overrides(args.set))
-    final = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
+    from .distributed import teardown
+
+    try:
+        final = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
+    finally:
+        teardown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(f"test accuracy {final['test_acc']:.4f} ({final['num_test']} images, epoch {final['selected_epoch']}, "
           f"{final['train_time_s']:.0f} s training) -> {args.out}")
     return 0

@@ -64,6 +64,8 @@ class TrainConfig:
     channels_last: bool = False
     device: str = "auto"
     deterministic: bool = True
+    sync_bn: bool = False  # torchrun: batch-norm statistics over the global batch
+    compile: bool = False  # torch.compile the model for training
     eval_batch_size: int = 1000
 
 

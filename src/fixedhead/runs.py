@@ -84,8 +84,9 @@ def describe_environment(seed: int, device: str) -> dict:
 class RunDir:
     """Paths and readers/writers of one run folder."""
 
-    def __init__(self, path):
+    def __init__(self, path, writable: bool = True):
         self.path = Path(path)
+        self.writable = writable  # False on the non-zero ranks of a distributed run: only rank 0 writes
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -101,11 +102,15 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove this run's own files (for --overwrite); anything else in the folder is kept."""
-        for name in RUN_FILES:
+        for name in RUN_FILES if self.writable else ():
             self.file(name).unlink(missing_ok=True)
 
+    def write_json(self, name: str, data: dict) -> None:
+        if self.writable:
+            write_json(self.file(name), data)
+
     def write_sweep_info(self, info: dict) -> None:
-        write_json(self.file("sweep.json"), info)
+        self.write_json("sweep.json", info)
 
     def read_optional(self, name: str) -> dict | None:
         """A JSON file of the run folder, or None when it is absent or unreadable."""
@@ -115,7 +120,8 @@ class RunDir:
             return None
 
     def write_config(self, config: dict) -> None:
-        atomic_write(self.file("config.yaml"), lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
+        if self.writable:
+            atomic_write(self.file("config.yaml"), lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
 
     def read_config(self) -> dict:
         try:
@@ -124,10 +130,14 @@ class RunDir:
             raise UserError(f"{self.path} has no readable config.yaml ({error}); is it a fixedhead run folder?") from None
 
     def append_metrics(self, record: dict) -> None:
+        if not self.writable:
+            return
         with open(self.file("metrics.jsonl"), "a") as file:
             file.write(json.dumps(record) + "\n")
 
     def rewrite_metrics(self, records: list[dict]) -> None:
+        if not self.writable:
+            return
         text = "".join(json.dumps(r) + "\n" for r in records)
         atomic_write(self.file("metrics.jsonl"), lambda f: f.write(text.encode()))
 
@@ -146,7 +156,8 @@ class RunDir:
         return records
 
     def save(self, name: str, state: dict) -> None:
-        atomic_write(self.file(name), lambda f: torch.save(state, f))
+        if self.writable:
+            atomic_write(self.file(name), lambda f: torch.save(state, f))
 
     def load(self, name: str) -> dict:
         path = self.file(name)

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import config as config_mod
+from . import distributed
 from .data.loaders import prepare
 from .errors import UserError
 from .evaluate import autocast, predict, resolve_device, summarise
 from .models import build_model
-from .runs import RunDir, describe_environment, write_json
+from .runs import RunDir, describe_environment
 
 
 def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
@@ -82,7 +83,7 @@ class Interrupted(Exception):
 
 
 def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress,
-                partial: dict | None = None, stop: StopSignals | None = None) -> dict:
+                partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.Context()) -> dict:
     """One pass over the training loader; returns mean loss, accuracy and images/s.
 
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
@@ -95,7 +96,7 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
     seen, start = partial["seen"], time.perf_counter() - partial["elapsed"]
     progress.update(partial["step"])
-    for step, (images, labels) in enumerate(loader.epoch(seed, epoch)):
+    for step, (images, labels) in enumerate(loader.epoch(seed, epoch, ctx.rank, ctx.world)):
         if step < partial["step"]:
             continue
         with autocast(device, train_cfg.bf16):
@@ -112,12 +113,21 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
             rate = seen / (time.perf_counter() - start)
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
         progress.update(1)
-        if stop is not None and stop.received and step < len(loader) - 1:
-            return {"partial": {"step": step + 1, "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+        if _should_stop(stop, ctx, device) and step < len(loader) - 1:
+            total_loss, total_correct, total_seen = distributed.sum_across([loss_sum.item(), correct.item(), seen], device)
+            return {"partial": {"step": step + 1, "loss_sum": torch.tensor(total_loss, dtype=loss_sum.dtype),
+                                "correct": torch.tensor(total_correct, dtype=correct.dtype), "seen": int(total_seen),
                                 "elapsed": time.perf_counter() - start}}
     elapsed = time.perf_counter() - start
-    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+    total_loss, total_correct, seen = distributed.sum_across([loss_sum.item(), correct.item(), seen], device)
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+
+def _should_stop(stop, ctx, device) -> bool:
+    """Whether a stop signal arrived; across ranks, so that every rank stops after the same step."""
+    local = 1.0 if stop is not None and stop.received else 0.0
+    return (distributed.sum_across([local], device)[0] if ctx.world > 1 else local) > 0
 
 
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
@@ -168,15 +178,18 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
 
     The test split is evaluated once, at the end, on the weights chosen by `train.select`.
     """
-    run = RunDir(run_dir)
+    ctx, device = distributed.setup(resolve_device(config.train.device))
+    run = RunDir(run_dir, writable=ctx.is_main)
     config, checkpoint = _open_run(run, config, resume, overwrite)
     tc = config.train
-    device = resolve_device(tc.device)
+    if tc.batch_size % ctx.world:
+        raise UserError(f"train.batch_size {tc.batch_size} must be a multiple of the {ctx.world} processes")
     torch.backends.cudnn.benchmark = not tc.deterministic
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                    device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    train_model = _wrap(model, tc, ctx, device)
     optimizer = make_optimizer(model, tc)
     steps, warmup = tc.epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
@@ -185,13 +198,15 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     start_epoch, best, train_time_s, partial = 0, None, 0.0, None
     if checkpoint is not None:
         start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, plateau)
+        if partial and not ctx.is_main:  # the checkpoint's running sums are global: count them once
+            partial = {**partial, "loss_sum": torch.zeros(()), "correct": torch.zeros(()), "seen": 0}
         run.rewrite_metrics([r for r in run.read_metrics() if r["epoch"] <= start_epoch])
     else:
         run.write_config(config_mod.to_dict(config))
         run.rewrite_metrics([])
         run_meta = describe_environment(config.seed, str(device))
         run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
-        write_json(run.file("meta.json"), run_meta)
+        run.write_json("meta.json", run_meta)
     state = lambda epoch, part=None: _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s,
                                             config, data, part)
     with StopSignals() as stop:
@@ -200,8 +215,8 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
                       disable=None if verbose else True, file=sys.stderr) as progress:
                 lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
                 record = {"epoch": epoch + 1, "lr": lr}
-                record.update(train_epoch(model, data["train"], optimizer, scheduler, tc, config.seed, epoch,
-                                          progress, partial, stop))
+                record.update(train_epoch(train_model, data["train"], optimizer, scheduler, tc, config.seed, epoch,
+                                          progress, partial, stop, ctx))
             partial = None
             if "partial" in record:
                 run.save("checkpoint.pt", state(epoch, {**record["partial"], "lr": record["lr"]}))
@@ -214,6 +229,19 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
             if verbose:
                 print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
     return _finish(run, config, model, data, best, train_time_s)
+
+
+def _wrap(model, tc, ctx, device):
+    """The module the training steps call: DistributedDataParallel under torchrun, compiled if asked."""
+    distributed.check_same_everywhere(model.head.weight, "class vectors")
+    if tc.sync_bn and device.type != "cuda":
+        raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm is GPU-only); on CPUs each process "
+                        "keeps batch-norm statistics over its share of the batch")
+    if ctx.world > 1:
+        if tc.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(model) if tc.compile else model
 
 
 def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config):
@@ -240,7 +268,7 @@ def _epoch_line(record: dict, epochs: int) -> str:
 def _fail(run: RunDir, record: dict, config) -> None:
     message = (f"training diverged: loss is {record['train_loss']} in epoch {record['epoch']} at learning rate "
                f"{record['lr']:.4g}; try a lower --lr, a longer warm-up or no bf16")
-    write_json(run.file("final.json"), {"status": "failed", "error": message, "epochs": record["epoch"] - 1,
+    run.write_json("final.json", {"status": "failed", "error": message, "epochs": record["epoch"] - 1,
                                         "seed": config.seed})
     raise UserError(message)
 
@@ -257,5 +285,5 @@ def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict
     }
     if best is not None:
         final["val_acc"] = best["val_acc"]
-    write_json(run.file("final.json"), final)
+    run.write_json("final.json", final)
     return final

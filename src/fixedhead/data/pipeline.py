@@ -71,7 +71,9 @@ class BatchLoader:
         x = (images.float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def epoch(self, seed: int = 0, epoch: int = 0):
+    def epoch(self, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1):
+        """Batches of one epoch; with world > 1, this rank's share (every world-th image) of each global
+        batch, augmented exactly as in a single process."""
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         count = len(self.labels)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
@@ -83,4 +85,6 @@ class BatchLoader:
                 images = random_crop(images, self.crop_padding, generator)
             if self.flip:
                 images = random_flip(images, generator)
+            if world > 1:
+                images, index = images[rank::world], index[rank::world]
             yield self.normalise(images), self.labels[index]
