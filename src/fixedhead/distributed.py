@@ -26,6 +26,9 @@ class Context:
         return self.rank == 0
 
 
+SINGLE = Context()  # a process on its own
+
+
 def setup(device: torch.device) -> tuple[Context, torch.device]:
     """Join the process group torchrun describes (nccl on GPUs, gloo on CPUs); pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

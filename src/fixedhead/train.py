@@ -83,7 +83,7 @@ class Interrupted(Exception):
 
 
 def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress,
-                partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.Context()) -> dict:
+                partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.SINGLE) -> dict:
     """One pass over the training loader; returns mean loss, accuracy and images/s.
 
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
