@@ -66,6 +66,7 @@ class TrainConfig:
     deterministic: bool = True
     sync_bn: bool = False  # torchrun: batch-norm statistics over the global batch
     compile: bool = False  # torch.compile the model for training
+    log_test: bool = False  # also log test accuracy per epoch (learning curves, benchmarks); never used for selection
     eval_batch_size: int = 1000
 
 

@@ -255,6 +255,8 @@ def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config
         if tc.select == "best_val" and (best is None or record["val_acc"] > best["val_acc"]):
             best = {"epoch": record["epoch"], "val_acc": record["val_acc"],
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    if tc.log_test:  # monitoring only: nothing below reads it
+        record.update(_evaluate(model, data["test"], tc.bf16, "test"))
     run.append_metrics(record)
     return best
 
