@@ -181,3 +181,13 @@ def test_every_shipped_experiment_file_expands(tmp_path):
     for path in files:
         runs = expand(load_experiment(path, sets={"data.data_dir": str(tmp_path)}))
         assert runs, path
+
+
+def test_devices_run_one_worker_per_device_over_disjoint_shards(tmp_path, capsys):
+    experiment = {**EXPERIMENT, "variants": None, "grid": {"train.lr": [0.05, 0.1, 0.2]}, "seeds": 1,
+                  "base": {**EXPERIMENT["base"], "train.epochs": 1}}
+    path = write(tmp_path, {k: v for k, v in experiment.items() if v is not None})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--devices", "cpu,cpu"]) == 0
+    assert "3 runs: 3 trained" in capsys.readouterr().out
+    finals = sorted(p.parent.name for p in (tmp_path / "o").glob("*/final.json"))
+    assert finals == ["lr=0.05__seed=0", "lr=0.1__seed=0", "lr=0.2__seed=0"]

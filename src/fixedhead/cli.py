@@ -209,8 +209,20 @@ def _sweep(args) -> int:
     from .config import parse_overrides
     from .sweep import run_sweep
 
-    summary = run_sweep(args.experiment, args.out, seeds=args.seeds, sets=parse_overrides(args.set),
-                        shard_spec=args.shard, dry_run=args.dry_run)
+    sets = parse_overrides(args.set)
+    if args.devices:
+        from .sweep import run_parallel
+
+        if args.shard or args.dry_run:
+            raise UserError("--devices runs every shard itself; drop --shard / --dry-run (or use them without --devices)")
+        summary = run_parallel(args.experiment, args.out, args.devices.split(","), seeds=args.seeds, sets=sets)
+    else:
+        summary = run_sweep(args.experiment, args.out, seeds=args.seeds, sets=sets, shard_spec=args.shard,
+                            dry_run=args.dry_run)
+    if args.summary:
+        from .runs import write_json
+
+        write_json(args.summary, summary)
     if args.dry_run:
         print(f"{len(summary['planned'])} runs planned")
         return 0
@@ -235,6 +247,8 @@ def _add_sweep(sub):
     p.add_argument("--seeds", type=int, help="number of seeds (0..n-1), overriding the file")
     p.add_argument("--shard", help="i/n: run every n-th run starting at the i-th (1 <= i <= n)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    p.add_argument("--devices", help="comma list (e.g. cuda:0,cuda:1): one worker per device, each on its shard")
+    p.add_argument("--summary", help=argparse.SUPPRESS)  # where a worker leaves its summary for --devices
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
     p = sub.add_parser("report", help="tables (mean ± std, n) from a sweep's run folders")
     p.add_argument("out_dir")

@@ -148,3 +148,32 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
             write_json(run_dir.file("failure.json"), {"error": message, "traceback": traceback.format_exc()})
             summary["failed"].append(run.name)
     return summary
+
+
+def run_parallel(path, out, devices: list[str], seeds: int | None = None, sets: dict | None = None,
+                 log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """One worker process per device, each running the shard i/n of the sweep on its device
+    (e.g. devices cuda:0,cuda:1,...: one run per GPU at a time). Returns the merged summary."""
+    import json
+    import subprocess
+    import tempfile
+
+    expand(load_experiment(path, seeds, sets))  # refuse a bad file before starting any worker
+    workers = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, device in enumerate(devices, 1):
+            summary_path = Path(tmp) / f"summary-{index}.json"
+            command = [sys.executable, "-m", "fixedhead", "sweep", str(path), "--out", str(out),
+                       "--shard", f"{index}/{len(devices)}", "--set", f"train.device={device}",
+                       "--summary", str(summary_path)]
+            command += [item for key, value in (sets or {}).items() for item in ("--set", f"{key}={value}")]
+            command += ["--seeds", str(seeds)] if seeds is not None else []
+            log(f"worker {index}/{len(devices)} on {device}")
+            workers.append((subprocess.Popen(command), summary_path))
+        merged = {"planned": [], "finished": [], "skipped": [], "failed": []}
+        for process, summary_path in workers:
+            process.wait()
+            if summary_path.exists():
+                for key, names in json.loads(summary_path.read_text()).items():
+                    merged[key] += names
+    return merged
