@@ -164,3 +164,31 @@ def test_cosine_logits_bounded_by_scale_and_finite(num_classes, num_features, sc
 def test_cosine_logits_handle_zero_features():
     logits = ClassHead(5, 3, "cosine", fixed=True)(torch.zeros(2, 5))
     assert torch.isfinite(logits).all() and math.isclose(logits.abs().max().item(), 0.0)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+@pytest.mark.parametrize("weight_dtype", [None, torch.bfloat16])
+def test_blockwise_loss_equals_full_cross_entropy(similarity, weight_dtype):
+    torch.manual_seed(0)
+    head = ClassHead(16, 1000, similarity, fixed=True, scale=1.0 if similarity == "dot" else 8.0,
+                     weight_dtype=weight_dtype)
+    features = torch.randn(12, 16, requires_grad=True)
+    labels = torch.randint(0, 1000, (12,))
+    loss = head.blockwise_loss(features, labels, block_size=300)  # 1000 is not a multiple of 300
+    (grad,) = torch.autograd.grad(loss, features)
+    reference = ClassHead(16, 1000, similarity, fixed=True, scale=head.scale.item())
+    reference.weight.copy_(head.weight.float())  # the same (possibly bf16-rounded) vectors, full float32 maths
+    f = features.detach().clone().requires_grad_(True)
+    expected = torch.nn.functional.cross_entropy(reference(f), labels)
+    (expected_grad,) = torch.autograd.grad(expected, f)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+    if weight_dtype is not None:
+        assert head.weight.dtype == torch.bfloat16 and "weight" in head.state_dict()
+
+
+def test_blockwise_loss_refuses_learned_heads():
+    with pytest.raises(UserError, match="fixed heads"):
+        ClassHead(4, 3).blockwise_loss(torch.randn(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(UserError, match="weight_dtype is for fixed heads"):
+        ClassHead(4, 3, weight_dtype=torch.bfloat16)

@@ -117,6 +117,7 @@ class ClassHead(nn.Module):
         init: str = "random",
         bias: bool = False,
         seed: int = 0,
+        weight_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if similarity not in SIMILARITIES:
@@ -128,8 +129,11 @@ class ClassHead(nn.Module):
         self.num_features, self.num_classes = int(num_features), int(num_classes)
         self.similarity, self.fixed, self.init, self.seed = similarity, bool(fixed), init, int(seed)
         weight = class_vectors(self.num_classes, self.num_features, init, seed)
+        if weight_dtype is not None and not self.fixed:
+            raise UserError("weight_dtype is for fixed heads (their vectors take no gradient steps)")
         if self.fixed:
-            self.register_buffer("weight", weight)
+            # bf16 halves the memory of a very large fixed head; blockwise_loss computes in float32.
+            self.register_buffer("weight", weight.to(weight_dtype or weight.dtype))
         else:
             self.weight = nn.Parameter(weight)
         # S = exp(log_scale) keeps a learned scale positive.
@@ -155,9 +159,52 @@ class ClassHead(nn.Module):
         logits = cosine * self.scale.to(cosine.dtype)
         return logits if self.bias is None else logits + self.bias
 
+    def blockwise_loss(self, features: torch.Tensor, labels: torch.Tensor, block_size: int = 65536) -> torch.Tensor:
+        """Mean cross-entropy of a fixed head without forming the (B, C) logits: classes are visited in
+        blocks of `block_size`, in float32, twice (forward and backward). Exact: the same loss and
+        feature gradient as F.cross_entropy(self(features), labels), up to float rounding."""
+        if not self.fixed or self.bias is not None or self.log_scale is not None:
+            raise UserError("blockwise_loss is for fixed heads without bias or learned scale")
+        if self.similarity == "cosine":
+            features, scale = F.normalize(features, dim=1), self.scale.item()
+        else:
+            scale = 1.0
+        return _BlockwiseCrossEntropy.apply(features.float(), self.weight, labels, scale, block_size)
+
     def extra_repr(self) -> str:
         scale = f", scale={self.scale.item():.4g}" if self.similarity == "cosine" else ""
         return (
             f"num_features={self.num_features}, num_classes={self.num_classes}, similarity={self.similarity}, "
             f"fixed={self.fixed}, init={self.init}, seed={self.seed}{scale}, bias={self.bias is not None}"
         )
+
+
+class _BlockwiseCrossEntropy(torch.autograd.Function):
+    """mean_b [logsumexp_c(s f_b . w_c) - s f_b . w_y], visiting (block, D) slices of the weight."""
+
+    @staticmethod
+    def forward(ctx, features, weight, labels, scale, block_size):
+        batch = len(features)
+        lse = torch.full((batch,), float("-inf"), device=features.device)
+        target = torch.zeros(batch, device=features.device)
+        for start in range(0, len(weight), block_size):
+            logits = scale * features @ weight[start:start + block_size].float().T  # (B, block)
+            lse = torch.logaddexp(lse, logits.logsumexp(1))
+            inside = (labels >= start) & (labels < start + logits.shape[1])
+            target[inside] = logits[inside, labels[inside] - start]
+        ctx.save_for_backward(features, weight, labels, lse)
+        ctx.scale, ctx.block_size = scale, block_size
+        return (lse - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        features, weight, labels, lse = ctx.saved_tensors
+        grad = torch.zeros_like(features)
+        rows = torch.arange(len(features), device=features.device)
+        for start in range(0, len(weight), ctx.block_size):
+            block = weight[start:start + ctx.block_size].float()
+            probs = (ctx.scale * features @ block.T - lse[:, None]).exp_()  # softmax restricted to the block
+            inside = (labels >= start) & (labels < start + len(block))
+            probs[rows[inside], labels[inside] - start] -= 1
+            grad += probs @ block
+        return grad * (ctx.scale * grad_output / len(features)), None, None, None, None
