@@ -44,8 +44,10 @@ def class_vector_heatmap(matrix: np.ndarray, classes: list[str], stem: Path, tit
 def heatmap_grid(panels: dict, stem: Path) -> list[str]:
     """panels: title -> (matrix, classes); one heatmap per run side by side."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    for ax, (title, (matrix, classes)) in zip(axes[0], panels.items()):
+    for k, (ax, (title, (matrix, classes))) in enumerate(zip(axes[0], panels.items())):
         image = _heatmap(ax, matrix, classes, title)
+        if k > 0:
+            ax.set_yticklabels([])  # class names once, on the left: they would run into the panel before
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, label="cos(w_i, w_j)")
     return _save(fig, stem)
 
