@@ -70,7 +70,7 @@ def expand(experiment: dict) -> list[PlannedRun]:
     """Every (variant, grid point, seed) as a run with a readable name; each config is validated now."""
     grid = experiment.get("grid") or {}
     variants = experiment.get("variants") or {"": {}}
-    short = [key.split(".")[-1] for key in grid]
+    short = ["data" if key == "data.name" else key.split(".")[-1] for key in grid]
     labels = short if len(set(short)) == len(short) else [key.replace(".", "-") for key in grid]
     runs = []
     for variant, overrides in variants.items():
