@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from . import metrics, plots
-from .config import make_config
-from .data.loaders import prepare
 from .errors import UserError
-from .evaluate import check_classes, load_run_model, predict, resolve_device
+from .evaluate import open_split, predict
 from .runs import RunDir, atomic_write, write_json
 
 TSNE_MAX_POINTS = 3000
@@ -20,14 +18,8 @@ TSNE_MAX_POINTS = 3000
 
 def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
     """Features, logits and labels of a run on one split, with the head's class vectors."""
-    device = resolve_device(device)
-    model, payload = load_run_model(run_dir, device, allow_unfinished=True)
-    config = make_config(payload["config"])
-    data = prepare(config.data, seed=config.seed, batch_size=config.train.batch_size,
-                   eval_batch_size=config.train.eval_batch_size, device=device, splits=(split,),
-                   stats=(payload["mean"], payload["std"]))
-    check_classes(model.head.num_classes, data["classes"], f"dataset {config.data.name!r}")
-    out = predict(model, data[split], config.train.bf16, with_features=True)
+    model, payload, config, loader = open_split(run_dir, split, device, allow_unfinished=True)
+    out = predict(model, loader, config.train.bf16, with_features=True)
     head = model.head
     out.update(weight=head.weight.detach().float().cpu(), classes=payload["classes"], source=payload["source"],
                head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,

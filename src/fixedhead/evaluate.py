@@ -90,14 +90,20 @@ def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tup
     return model.to(device).eval(), payload
 
 
-def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto") -> dict:
-    """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`)."""
+def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None, allow_unfinished: bool = False):
+    """(model, payload, config, loader) for evaluating a run's weights on one split of its dataset,
+    normalised with the run's own statistics; a class-count mismatch is an error."""
     device = resolve_device(device)
-    model, payload = load_run_model(run_dir, device)
+    model, payload = load_run_model(run_dir, device, allow_unfinished)
     config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {})
     data = prepare(config.data, seed=config.seed, batch_size=config.train.batch_size,
                    eval_batch_size=config.train.eval_batch_size, device=device, splits=(split,),
                    stats=(payload["mean"], payload["std"]))
     check_classes(model.head.num_classes, data["classes"], f"dataset {config.data.name!r}")
-    result = summarise(predict(model, data[split], config.train.bf16))
-    return {"split": split, **result}
+    return model, payload, config, data[split]
+
+
+def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto") -> dict:
+    """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`)."""
+    model, _, config, loader = open_split(run_dir, split, device, data_dir)
+    return {"split": split, **summarise(predict(model, loader, config.train.bf16))}
