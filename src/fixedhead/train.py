@@ -207,6 +207,10 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
         run_meta = describe_environment(config.seed, str(device))
         run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
         run.write_json("meta.json", run_meta)
+    if verbose and ctx.is_main and 0 < steps < 100:
+        print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
+              "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
+              file=sys.stderr)
     state = lambda epoch, part=None: _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s,
                                             config, data, part)
     with StopSignals() as stop:
