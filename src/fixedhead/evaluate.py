@@ -7,8 +7,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from . import data
 from .config import make_config
-from .data.loaders import prepare
+from .data.pipeline import BatchLoader
 from .errors import UserError
 from .models import build_model
 from .runs import RunDir
@@ -90,17 +91,23 @@ def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tup
     return model.to(device).eval(), payload
 
 
+def eval_loader(images: torch.Tensor, labels: torch.Tensor, payload: dict, config, device) -> BatchLoader:
+    """Batches of (N, C, H, W) uint8 images normalised with the run's own training statistics."""
+    return BatchLoader(images, labels, config.train.eval_batch_size, payload["mean"], payload["std"], device=device,
+                       channels_last=config.train.channels_last)
+
+
 def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None, allow_unfinished: bool = False):
-    """(model, payload, config, loader) for evaluating a run's weights on one split of its dataset,
-    normalised with the run's own statistics; a class-count mismatch is an error."""
+    """(model, payload, config, loader) for evaluating a run's weights on one split of its dataset.
+
+    Only that split is read: the class names, input size and normalisation come from the run itself.
+    A class-count mismatch is an error."""
     device = resolve_device(device)
     model, payload = load_run_model(run_dir, device, allow_unfinished)
     config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {})
-    data = prepare(config.data, seed=config.seed, batch_size=config.train.batch_size,
-                   eval_batch_size=config.train.eval_batch_size, device=device, splits=(split,),
-                   stats=(payload["mean"], payload["std"]))
-    check_classes(model.head.num_classes, data["classes"], f"dataset {config.data.name!r}")
-    return model, payload, config, data[split]
+    images = data.load(config.data.name, config.data.data_dir, split, config.data.image_size, config.data.variant)
+    check_classes(model.head.num_classes, images.classes, f"dataset {config.data.name!r}")
+    return model, payload, config, eval_loader(images.images, images.labels, payload, config, device)
 
 
 def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto") -> dict:

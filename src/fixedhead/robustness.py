@@ -17,17 +17,15 @@ from . import data, plots
 from .config import make_config
 from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
-from .data.pipeline import BatchLoader
 from .errors import UserError
-from .evaluate import load_run_model, predict, resolve_device
+from .evaluate import eval_loader, load_run_model, predict, resolve_device
 from .runs import RunDir, write_json
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
 
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, payload: dict, config, device) -> float:
-    loader = BatchLoader(images, labels, config.train.eval_batch_size, payload["mean"], payload["std"], device=device)
-    out = predict(model, loader, config.train.bf16)
+    out = predict(model, eval_loader(images, labels, payload, config, device), config.train.bf16)
     return (out["logits"].argmax(1) == out["labels"]).double().mean().item()
 
 

@@ -7,11 +7,9 @@ from .pipeline import BatchLoader, channel_stats, split_validation
 
 
 def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, device, channels_last: bool = False,
-            with_val: bool = False, splits=("train", "test"), stats=None) -> dict:
-    """Loaders for the requested splits plus `classes`, `mean`, `std`, `in_channels`, `image_size`.
-
-    Normalisation statistics come from the training images (after the validation hold-out) unless
-    `stats` = (mean, std) is given, as when re-evaluating a checkpoint.
+            with_val: bool = False) -> dict:
+    """Training loaders: `train`, `test` and maybe `val`, plus `classes`, `mean`, `std`, `in_channels`,
+    `image_size`. Normalisation statistics come from the training images after the validation hold-out.
     `val` is carved from train with `data_cfg.val_fraction` (0.1 when that is 0 and `with_val`).
     """
     train = load(data_cfg.name, data_cfg.data_dir, "train", data_cfg.image_size, data_cfg.variant)
@@ -19,21 +17,19 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     train_index, val_index = split_validation(len(train), fraction, train.labels, seed) if fraction else (None, None)
     train_images = train.images if train_index is None else train.images[train_index]
     train_labels = train.labels if train_index is None else train.labels[train_index]
-    mean, std = stats if stats is not None else channel_stats(train_images)
+    mean, std = channel_stats(train_images)
     side = train.images.shape[-1]
     padding = data_cfg.crop_padding if data_cfg.crop_padding is not None else max(1, side // 8)
     flip = DATASETS[data_cfg.name].flip if data_cfg.flip is None else data_cfg.flip
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     out = {"classes": train.classes, "mean": mean, "std": std, "in_channels": train.images.shape[1],
            "image_size": side, "val_fraction": fraction}
-    if "train" in splits:
-        out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True,
-                                   drop_last=len(train_labels) > batch_size,
-                                   crop_padding=padding if data_cfg.augment else 0,
-                                   flip=flip and data_cfg.augment, **common)
+    out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True,
+                               drop_last=len(train_labels) > batch_size,
+                               crop_padding=padding if data_cfg.augment else 0, flip=flip and data_cfg.augment,
+                               **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)
-    if "test" in splits:
-        test = load(data_cfg.name, data_cfg.data_dir, "test", data_cfg.image_size, data_cfg.variant)
-        out["test"] = BatchLoader(test.images, test.labels, eval_batch_size, **common)
+    test = load(data_cfg.name, data_cfg.data_dir, "test", data_cfg.image_size, data_cfg.variant)
+    out["test"] = BatchLoader(test.images, test.labels, eval_batch_size, **common)
     return out
