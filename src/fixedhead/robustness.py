@@ -19,7 +19,7 @@ from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
 from .errors import UserError
 from .evaluate import eval_loader, load_run_model, predict, resolve_device
-from .runs import RunDir, write_json
+from .runs import RunDir, atomic_write, write_json
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
@@ -103,8 +103,6 @@ def table(result: dict) -> str:
 def export(name: str, root, out, preset: str = "imagenet-c", seed: int = 0, corruptions=CORRUPTIONS,
            log=lambda m: print(m, file=sys.stderr)) -> list[str]:
     """CIFAR-10-C-style files: <corruption>.npy (5N, H, W, 3), severity 1 first, and labels.npy (5N,)."""
-    from .runs import atomic_write
-
     test = data.load(name, root, "test")
     out = Path(out)
     written = []

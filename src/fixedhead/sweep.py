@@ -13,8 +13,11 @@ An experiment file (YAML) holds:
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import subprocess
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +157,6 @@ def run_parallel(path, out, devices: list[str], seeds: int | None = None, sets: 
                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """One worker process per device, each running the shard i/n of the sweep on its device
     (e.g. devices cuda:0,cuda:1,...: one run per GPU at a time). Returns the merged summary."""
-    import json
-    import subprocess
-    import tempfile
-
     expand(load_experiment(path, seeds, sets))  # refuse a bad file before starting any worker
     workers = []
     with tempfile.TemporaryDirectory() as tmp:
