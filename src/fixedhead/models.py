@@ -16,6 +16,7 @@ ENCODERS = {
     "mobilenetv2": encoders.MobileNetV2,  # MobileNetV2 in CIFAR form, 1280-d
     "fastnet": encoders.fastnet,  # airbench-style 3-stage net, 256-d, for CPU work
     "fastnet-small": encoders.fastnet_small,  # half-width fastnet, 128-d, about 3x faster
+    "fastnet-wide": encoders.fastnet_wide,  # ResNet-9 widths, 512-d: the fast encoder for GPUs
 }
 
 
