@@ -30,11 +30,14 @@ SINGLE = Context()  # a process on its own
 
 
 def setup(device: torch.device) -> tuple[Context, torch.device]:
-    """Join the process group torchrun describes (nccl on GPUs, gloo on CPUs); pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """Join the process group torchrun describes (nccl on GPUs, gloo on CPUs); pick this rank's device.
+
+    Under torchrun the group is joined even with one process, so that a one-GPU launch runs the
+    same DistributedDataParallel / SyncBatchNorm / nccl path as a many-GPU one.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Context(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

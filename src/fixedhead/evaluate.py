@@ -24,6 +24,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s); use cuda:N with N below that, or cuda")
     return device
 
 

@@ -78,6 +78,7 @@ def describe_environment(seed: int, device: str) -> dict:
         "fixedhead": __version__, "git_sha": _git_sha(), "seed": seed, "device": device,
         "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "threads": torch.get_num_threads(), "command": sys.argv,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
     }
 
 

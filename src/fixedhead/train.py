@@ -185,6 +185,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     if tc.batch_size % ctx.world:
         raise UserError(f"train.batch_size {tc.batch_size} must be a multiple of the {ctx.world} processes")
     torch.backends.cudnn.benchmark = not tc.deterministic
+    torch.backends.cudnn.deterministic = tc.deterministic
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                    device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
@@ -237,11 +238,11 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
 
 def _wrap(model, tc, ctx, device):
     """The module the training steps call: DistributedDataParallel under torchrun, compiled if asked."""
-    distributed.check_same_everywhere(model.head.weight, "class vectors")
+    distributed.check_same_everywhere(model.head.identity(), "class vectors")
     if tc.sync_bn and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm is GPU-only); on CPUs each process "
                         "keeps batch-norm statistics over its share of the batch")
-    if ctx.world > 1:
+    if torch.distributed.is_initialized():
         if tc.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
