@@ -1,12 +1,13 @@
-"""Very many classes: a learned head (float32 weight, full logits, gradient and momentum) vs a fixed
-head kept in bf16 with the blockwise cross-entropy (no (B, C) logits, no gradient or optimizer state
-for the vectors), at C = 10k, 100k, 1M (D = 512, B = 256).
+"""Very many classes: a learned head (float32 weight, full logits, gradient and momentum) vs fixed
+heads with the blockwise cross-entropy (no (B, C) logits, no gradient or optimizer state for the
+vectors): vectors kept in bf16, or not kept at all but regenerated block by block from the seed.
+C = 10k, 100k, 1M (D = 512, B = 256).
 
-Each setting runs in a fresh process: step time (median of the timed steps) and the peak resident
-memory of the steps (VmHWM, reset once the head is built, so the one-off draw is not counted; the
-head's own bytes are shown separately).
+Each setting runs in a fresh process: step time (median of the timed steps) and the peak memory of
+the steps (CPU: resident VmHWM, reset once the head is built, so the one-off draw is not counted;
+CUDA: peak allocated, reset likewise); the head's own stored bytes are shown in brackets.
 
-    python benchmarks/many_classes.py [--classes 10000 100000 1000000] [--steps 2]
+    python benchmarks/many_classes.py [--classes 10000 100000 1000000] [--steps 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -24,18 +25,28 @@ import torch.nn.functional as F
 
 from fixedhead import ClassHead
 
+MODES = ("learned-float32", "fixed-bf16-blockwise", "fixed-regenerated-blockwise")
 
-def one(mode: str, num_classes: int, steps: int, batch: int = 256, num_features: int = 512) -> dict:
+
+def one(mode: str, num_classes: int, steps: int, device: str, batch: int = 256, num_features: int = 512) -> dict:
     torch.manual_seed(0)
-    fixed = mode == "fixed-bf16-blockwise"
+    fixed = mode != "learned-float32"
+    bf16 = mode == "fixed-bf16-blockwise"
     head = ClassHead(num_features, num_classes, "cosine", fixed=fixed, scale=16.0,
-                     weight_dtype=torch.bfloat16 if fixed else None)
+                     weight_dtype=torch.bfloat16 if bf16 else None, regenerate=mode == "fixed-regenerated-blockwise")
+    head = head.to(device)
     params = list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9) if params else None
-    features = torch.randn(batch, num_features, requires_grad=True)  # stands in for an encoder's output
-    labels = torch.randint(0, num_classes, (batch,))
+    # stands in for an encoder's output
+    features = torch.randn(batch, num_features, device=device, requires_grad=True)
+    labels = torch.randint(0, num_classes, (batch,), device=device)
     head_bytes = sum(t.numel() * t.element_size() for t in [*head.parameters(), *head.buffers()])
-    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -46,33 +57,39 @@ def one(mode: str, num_classes: int, steps: int, batch: int = 256, num_features:
         loss.backward()
         if optimizer:
             optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak_kib = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
-    return {"step_s": statistics.median(times[1:]), "peak_mib": peak_kib / 1024, "head_mib": head_bytes / 2**20}
+    if cuda:
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))) / 1024
+    return {"step_s": statistics.median(times[1:]), "peak_mib": peak_mib, "head_mib": head_bytes / 2**20}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.steps)))
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.steps, args.device)))
         return
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          "cosine head, D=512, B=256")
-    print(f"{'C':>9} {'learned s/step':>15} {'fixed s/step':>13} {'ratio':>6} {'learned MiB (head)':>19} "
-          f"{'fixed MiB (head)':>17}")
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device "
+          f"{args.device}; cosine head, D=512, B=256. Per mode: s/step, ratio to learned, peak MiB (stored head MiB)")
+    print(f"{'C':>9} " + " ".join(f"{mode:>36}" for mode in MODES))
     for num_classes in args.classes:
-        result = {}
-        for mode in ("learned-float32", "fixed-bf16-blockwise"):
-            out = subprocess.run([sys.executable, __file__, "--one", mode, str(num_classes), "--steps", str(args.steps)],
-                                 capture_output=True, text=True, check=True)
-            result[mode] = json.loads(out.stdout)
-        a, b = result["learned-float32"], result["fixed-bf16-blockwise"]
-        print(f"{num_classes:>9} {a['step_s']:>15.3f} {b['step_s']:>13.3f} {b['step_s'] / a['step_s']:>6.2f} "
-              f"{a['peak_mib']:>11.0f} ({a['head_mib']:.0f}) {b['peak_mib']:>10.0f} ({b['head_mib']:.0f})")
+        cells, base = [], None
+        for mode in MODES:
+            out = subprocess.run([sys.executable, __file__, "--one", mode, str(num_classes), "--steps", str(args.steps),
+                                  "--device", args.device], capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout)
+            base = base or result  # the learned head, measured first
+            cells.append(f"{result['step_s']:7.3f} s {result['step_s'] / base['step_s']:5.2f}x "
+                         f"{result['peak_mib']:7.0f} ({result['head_mib']:.0f})")
+        print(f"{num_classes:>9} " + " ".join(f"{cell:>36}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -192,3 +192,49 @@ def test_blockwise_loss_refuses_learned_heads():
         ClassHead(4, 3).blockwise_loss(torch.randn(2, 4), torch.tensor([0, 1]))
     with pytest.raises(UserError, match="weight_dtype is for fixed heads"):
         ClassHead(4, 3, weight_dtype=torch.bfloat16)
+
+
+def _oracle_regenerated(num_classes, num_features, seed, rows_per_block=4096):
+    """The documented definition, written out again: block k is torch.randn from a CPU generator seeded
+    with seed * 1_000_003 + k, rows normalised."""
+    blocks = []
+    for block in range(-(-num_classes // rows_per_block)):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        blocks.append(torch.randn(rows_per_block, num_features, generator=generator))
+    weight = torch.cat(blocks)[:num_classes].double()
+    return weight / weight.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_regenerated_head_is_exact_and_stores_no_vectors(similarity):
+    from fixedhead.heads import REGENERATION_ROWS, regenerated_vectors
+
+    num_classes, seed = 2 * REGENERATION_ROWS + 123, 5
+    head = ClassHead(8, num_classes, similarity, fixed=True, scale=1.0 if similarity == "dot" else 8.0, seed=seed,
+                     regenerate=True)
+    assert sum(t.numel() for t in head.state_dict().values()) == 1  # only the scale: nothing of size C x D
+    weight = _oracle_regenerated(num_classes, 8, seed)
+    torch.testing.assert_close(head.vectors().double(), weight, rtol=0, atol=1e-6)
+    # Any rows, across block boundaries, are recomputed alone to the same bits.
+    start, stop = REGENERATION_ROWS - 7, 2 * REGENERATION_ROWS + 50
+    assert torch.equal(regenerated_vectors(start, stop, 8, seed), head.vectors()[start:stop])
+    features = torch.randn(10, 8, dtype=torch.float32, requires_grad=True)
+    labels = torch.randint(0, num_classes, (10,))
+    loss = head.blockwise_loss(features, labels, block_size=3000)  # blocks that cut generation blocks
+    (grad,) = torch.autograd.grad(loss, features)
+    f = features.detach().double().requires_grad_(True)
+    inputs = torch.nn.functional.normalize(f, dim=1) * 8.0 if similarity == "cosine" else f
+    expected = torch.nn.functional.cross_entropy(inputs @ weight.T, labels)
+    (expected_grad,) = torch.autograd.grad(expected, f)
+    assert abs(loss.item() - expected.item()) < 1e-5
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(head(features.detach()).double(), inputs.detach() @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_regenerated_heads_differ_by_seed_and_refuse_other_settings():
+    a, b = (ClassHead(16, 100, "cosine", fixed=True, seed=s, regenerate=True).vectors() for s in (0, 1))
+    assert (a @ b.T).abs().max() < 0.9
+    for kwargs in ({"fixed": False}, {"fixed": True, "init": "orthogonal"},
+                   {"fixed": True, "weight_dtype": torch.bfloat16}):
+        with pytest.raises(UserError, match="regenerate is for fixed heads"):
+            ClassHead(16, 10, "cosine", regenerate=True, **kwargs)

@@ -21,7 +21,7 @@ def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
     model, payload, config, loader = open_split(run_dir, split, device, allow_unfinished=True)
     out = predict(model, loader, config.train.bf16, with_features=True)
     head = model.head
-    out.update(weight=head.weight.detach().float().cpu(), classes=payload["classes"], source=payload["source"],
+    out.update(weight=head.vectors().cpu(), classes=payload["classes"], source=payload["source"],
                head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,
                      "scale": head.scale.item(), "num_features": head.num_features})
     return out
