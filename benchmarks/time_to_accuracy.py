@@ -3,6 +3,7 @@
 
     python benchmarks/time_to_accuracy.py --data imagefolder --data-dir /tmp/cifar10-jpeg --targets 0.85 0.90
     python benchmarks/time_to_accuracy.py --tiny          # digits, seconds: checks the script itself
+    ... --set train.label_smoothing=0.2 --set train.warmup_epochs=0.5   # any other config key
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fixedhead import fit
-from fixedhead.config import make_config
+from fixedhead.config import make_config, parse_overrides
 
 
 def main():
@@ -31,6 +32,7 @@ def main():
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.85, 0.90])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key")
     parser.add_argument("--tiny", action="store_true", help="digits, 3 epochs: a check of the script")
     args = parser.parse_args()
     overrides = {"data.name": args.data, "data.data_dir": args.data_dir, "model.arch": args.arch,
@@ -43,9 +45,10 @@ def main():
     if args.tiny:
         overrides.update({"data.name": "digits", "data.data_dir": None, "model.arch": "fastnet-small",
                           "train.epochs": 3, "train.batch_size": 64, "train.lr": 0.05})
-    config = make_config(overrides)
+    config = make_config(overrides, parse_overrides(args.set))
     print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"{config.model.arch} + fixed {config.model.head} head on {config.data.name}, {config.train.epochs} epochs")
+          f"{config.model.arch} + fixed {config.model.head} head on {config.data.name}, {config.train.epochs} epochs, "
+          f"device {config.train.device}; train settings {config.train}")
     with tempfile.TemporaryDirectory() as tmp:
         final = fit(config, Path(tmp) / "run", verbose=False)
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
