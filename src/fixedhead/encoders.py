@@ -11,14 +11,18 @@ from torch import nn
 
 class GlobalPool(nn.Module):
     """(B, C, H, W) -> (B, C) by mean or max over space. Unlike the adaptive pooling layers, its
-    backward pass is deterministic on CUDA, so runs with train.deterministic repeat exactly."""
+    backward pass is deterministic on CUDA, so runs with train.deterministic repeat exactly.
+
+    Max uses max(dim) (backward: the gradient goes to the recorded index), not amax (backward: to every
+    element equal to the maximum): under torch.compile with bf16, a fused kernel may compare a
+    float32 recomputation with the rounded maximum, find no equal element and divide 0 by 0."""
 
     def __init__(self, mode: str = "avg"):
         super().__init__()
         self.mode = mode
 
     def forward(self, x):
-        return x.mean((2, 3)) if self.mode == "avg" else x.amax((2, 3))
+        return x.mean((2, 3)) if self.mode == "avg" else x.flatten(2).max(dim=2).values
 
     def extra_repr(self) -> str:
         return self.mode
