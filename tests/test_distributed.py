@@ -1,8 +1,12 @@
 """torchrun with 2 CPU processes (gloo) against a single process with the same global batch."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +49,68 @@ def test_sync_bn_on_cpu_is_refused(tmp_path, capsys):
     assert main([*ARGS, "--sync-bn", "--out", str(tmp_path / "r")]) == 2
     assert "sync_bn needs CUDA" in capsys.readouterr().err
     pytest.importorskip("torch.distributed")
+
+
+DDP_ARGS = ["train", "--data", "digits", "--arch", "fastnet-small", "--epochs", "4", "--batch-size", "64", "--lr", "0.05",
+            "--quiet"]
+
+
+def _torchrun(port: int, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            "-m", "fixedhead", *DDP_ARGS, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_whole") / "run"
+    subprocess.run(_torchrun(29521, out), check=True, timeout=300, capture_output=True)
+    return out
+
+
+def _same_run(a, b) -> bool:
+    from test_reliability import same_result
+
+    return same_result(a, b)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _wait_for(path, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def test_ddp_killed_then_resumed_matches_an_uninterrupted_ddp_run(ddp_uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    # torchrun and both workers killed at once, as a crashed node would be.
+    process = subprocess.Popen(_torchrun(29522, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(out / "checkpoint.pt")
+    time.sleep(0.3)
+    workers = _children(process.pid)  # torchrun starts its workers in sessions of their own
+    for pid in [process.pid, *workers]:
+        os.kill(pid, signal.SIGKILL)
+    process.wait()
+    assert len(workers) == 2
+    assert not (out / "final.json").exists()
+    done = subprocess.run(_torchrun(29523, out, "--resume"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _same_run(ddp_uninterrupted, out)  # same metrics per epoch, same final weights, bit for bit
+
+
+def test_ddp_sigterm_stops_every_rank_after_the_same_step(ddp_uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(_torchrun(29524, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "metrics.jsonl")
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    _, err = process.communicate(timeout=120)
+    if (out / "final.json").exists():
+        pytest.skip("the run finished before the signal arrived")
+    assert err.count("stopped by SIGTERM") == 1 and "--resume" in err  # both ranks stop; rank 0 says so
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    done = subprocess.run(_torchrun(29525, out, "--resume"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _same_run(ddp_uninterrupted, out), f"resumed from {checkpoint['epoch']} epochs + {checkpoint['partial']}"

@@ -74,3 +74,19 @@ def test_swap_head_on_timm_model():
 def test_swap_head_refuses_model_without_linear():
     with pytest.raises(UserError, match="no nn.Linear"):
         swap_head(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
+
+
+def test_global_max_pool_backward_survives_compiled_bf16():
+    # Regression: with amax, a compiled bf16 graph compared a float32 recomputation of GELU's output with
+    # the bf16-rounded maximum, found no equal element and divided 0 by 0 (NaN weights after one step).
+    from fixedhead.encoders import GlobalPool
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.GELU(), GlobalPool("max"))
+    x = torch.randn(16, 8, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.compile(module)(x.bfloat16())
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # The gradient reaches exactly one position per (image, channel): the one max(dim) recorded.
+    assert ((x.grad != 0).flatten(2).sum(2) == 1).all()

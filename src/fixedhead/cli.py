@@ -303,7 +303,8 @@ def main(argv=None) -> int:
 
         if not isinstance(error, Interrupted):
             raise
-        print(f"fixedhead: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
+            print(f"fixedhead: {error}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("fixedhead: interrupted; a run can be continued with --resume", file=sys.stderr)

@@ -66,6 +66,16 @@ def sum_across(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
+def gather_across(values: list[float], device) -> list[list[float]]:
+    """Every rank's `values`, in rank order ([values] in a single process)."""
+    if not dist.is_initialized():
+        return [list(values)]
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor)
+    return [t.tolist() for t in gathered]
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -92,9 +92,12 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     """
     model.train()
     device = loader.labels.device
-    partial = partial or {"step": 0, "loss_sum": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "elapsed": 0.0}
-    loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
-    seen, start = partial["seen"], time.perf_counter() - partial["elapsed"]
+    partial = partial or {"step": 0, "per_rank": [[0.0, 0, 0]] * ctx.world, "elapsed": 0.0}
+    per_rank = partial.get("per_rank") or [[float(partial["loss_sum"]), float(partial["correct"]), partial["seen"]]]
+    mine = _partial_sums(per_rank, ctx)
+    loss_sum = torch.tensor(mine[0], dtype=torch.float32, device=device)
+    correct = torch.tensor(int(mine[1]), dtype=torch.int64, device=device)
+    seen, start = int(mine[2]), time.perf_counter() - partial["elapsed"]
     progress.update(partial["step"])
     for step, (images, labels) in enumerate(loader.epoch(seed, epoch, ctx.rank, ctx.world)):
         if step < partial["step"]:
@@ -114,14 +117,21 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
         progress.update(1)
         if _should_stop(stop, ctx, device) and step < len(loader) - 1:
-            total_loss, total_correct, total_seen = distributed.sum_across([loss_sum.item(), correct.item(), seen], device)
-            return {"partial": {"step": step + 1, "loss_sum": torch.tensor(total_loss, dtype=loss_sum.dtype),
-                                "correct": torch.tensor(total_correct, dtype=correct.dtype), "seen": int(total_seen),
-                                "elapsed": time.perf_counter() - start}}
+            # Each rank's own running sums, so that a resumed epoch adds them up in the same order.
+            sums = distributed.gather_across([loss_sum.item(), correct.item(), seen], device)
+            return {"partial": {"step": step + 1, "per_rank": sums, "elapsed": time.perf_counter() - start}}
     elapsed = time.perf_counter() - start
     total_loss, total_correct, seen = distributed.sum_across([loss_sum.item(), correct.item(), seen], device)
     return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+
+def _partial_sums(per_rank: list, ctx) -> list:
+    """This rank's running sums of an interrupted epoch; if the number of processes changed, rank 0
+    carries the totals (the epoch's figures stay right; only the summation order differs)."""
+    if len(per_rank) == ctx.world:
+        return per_rank[ctx.rank]
+    return [sum(r[i] for r in per_rank) for i in range(3)] if ctx.is_main else [0.0, 0, 0]
 
 
 def _should_stop(stop, ctx, device) -> bool:
@@ -199,8 +209,6 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     start_epoch, best, train_time_s, partial = 0, None, 0.0, None
     if checkpoint is not None:
         start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, plateau)
-        if partial and not ctx.is_main:  # the checkpoint's running sums are global: count them once
-            partial = {**partial, "loss_sum": torch.zeros(()), "correct": torch.zeros(()), "seen": 0}
         run.rewrite_metrics([r for r in run.read_metrics() if r["epoch"] <= start_epoch])
     else:
         run.write_config(config_mod.to_dict(config))
