@@ -98,3 +98,13 @@ def test_imagefolder_training_learns_colour_classes(image_folder, tmp_path):
                           "train.epochs": 6, "train.batch_size": 6, "train.lr": 0.05})
     final = fit(config, tmp_path / "run", verbose=False)
     assert final["num_test"] == 18 and final["test_acc"] > 0.6  # chance is 1/3
+
+
+def test_interrupted_epoch_sums_follow_each_rank_or_fall_to_rank_zero():
+    from fixedhead.distributed import Context
+    from fixedhead.train import _partial_sums
+
+    per_rank = [[1.5, 10, 32], [2.5, 12, 32]]
+    assert _partial_sums(per_rank, Context(1, 2)) == [2.5, 12, 32]  # same world: each rank its own
+    assert _partial_sums(per_rank, Context(0, 1)) == [4.0, 22, 64]  # fewer processes: rank 0 the totals
+    assert _partial_sums(per_rank, Context(3, 4)) == [0.0, 0, 0]  # more processes: the others start at zero
