@@ -191,3 +191,12 @@ def test_devices_run_one_worker_per_device_over_disjoint_shards(tmp_path, capsys
     assert "3 runs: 3 trained" in capsys.readouterr().out
     finals = sorted(p.parent.name for p in (tmp_path / "o").glob("*/final.json"))
     assert finals == ["lr=0.05__seed=0", "lr=0.1__seed=0", "lr=0.2__seed=0"]
+
+
+def test_every_accuracy_is_shown_in_percent_and_other_metrics_are_not():
+    from fixedhead.report import _fmt
+
+    for metric in ("test_acc", "clean_acc", "impulse_noise_mean_acc", "gen_acc[cifar10.1]", "val_acc"):
+        assert _fmt(metric, 0.3349) == "33.49", metric
+    for metric in ("spearman_rho", "mean_cos_to_predicted", "scatter_ratio"):
+        assert _fmt(metric, 0.3349) == "0.335", metric

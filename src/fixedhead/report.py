@@ -24,7 +24,10 @@ from scipy import stats
 from .errors import UserError
 from .runs import RunDir, atomic_write
 
-PERCENT = {"test_acc", "acc", "clean_acc", "val_acc"}
+
+def _is_percent(metric: str) -> bool:
+    """Accuracies are shown in %: acc, test_acc, clean_acc, <corruption>_mean_acc, gen_acc[...]."""
+    return metric == "acc" or metric.endswith("_acc") or metric.startswith("gen_acc[")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -121,7 +124,7 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
 
 
 def _fmt(metric: str, value: float) -> str:
-    return f"{100 * value:.2f}" if metric in PERCENT else f"{value:.3f}"
+    return f"{100 * value:.2f}" if _is_percent(metric) else f"{value:.3f}"
 
 
 def _cell(metric: str, s: dict | None, paper_value=None) -> str:
@@ -134,7 +137,7 @@ def _cell(metric: str, s: dict | None, paper_value=None) -> str:
 
 def markdown(table: dict) -> str:
     metric = table["metric"]
-    unit = " (%)" if metric in PERCENT else ""
+    unit = " (%)" if _is_percent(metric) else ""
     lines = [f"### {metric}{unit}", "", "| | " + " | ".join(table["columns"]) + " |",
              "|---" * (len(table["columns"]) + 1) + "|"]
     for row in table["rows"]:
