@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from interrupts import same_result, wait_for
+
 ARGS = ["train", "--data", "digits", "--arch", "fastnet-small", "--head", "cosine", "--fixed", "--epochs", "3",
         "--batch-size", "64", "--lr", "0.05", "--quiet"]
 
@@ -67,27 +69,15 @@ def ddp_uninterrupted(tmp_path_factory):
     return out
 
 
-def _same_run(a, b) -> bool:
-    from test_reliability import same_result
-
-    return same_result(a, b)
-
-
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _wait_for(path, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists() and time.time() < deadline:
-        time.sleep(0.02)
 
 
 def test_ddp_killed_then_resumed_matches_an_uninterrupted_ddp_run(ddp_uninterrupted, tmp_path):
     out = tmp_path / "run"
     # torchrun and both workers killed at once, as a crashed node would be.
     process = subprocess.Popen(_torchrun(29522, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(out / "checkpoint.pt")
+    wait_for(out / "checkpoint.pt")
     time.sleep(0.3)
     workers = _children(process.pid)  # torchrun starts its workers in sessions of their own
     for pid in [process.pid, *workers]:
@@ -97,13 +87,13 @@ def test_ddp_killed_then_resumed_matches_an_uninterrupted_ddp_run(ddp_uninterrup
     assert not (out / "final.json").exists()
     done = subprocess.run(_torchrun(29523, out, "--resume"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _same_run(ddp_uninterrupted, out)  # same metrics per epoch, same final weights, bit for bit
+    assert same_result(ddp_uninterrupted, out)  # same metrics per epoch, same final weights, bit for bit
 
 
 def test_ddp_sigterm_stops_every_rank_after_the_same_step(ddp_uninterrupted, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(_torchrun(29524, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(out / "metrics.jsonl")
+    wait_for(out / "metrics.jsonl")
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
     _, err = process.communicate(timeout=120)
@@ -113,4 +103,4 @@ def test_ddp_sigterm_stops_every_rank_after_the_same_step(ddp_uninterrupted, tmp
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     done = subprocess.run(_torchrun(29525, out, "--resume"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _same_run(ddp_uninterrupted, out), f"resumed from {checkpoint['epoch']} epochs + {checkpoint['partial']}"
+    assert same_result(ddp_uninterrupted, out), f"resumed from {checkpoint['epoch']} epochs + {checkpoint['partial']}"

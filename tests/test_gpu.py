@@ -16,6 +16,7 @@ from fixedhead.config import make_config
 from fixedhead.data.pipeline import BatchLoader
 from fixedhead.errors import UserError
 from fixedhead.evaluate import evaluate_run, resolve_device
+from interrupts import fit_interrupted
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -64,22 +65,10 @@ def test_compiled_bf16_channels_last_run_on_the_gpu(tmp_path):
 
 
 def test_deterministic_runs_and_resume_repeat_exactly_on_the_gpu(tmp_path, monkeypatch):
-    from fixedhead import train as train_mod
-
     config = make_config(TINY, {"train.bf16": True, "train.channels_last": True})
     first = fit(config, tmp_path / "a", verbose=False)
     second = fit(config, tmp_path / "b", verbose=False)
-    real_epoch = train_mod.train_epoch
-
-    def dies_in_second_epoch(*args, **kwargs):
-        if args[6] == 1:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "cut", verbose=False)
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    fit_interrupted(config, tmp_path / "cut", 1, monkeypatch)
     resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)
     weights = [torch.load(tmp_path / name / "model.pt", weights_only=True)["model"] for name in ("a", "b", "cut")]
     for other in weights[1:]:

@@ -1,7 +1,6 @@
 """Faults injected for real: signals to real processes, torn files, full disks, hostile archives."""
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -15,24 +14,10 @@ import torch
 
 from fixedhead.errors import UserError
 from fixedhead.runs import RunDir, atomic_write
+from interrupts import same_result, wait_for
 
 TRAIN = [sys.executable, "-m", "fixedhead", "train", "--data", "digits", "--arch", "fastnet-small", "--epochs", "4",
          "--batch-size", "32", "--lr", "0.05", "--quiet"]
-
-
-def weights(run):
-    return torch.load(run / "model.pt", weights_only=True)["model"]
-
-
-def same_result(a, b):
-    fa, fb = (json.loads((r / "final.json").read_text()) for r in (a, b))
-    keys = ("test_acc", "test_loss", "epochs", "selected_epoch")
-    ma = [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
-          for line in (a / "metrics.jsonl").read_text().splitlines()]
-    mb = [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
-          for line in (b / "metrics.jsonl").read_text().splitlines()]
-    wa, wb = weights(a), weights(b)
-    return all(fa[k] == fb[k] for k in keys) and ma == mb and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +25,6 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "run"
     subprocess.run(TRAIN + ["--out", str(out)], check=True, timeout=300)
     return out
-
-
-def wait_for(path, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists() and time.time() < deadline:
-        time.sleep(0.02)
 
 
 def test_sigkill_at_several_moments_then_resume_is_bit_identical(uninterrupted, tmp_path):

@@ -8,6 +8,7 @@ from fixedhead import train as train_mod
 from fixedhead.config import make_config
 from fixedhead.errors import UserError
 from fixedhead.models import build_model
+from interrupts import fit_interrupted
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3, "train.batch_size": 128,
         "train.lr": 0.05}
@@ -52,17 +53,7 @@ def test_lr_schedules():
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     config = make_config(TINY, {"train.epochs": 4, "train.select": "best_val", "train.schedule": "cosine"})
     whole = fit(config, tmp_path / "whole", verbose=False)
-    real_epoch = train_mod.train_epoch
-
-    def dies_in_third_epoch(*args, **kwargs):
-        if args[6] == 2:  # epoch index
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "cut", verbose=False)
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    fit_interrupted(config, tmp_path / "cut", 2, monkeypatch)
     with pytest.raises(UserError, match="--resume"):
         fit(config, tmp_path / "cut", verbose=False)
     resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)

@@ -155,17 +155,17 @@ class ClassHead(nn.Module):
         if self.regenerate and not (self.fixed and init == "random" and weight_dtype is None):
             raise UserError("regenerate is for fixed heads with init 'random' (and no weight_dtype): their "
                             "vectors are recomputed block by block from the seed instead of being stored")
-        weight = None if self.regenerate else class_vectors(self.num_classes, self.num_features, init, seed)
         if self.regenerate:
-            # Nothing of size C x D is stored: blocks of rows are recomputed from the seed when needed.
-            # These vectors come from a counter-based generator, so they are not those of a stored head
-            # with the same seed (both are uniform on the sphere).
+            # Nothing of size C x D is stored: blocks of rows are redrawn from (seed, block) when needed,
+            # so they are not the vectors of a stored head with the same seed (both uniform on the sphere).
             self.weight = None
-        elif self.fixed:
-            # bf16 halves the memory of a very large fixed head; blockwise_loss computes in float32.
-            self.register_buffer("weight", weight.to(weight_dtype or weight.dtype))
         else:
-            self.weight = nn.Parameter(weight)
+            weight = class_vectors(self.num_classes, self.num_features, init, seed)
+            if self.fixed:
+                # bf16 halves the memory of a very large fixed head; blockwise_loss computes in float32.
+                self.register_buffer("weight", weight.to(weight_dtype or weight.dtype))
+            else:
+                self.weight = nn.Parameter(weight)
         # S = exp(log_scale) keeps a learned scale positive.
         log_scale = torch.tensor(math.log(scale))
         self.log_scale = nn.Parameter(log_scale) if learn_scale else None
