@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from fixedhead import ClassHead
+from fixedhead.errors import UserError
+from fixedhead.evaluate import resolve_device
 
 MODES = ("learned-float32", "fixed-bf16-blockwise", "fixed-regenerated-blockwise")
 
@@ -77,6 +79,10 @@ def main():
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.steps, args.device)))
         return
+    try:
+        resolve_device(args.device)  # one line if this machine lacks it, before any worker starts
+    except UserError as error:
+        raise SystemExit(f"many_classes: {error}") from None
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device "
           f"{args.device}; cosine head, D=512, B=256. Per mode: s/step, ratio to learned, peak MiB (stored head MiB)")
     print(f"{'C':>9} " + " ".join(f"{mode:>36}" for mode in MODES))

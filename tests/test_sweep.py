@@ -200,3 +200,18 @@ def test_every_accuracy_is_shown_in_percent_and_other_metrics_are_not():
         assert _fmt(metric, 0.3349) == "33.49", metric
     for metric in ("spearman_rho", "mean_cos_to_predicted", "scatter_ratio"):
         assert _fmt(metric, 0.3349) == "0.335", metric
+
+
+def test_a_device_the_machine_lacks_is_one_error_before_any_run(tmp_path, capsys):
+    import torch
+
+    from fixedhead.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text("name: e\nbase: {data.name: digits, train.epochs: 1}\ngrid: {train.lr: [0.1]}\nseeds: 2\n")
+    for extra in (["--set", "train.device=cuda"], ["--devices", "cuda:0,cuda:1"]):
+        assert main(["sweep", str(experiment), "--out", str(tmp_path / "out"), *extra]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()  # nothing started, nothing written

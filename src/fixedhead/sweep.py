@@ -26,6 +26,7 @@ import yaml
 
 from .config import make_config, read_yaml
 from .errors import UserError
+from .evaluate import resolve_device
 from .runs import RunDir, atomic_write, write_json
 
 EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "evaluate", "report", "paper"}
@@ -131,6 +132,7 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
         for run in planned:
             log(f"{run.name}  {run.overrides}")
         return summary
+    _check_devices({make_config(experiment["base"], run.overrides).train.device for run in planned})
     out = Path(out)
     resolved = yaml.safe_dump({**experiment, "source": str(path)}, sort_keys=False)
     atomic_write(out / "experiment.yaml", lambda f: f.write(resolved.encode()))
@@ -153,11 +155,18 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     return summary
 
 
+def _check_devices(devices) -> None:
+    """A device this machine lacks is one error before anything starts, not a failure in every run."""
+    for device in sorted(devices):
+        resolve_device(device)
+
+
 def run_parallel(path, out, devices: list[str], seeds: int | None = None, sets: dict | None = None,
                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """One worker process per device, each running the shard i/n of the sweep on its device
     (e.g. devices cuda:0,cuda:1,...: one run per GPU at a time). Returns the merged summary."""
     expand(load_experiment(path, seeds, sets))  # refuse a bad file before starting any worker
+    _check_devices(devices)
     workers = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, device in enumerate(devices, 1):
