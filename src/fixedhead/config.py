@@ -19,6 +19,8 @@ from .models import ENCODERS
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant", "plateau")
 SELECTIONS = ("last", "best_val")
+TTA_MODES = ("none", "flip", "shift", "flip-shift")  # views: evaluate.tta_views
+WHITEN = ("none", "init", "frozen")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ModelConfig:
     head_seed: Optional[int] = None  # None: the run's seed
     feature_dim: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
     pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
+    whiten: str = "none"  # first convolution: "init" patch-whitening filters of the training images, "frozen" too
 
 
 @dataclass
@@ -68,6 +71,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training
     log_test: bool = False  # also log test accuracy per epoch (learning curves, benchmarks); never used for selection
     eval_batch_size: int = 1000
+    tta: str = "none"  # test-time augmentation of every reported accuracy: none, flip, shift, flip-shift
 
 
 @dataclass
@@ -86,6 +90,8 @@ CHOICES = {
     "model.pool": ("avg", "authors"),
     "train.schedule": SCHEDULES,
     "train.select": SELECTIONS,
+    "train.tta": TTA_MODES,
+    "model.whiten": WHITEN,
 }
 
 # key: (test, what is accepted)
@@ -215,6 +221,10 @@ def validate(config: Config) -> None:
     for key, (ok, accepted) in RANGES.items():
         if not ok(flat[key]):
             raise UserError(f"{key} must be {accepted}, got {flat[key]!r}")
+    flips = DATASETS[config.data.name].flip if config.data.flip is None else config.data.flip
+    if "flip" in config.train.tta and not flips:
+        raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
+                        "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
     if config.model.head == "dot" and (config.model.scale != 1.0 or config.model.learn_scale):
         raise UserError("scale and learn_scale apply to cosine heads only; use --head cosine")
 

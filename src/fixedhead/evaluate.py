@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data
-from .config import make_config
+from .config import TTA_MODES, make_config
 from .data.pipeline import BatchLoader
 from .errors import UserError
 from .models import build_model
@@ -36,18 +36,41 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def tta_views(images: torch.Tensor, mode: str) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs of a normalised batch (B, C, H, W) whose logits are averaged.
+
+    flip: the image and its mirror image, 1/2 each. shift: the image (1/2) and the image moved one pixel
+    up-left and down-right (reflection-padded, 1/4 each). flip-shift: each of those and its mirror image.
+    """
+    if mode not in TTA_MODES:
+        raise UserError(f"unknown test-time augmentation {mode!r}; choose one of: {', '.join(TTA_MODES)}")
+    views = [(1.0, images)]
+    if mode in ("shift", "flip-shift"):
+        padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+        views = [(0.5, images), (0.25, padded[..., 2:, 2:]), (0.25, padded[..., :-2, :-2])]
+    if mode in ("flip", "flip-shift"):
+        views = [(w / 2, v) for weight, view in views for w, v in ((weight, view), (weight, view.flip(3)))]
+    return views
+
+
 @torch.no_grad()
-def predict(model, loader, bf16: bool = False, with_features: bool = False) -> dict:
-    """Run `model` over a BatchLoader in eval mode: logits (N, C) float32, labels (N,), [features (N, D)]."""
+def predict(model, loader, bf16: bool = False, with_features: bool = False, tta: str = "none") -> dict:
+    """Run `model` over a BatchLoader in eval mode: logits (N, C) float32, labels (N,), [features (N, D)].
+
+    With `tta`, logits are the weighted mean over tta_views(); features are always the plain view's.
+    """
     was_training = model.training
     model.eval()
     device = loader.labels.device
     logits, labels, features = [], [], []
     for images, targets in loader.epoch():
+        views = tta_views(images, tta)  # views[0] is the plain batch
         with autocast(device, bf16):
             batch_features = model.features(images)
-            batch_logits = model.head(batch_features)
-        logits.append(batch_logits.float().cpu())
+            batch_logits = views[0][0] * model.head(batch_features).float()
+            for weight, view in views[1:]:
+                batch_logits += weight * model(view).float()
+        logits.append(batch_logits.cpu())
         labels.append(targets.cpu())
         if with_features:
             features.append(batch_features.float().cpu())
@@ -116,4 +139,4 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
 def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto") -> dict:
     """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`)."""
     model, _, config, loader = open_split(run_dir, split, device, data_dir)
-    return {"split": split, **summarise(predict(model, loader, config.train.bf16))}
+    return {"split": split, **summarise(predict(model, loader, config.train.bf16, tta=config.train.tta))}

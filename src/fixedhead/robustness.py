@@ -25,7 +25,8 @@ CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets
 
 
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, payload: dict, config, device) -> float:
-    out = predict(model, eval_loader(images, labels, payload, config, device), config.train.bf16)
+    out = predict(model, eval_loader(images, labels, payload, config, device), config.train.bf16,
+                  tta=config.train.tta)
     return (out["logits"].argmax(1) == out["labels"]).double().mean().item()
 
 

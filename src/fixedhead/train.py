@@ -19,6 +19,7 @@ from .errors import UserError
 from .evaluate import autocast, predict, resolve_device, summarise
 from .models import build_model
 from .runs import RunDir, describe_environment
+from .whitening import MAX_IMAGES, whiten_first_conv
 
 
 def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
@@ -179,8 +180,9 @@ def _restore(checkpoint, model, optimizer, scheduler, plateau):
     return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"], checkpoint.get("partial")
 
 
-def _evaluate(model, loader, bf16: bool, prefix: str) -> dict:
-    return {f"{prefix}_{k}": v for k, v in summarise(predict(model, loader, bf16)).items() if k != "count"}
+def _evaluate(model, loader, tc, prefix: str) -> dict:
+    predictions = predict(model, loader, tc.bf16, tta=tc.tta)
+    return {f"{prefix}_{k}": v for k, v in summarise(predictions).items() if k != "count"}
 
 
 def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True) -> dict:
@@ -199,6 +201,8 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                    device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
+    if config.model.whiten != "none":  # on resume the checkpoint's weights replace these
+        whiten_first_conv(model.encoder, data["train"].sample(MAX_IMAGES), frozen=config.model.whiten == "frozen")
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     train_model = _wrap(model, tc, ctx, device)
     optimizer = make_optimizer(model, tc)
@@ -262,14 +266,14 @@ def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config
     if not math.isfinite(record["train_loss"]):
         _fail(run, record, config)
     if "val" in data:
-        record.update(_evaluate(model, data["val"], tc.bf16, "val"))
+        record.update(_evaluate(model, data["val"], tc, "val"))
         if plateau is not None:
             plateau.step(record["val_loss"])
         if tc.select == "best_val" and (best is None or record["val_acc"] > best["val_acc"]):
             best = {"epoch": record["epoch"], "val_acc": record["val_acc"],
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     if tc.log_test:  # monitoring only: nothing below reads it
-        record.update(_evaluate(model, data["test"], tc.bf16, "test"))
+        record.update(_evaluate(model, data["test"], tc, "test"))
     run.append_metrics(record)
     return best
 
@@ -291,7 +295,7 @@ def _fail(run: RunDir, record: dict, config) -> None:
 def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict:
     if best is not None:
         model.load_state_dict(best["model"])
-    test = _evaluate(model, data["test"], config.train.bf16, "test")
+    test = _evaluate(model, data["test"], config.train, "test")
     run.save("model.pt", {"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
         "status": "finished", **test, "train_time_s": train_time_s, "epochs": config.train.epochs,

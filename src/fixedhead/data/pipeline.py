@@ -71,6 +71,11 @@ class BatchLoader:
         x = (images.float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def sample(self, count: int, seed: int = 0) -> torch.Tensor:
+        """`count` images drawn without replacement (all if fewer), normalised, not augmented (N, C, H, W)."""
+        index = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[:count]
+        return self.normalise(self.images[index.to(self.images.device)]).contiguous()
+
     def epoch(self, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1):
         """Batches of one epoch; with world > 1, this rank's share (every world-th image) of each global
         batch, augmented exactly as in a single process."""

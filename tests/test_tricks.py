@@ -1,0 +1,142 @@
+"""Test-time augmentation and the patch-whitening first layer, against plain numpy/torch oracles."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fixedhead import fit
+from fixedhead.config import make_config
+from fixedhead.data.loaders import prepare
+from fixedhead.data.pipeline import BatchLoader
+from fixedhead.errors import UserError
+from fixedhead.evaluate import evaluate_run, predict
+from fixedhead.models import build_model
+from fixedhead.train import make_optimizer
+from fixedhead.whitening import patch_covariance, whiten_first_conv, whitening_filters
+
+TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,
+        "train.lr": 0.05}
+
+
+def _correlated_images(n=64, side=12, seed=0):
+    """Images whose neighbouring pixels and channels are strongly correlated (smoothed noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, side + 4, side + 4, generator=g)
+    x = F.avg_pool2d(x, 3, 1)[..., :side, :side]
+    return x + 0.5 * x.mean(1, keepdim=True)  # correlate the channels too
+
+
+def _np_patches(images: np.ndarray, k: int) -> np.ndarray:
+    """(N, C, H, W) -> (N * L, C*k*k) with the channel-major, row, column order of a conv weight."""
+    n, c, h, w = images.shape
+    rows = [images[:, :, i:i + k, j:j + k].reshape(n, -1) for i in range(h - k + 1) for j in range(w - k + 1)]
+    return np.concatenate(rows)
+
+
+def test_patch_covariance_matches_numpy():
+    images = _correlated_images()
+    expected = np.cov(_np_patches(images.numpy().astype(np.float64), 3), rowvar=False)
+    np.testing.assert_allclose(patch_covariance(images, 3, chunk=7).numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_whitening_filters_whiten_the_patches_and_come_in_signed_pairs():
+    images = _correlated_images()
+    filters = whitening_filters(images, 3, eps=1e-8)
+    assert filters.shape == (54, 3, 3, 3)
+    torch.testing.assert_close(filters[1::2], -filters[::2])
+    # The + half, applied as a convolution, gives uncorrelated unit-variance outputs (plain numpy).
+    out = F.conv2d(images.double(), filters[::2].double()).transpose(0, 1).flatten(1).numpy()  # (27, N*L)
+    np.testing.assert_allclose(np.cov(out), np.eye(27), atol=1e-4)
+    # Largest-variance direction first: the eigenvalue order of numpy's covariance.
+    eigenvalues = np.linalg.eigvalsh(np.cov(_np_patches(images.numpy().astype(np.float64), 3), rowvar=False))[::-1]
+    norms = filters[::2].flatten(1).double().norm(dim=1).numpy()
+    np.testing.assert_allclose(norms, 1 / np.sqrt(eigenvalues + 1e-8), rtol=1e-3)
+
+
+def test_whiten_first_conv_sets_and_optionally_freezes_the_stem():
+    config = make_config(TINY, {"model.whiten": "frozen"})
+    model = build_model(config.model, 0, 10, 3, 16)
+    images = _correlated_images(side=16)
+    conv = whiten_first_conv(model.encoder, images, frozen=True)
+    torch.testing.assert_close(conv.weight, whitening_filters(images, 3)[: conv.out_channels])
+    assert not conv.weight.requires_grad
+    ids = {id(p) for g in make_optimizer(model, config.train).param_groups for p in g["params"]}
+    assert id(conv.weight) not in ids and len(ids) == sum(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["init", "frozen"])
+def test_fit_with_whitening_trains_and_frozen_stem_stays_put(tmp_path, mode):
+    config = make_config(TINY, {"model.whiten": mode, "seed": 1})
+    final = fit(config, tmp_path / "run", verbose=False)
+    assert final["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
+    stem = next(k for k in saved if k.endswith("weight") and saved[k].dim() == 4)
+    untrained = build_model(config.model, 1, 10, 1, 8)  # digits: 1 channel, 8 px
+    data = prepare(config.data, seed=1, batch_size=128, eval_batch_size=1000, device="cpu")
+    expected = whiten_first_conv(untrained.encoder, data["train"].sample(5000)).weight
+    assert torch.equal(saved[stem], expected) == (mode == "frozen")
+
+
+class _Linear(torch.nn.Module):
+    """A position-sensitive model: logits are fixed linear maps of the raw pixels."""
+
+    def __init__(self, in_features, num_classes=4):
+        super().__init__()
+        self.map = torch.nn.Linear(in_features, num_classes)
+        self.head = torch.nn.Identity()
+
+    def features(self, x):
+        return self.map(x.flatten(1))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _np_shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The image moved so that output[i, j] = input[i + dy, j + dx], reflecting at the border."""
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+
+@pytest.mark.parametrize("mode", ["none", "flip", "shift", "flip-shift"])
+def test_tta_logits_are_the_weighted_mean_over_views(mode):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8)
+    loader = BatchLoader(images, torch.arange(10) % 4, 4, [0.5] * 3, [0.25] * 3)
+    model = _Linear(3 * 36)
+    got = predict(model, loader, tta=mode)["logits"].double().numpy()
+    x = ((images.double() / 255 - 0.5) / 0.25).numpy()
+    weights = {"none": [(1.0, 0, 0)], "shift": [(0.5, 0, 0), (0.25, 1, 1), (0.25, -1, -1)]}
+    weights["flip"] = [(0.5, 0, 0, f) for f in (False, True)]
+    weights["flip-shift"] = [(w / 2, dy, dx, f) for w, dy, dx in weights["shift"] for f in (False, True)]
+    W, b = model.map.weight.detach().double().numpy(), model.map.bias.detach().double().numpy()
+    expected = 0
+    for weight, dy, dx, *flip in weights[mode]:
+        view = _np_shift(x, dy, dx)
+        view = view[..., ::-1] if flip and flip[0] else view
+        expected = expected + weight * (view.reshape(10, -1) @ W.T + b)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_reports_tta_accuracy_and_evaluate_agrees(tmp_path):
+    config = make_config(TINY, {"train.tta": "shift"})
+    final = fit(config, tmp_path / "run", verbose=False)
+    again = evaluate_run(tmp_path / "run", split="test", device="cpu")
+    assert again["acc"] == pytest.approx(final["test_acc"], abs=1e-9)
+    model = build_model(config.model, 0, 10, 1, 8)
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"])
+    data = prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")
+    by_hand = predict(model, data["test"], tta="shift")["logits"].argmax(1)
+    assert (by_hand == data["test"].labels).double().mean().item() == pytest.approx(final["test_acc"], abs=1e-9)
+
+
+def test_bad_tta_and_whiten_settings_are_one_line_errors():
+    with pytest.raises(UserError, match="without flips"):
+        make_config(TINY, {"train.tta": "flip"})  # digits are never mirrored in training
+    make_config(TINY, {"train.tta": "flip", "data.flip": True})
+    with pytest.raises(UserError, match="choose one of: none, flip, shift, flip-shift"):
+        make_config(TINY, {"train.tta": "crops"})
+    with pytest.raises(UserError, match="choose one of: none, init, frozen"):
+        make_config(TINY, {"model.whiten": "pca"})
