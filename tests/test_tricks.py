@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fixedhead import fit
+from fixedhead.cli import main
 from fixedhead.config import make_config
 from fixedhead.data.loaders import prepare
 from fixedhead.data.pipeline import BatchLoader
@@ -120,7 +121,7 @@ def test_tta_logits_are_the_weighted_mean_over_views(mode):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fit_reports_tta_accuracy_and_evaluate_agrees(tmp_path):
+def test_fit_reports_tta_accuracy_and_evaluate_agrees(tmp_path, capsys):
     config = make_config(TINY, {"train.tta": "shift"})
     final = fit(config, tmp_path / "run", verbose=False)
     again = evaluate_run(tmp_path / "run", split="test", device="cpu")
@@ -130,6 +131,18 @@ def test_fit_reports_tta_accuracy_and_evaluate_agrees(tmp_path):
     data = prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")
     by_hand = predict(model, data["test"], tta="shift")["logits"].argmax(1)
     assert (by_hand == data["test"].labels).double().mean().item() == pytest.approx(final["test_acc"], abs=1e-9)
+    plain = (predict(model, data["test"])["logits"].argmax(1) == data["test"].labels).double().mean().item()
+    assert evaluate_run(tmp_path / "run", device="cpu", tta="none")["acc"] == pytest.approx(plain, abs=1e-9)
+    code, out, err = _cli(capsys, "eval", tmp_path / "run", "--tta", "flip")
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1 and "without flips" in err
+    code, out, _ = _cli(capsys, "eval", tmp_path / "run", "--tta", "none")
+    assert code == 0 and f"{plain:.4f}" in out and "augmentation" not in out
+
+
+def _cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_bad_tta_and_whiten_settings_are_one_line_errors():

@@ -74,8 +74,10 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate_run
 
-    result = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, device=args.device)
-    print(json.dumps(result) if args.json else f"{result['split']} accuracy {result['acc']:.4f} ({result['count']} images)")
+    result = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, device=args.device, tta=args.tta)
+    tta = "" if result["tta"] == "none" else f", test-time augmentation {result['tta']}"
+    print(json.dumps(result) if args.json else
+          f"{result['split']} accuracy {result['acc']:.4f} ({result['count']} images{tta})")
     return 0
 
 
@@ -271,6 +273,7 @@ def build_parser() -> Parser:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--data-dir", help="where the dataset lives now, if it moved")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", help="test-time augmentation: none, flip, shift, flip-shift (default: the run's own)")
     p.add_argument("--json", action="store_true")
     _add_data(sub)
     _add_analysis(sub)

@@ -7,6 +7,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from . import config as config_mod
 from . import data
 from .config import TTA_MODES, make_config
 from .data.pipeline import BatchLoader
@@ -136,7 +137,9 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
     return model, payload, config, eval_loader(images.images, images.labels, payload, config, device)
 
 
-def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto") -> dict:
-    """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`)."""
+def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto", tta: str | None = None) -> dict:
+    """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`),
+    with the run's own test-time augmentation unless `tta` names another."""
     model, _, config, loader = open_split(run_dir, split, device, data_dir)
-    return {"split": split, **summarise(predict(model, loader, config.train.bf16, tta=config.train.tta))}
+    tta = config.train.tta if tta is None else make_config(config_mod.to_dict(config), {"train.tta": tta}).train.tta
+    return {"split": split, "tta": tta, **summarise(predict(model, loader, config.train.bf16, tta=tta))}

@@ -295,10 +295,13 @@ def _fail(run: RunDir, record: dict, config) -> None:
 def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict:
     if best is not None:
         model.load_state_dict(best["model"])
+    start = time.perf_counter()
     test = _evaluate(model, data["test"], config.train, "test")
+    test_time_s = time.perf_counter() - start
     run.save("model.pt", {"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
-        "status": "finished", **test, "train_time_s": train_time_s, "epochs": config.train.epochs,
+        "status": "finished", **test, "train_time_s": train_time_s, "test_time_s": test_time_s,
+        "tta": config.train.tta, "epochs": config.train.epochs,
         "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
     }
