@@ -110,6 +110,35 @@ def test_loader_epochs_are_reproducible_and_cover_everything():
     torch.testing.assert_close(x, (images[:10].float() / 255 - 0.5) / 0.25)
 
 
+def _mirrored_per_image(loader, images, seed, epoch, world=1):
+    """{image index: whether the epoch showed it mirrored}, read off the batches (no crop)."""
+    seen = {}
+    for rank in range(world):
+        for x, y in loader.epoch(seed=seed, epoch=epoch, rank=rank, world=world):
+            raw = (x * 0.25 + 0.5) * 255  # undo the normalisation
+            for view, label in zip(raw, y.tolist()):
+                original = images[label].float()
+                assert torch.allclose(view, original, atol=1e-3) or torch.allclose(view, original.flip(2), atol=1e-3)
+                seen[label] = not torch.allclose(view, original, atol=1e-3)
+    return seen
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    images = torch.randint(0, 256, (40, 3, 6, 6), dtype=torch.uint8)
+    loader = pipeline.BatchLoader(images, torch.arange(40), 8, [0.5] * 3, [0.25] * 3, shuffle=True, flip=True,
+                                  alternating_flip=True)
+    epochs = [_mirrored_per_image(loader, images, seed=2, epoch=e) for e in range(4)]
+    assert all(len(e) == 40 for e in epochs)
+    assert 10 <= sum(epochs[0].values()) <= 30  # a random half to start from
+    for before, after in zip(epochs, epochs[1:]):
+        assert all(after[i] != before[i] for i in range(40))
+    assert _mirrored_per_image(loader, images, seed=2, epoch=1, world=2) == epochs[1]  # same under torchrun
+    assert _mirrored_per_image(loader, images, seed=3, epoch=0) != epochs[0]  # the seed decides where it starts
+    random_flips = pipeline.BatchLoader(images, torch.arange(40), 8, [0.5] * 3, [0.25] * 3, shuffle=True, flip=True)
+    both = [_mirrored_per_image(random_flips, images, seed=2, epoch=e) for e in range(4)]
+    assert any(both[e][i] == both[e + 1][i] for e in range(3) for i in range(40))  # random: repeats happen
+
+
 def test_validation_split_is_stratified_and_disjoint():
     labels = torch.arange(100) % 4
     train, val = pipeline.split_validation(100, 0.2, labels, seed=0)

@@ -33,6 +33,7 @@ class DataConfig:
     augment: bool = True
     crop_padding: Optional[int] = None  # None: image side // 8 (4 at 32 px)
     flip: Optional[bool] = None  # None: the dataset's default (no flips for digits)
+    alternating_flip: bool = False  # mirror each image in every other epoch instead of at random
 
 
 @dataclass

@@ -27,6 +27,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True,
                                drop_last=len(train_labels) > batch_size,
                                crop_padding=padding if data_cfg.augment else 0, flip=flip and data_cfg.augment,
+                               alternating_flip=data_cfg.alternating_flip,
                                **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)

@@ -43,9 +43,9 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     return padded[batch_index, :, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+def flip_where(images: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Mirror the images (B, C, H, W) whose entry of the boolean mask (B,) is set."""
+    return torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(3), images)
 
 
 class BatchLoader:
@@ -56,8 +56,9 @@ class BatchLoader:
     """
 
     def __init__(self, images, labels, batch_size, mean, std, device="cpu", shuffle=False,
-                 crop_padding=0, flip=False, drop_last=False, channels_last=False):
+                 crop_padding=0, flip=False, drop_last=False, channels_last=False, alternating_flip=False):
         self.images, self.labels = images.to(device), labels.to(device)
+        self.alternating_flip = alternating_flip
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip, self.channels_last = crop_padding, flip, channels_last
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
@@ -83,13 +84,19 @@ class BatchLoader:
         count = len(self.labels)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
         order = order.to(self.labels.device)
+        if self.alternating_flip:
+            # Jordan 2024: each image is mirrored in every other epoch, starting from a random half,
+            # so that consecutive epochs never repeat a view: (seed, image) -> flip, xor the epoch's parity.
+            first = torch.rand(count, generator=torch.Generator().manual_seed(10**9 + seed)) < 0.5
+            mirrored = (first ^ bool(epoch % 2)).to(self.labels.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
             images = self.images[index]
             if self.crop_padding:
                 images = random_crop(images, self.crop_padding, generator)
             if self.flip:
-                images = random_flip(images, generator)
+                images = flip_where(images, mirrored[index] if self.alternating_flip
+                                    else torch.rand(len(images), generator=generator) < 0.5)
             if world > 1:
                 images, index = images[rank::world], index[rank::world]
             yield self.normalise(images), self.labels[index]
