@@ -1,5 +1,6 @@
-"""The GPU check must be ready to run although no GPU is at hand: its --tiny mode runs on the CPU."""
+"""Benchmark scripts stay runnable although no GPU or real data is at hand: their --tiny modes run on the CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,3 +18,12 @@ def test_gpu_check_script_runs_tiny_on_the_cpu():
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "time to 50% test accuracy" in done.stdout and "bf16+cl img/s" in done.stdout
+
+
+def test_recipe_on_validation_scores_one_training_run_under_each_tta():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "recipe_on_validation.py"), "--tiny"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["val_acc"]) == {"none", "shift"} and result["epochs"] == 2
+    assert all(0.5 < acc <= 1 for acc in result["val_acc"].values())  # 10 digits: chance is 0.1
