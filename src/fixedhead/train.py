@@ -10,6 +10,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import config as config_mod
@@ -84,12 +85,14 @@ class Interrupted(Exception):
 
 
 def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress,
-                partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.SINGLE) -> dict:
+                partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.SINGLE,
+                on_step=None) -> dict:
     """One pass over the training loader; returns mean loss, accuracy and images/s.
 
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
     the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
     If `stop` receives a signal, the epoch ends after the current step with record["partial"] set.
+    `on_step` is called after every optimizer step (the weight average).
     """
     model.train()
     device = loader.labels.device
@@ -110,6 +113,8 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if on_step is not None:
+            on_step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
@@ -159,25 +164,35 @@ def _data_meta(data: dict) -> dict:
     return {k: data[k] for k in ("classes", "in_channels", "image_size", "mean", "std")}
 
 
-def _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s, config, data, partial=None) -> dict:
-    """Everything needed to continue exactly: `epoch` epochs done, plus `partial` steps of the next."""
+def _state(model, optimizer, scheduler, extras, epoch, best, train_time_s, config, data, partial=None) -> dict:
+    """Everything needed to continue exactly: `epoch` epochs done, plus `partial` steps of the next.
+    `extras`: optional stateful helpers by name (plateau schedule, weight average), None when unused."""
     return {
         "partial": partial,
         "config": config_mod.to_dict(config), "data": _data_meta(data), "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "plateau": plateau.state_dict() if plateau else None, "epoch": epoch, "best": best,
-        "train_time_s": train_time_s, "torch_rng": torch.get_rng_state(),
+        **{name: extra.state_dict() if extra is not None else None for name, extra in extras.items()},
+        "epoch": epoch, "best": best, "train_time_s": train_time_s, "torch_rng": torch.get_rng_state(),
     }
 
 
-def _restore(checkpoint, model, optimizer, scheduler, plateau):
+def _restore(checkpoint, model, optimizer, scheduler, extras):
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
-    if plateau is not None:
-        plateau.load_state_dict(checkpoint["plateau"])
+    for name, extra in extras.items():
+        if extra is not None:
+            extra.load_state_dict(checkpoint[name])
     torch.set_rng_state(checkpoint["torch_rng"])
     return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"], checkpoint.get("partial")
+
+
+def _weight_average(model, tc):
+    """An exponential moving average of the weights and batch-norm statistics (torch's AveragedModel),
+    updated after every step; None when train.ema is 0."""
+    if not tc.ema:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
 
 
 def _evaluate(model, loader, tc, prefix: str) -> dict:
@@ -210,9 +225,12 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
+    average = _weight_average(model, tc)
+    evaluated = model if average is None else average.module  # the weights validated, tested and saved
+    extras = {"plateau": plateau, "ema": average}
     start_epoch, best, train_time_s, partial = 0, None, 0.0, None
     if checkpoint is not None:
-        start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, plateau)
+        start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, extras)
         run.rewrite_metrics([r for r in run.read_metrics() if r["epoch"] <= start_epoch])
     else:
         run.write_config(config_mod.to_dict(config))
@@ -224,8 +242,9 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
-    state = lambda epoch, part=None: _state(model, optimizer, scheduler, plateau, epoch, best, train_time_s,
+    state = lambda epoch, part=None: _state(model, optimizer, scheduler, extras, epoch, best, train_time_s,
                                             config, data, part)
+    on_step = None if average is None else lambda: average.update_parameters(model)
     with StopSignals() as stop:
         for epoch in range(start_epoch, tc.epochs):
             with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
@@ -233,19 +252,19 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
                 lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
                 record = {"epoch": epoch + 1, "lr": lr}
                 record.update(train_epoch(train_model, data["train"], optimizer, scheduler, tc, config.seed, epoch,
-                                          progress, partial, stop, ctx))
+                                          progress, partial, stop, ctx, on_step))
             partial = None
             if "partial" in record:
                 run.save("checkpoint.pt", state(epoch, {**record["partial"], "lr": record["lr"]}))
                 raise Interrupted(f"stopped by {stop.received} in epoch {epoch + 1} after step "
                                   f"{record['partial']['step']} of {len(data['train'])}; checkpoint written; "
                                   f"continue with: fixedhead train --out {run.path} --resume")
-            best = _end_epoch(run, record, model, data, plateau, tc, best, config)
+            best = _end_epoch(run, record, evaluated, data, plateau, tc, best, config)
             train_time_s += record["epoch_time_s"]
             run.save("checkpoint.pt", state(epoch + 1))
             if verbose:
                 print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
-    return _finish(run, config, model, data, best, train_time_s)
+    return _finish(run, config, evaluated, data, best, train_time_s)
 
 
 def _wrap(model, tc, ctx, device):
