@@ -17,7 +17,7 @@ from fixedhead.errors import UserError
 from fixedhead.evaluate import evaluate_run, predict
 from fixedhead.models import build_model
 from fixedhead.train import make_optimizer
-from fixedhead.whitening import patch_covariance, whiten_first_conv, whitening_filters
+from fixedhead.whitening import first_conv, patch_covariance, whiten_first_conv, whitening_filters
 from interrupts import fit_interrupted, same_result
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,
@@ -59,20 +59,25 @@ def test_whitening_filters_whiten_the_patches_and_come_in_signed_pairs():
     np.testing.assert_allclose(norms, 1 / np.sqrt(eigenvalues + 1e-8), rtol=1e-3)
 
 
-def test_whiten_first_conv_sets_and_optionally_freezes_the_stem():
-    config = make_config(TINY, {"model.whiten": "frozen"})
-    model = build_model(config.model, 0, 10, 3, 16)
-    images = _correlated_images(side=16)
-    conv = whiten_first_conv(model.encoder, images, frozen=True)
-    torch.testing.assert_close(conv.weight, whitening_filters(images, 3)[: conv.out_channels])
-    assert not conv.weight.requires_grad
-    ids = {id(p) for g in make_optimizer(model, config.train).param_groups for p in g["params"]}
-    assert id(conv.weight) not in ids and len(ids) == sum(p.requires_grad for p in model.parameters())
+def test_whiten_first_conv_sets_the_stem_and_keeps_extra_channels():
+    config = make_config(TINY)
+    model = build_model(config.model, 0, 10, 1, 16)  # fastnet-small: 16 stem channels, 1-channel input
+    images = _correlated_images(side=16)[:, :1]
+    before = first_conv(model.encoder).weight.detach().clone()
+    conv = whiten_first_conv(model.encoder, images)
+    assert conv is first_conv(model.encoder) and conv.weight.requires_grad
+    filters = whitening_filters(images, 3)  # 9-d patches: 18 filters, 16 used
+    torch.testing.assert_close(conv.weight, filters[:16])
+    wide = torch.nn.Conv2d(1, 20, 3, bias=False)  # more channels than filters: the rest keep their init
+    kept = wide.weight.detach().clone()
+    whiten_first_conv(wide, images)
+    torch.testing.assert_close(wide.weight[:18], filters)
+    assert torch.equal(wide.weight[18:], kept[18:]) and not torch.equal(before, conv.weight)
 
 
 @pytest.mark.parametrize("mode", ["init", "frozen"])
-def test_fit_with_whitening_trains_and_frozen_stem_stays_put(tmp_path, mode):
-    config = make_config(TINY, {"model.whiten": mode, "seed": 1})
+def test_fit_with_whitening_trains_and_frozen_stem_stays_put_across_a_resume(tmp_path, mode, monkeypatch):
+    config = make_config(TINY, {"model.whiten": mode, "seed": 1, "train.epochs": 3})
     final = fit(config, tmp_path / "run", verbose=False)
     assert final["test_acc"] > 0.5  # 10 classes: chance is 0.1
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
@@ -81,6 +86,9 @@ def test_fit_with_whitening_trains_and_frozen_stem_stays_put(tmp_path, mode):
     data = prepare(config.data, seed=1, batch_size=128, eval_batch_size=1000, device="cpu")
     expected = whiten_first_conv(untrained.encoder, data["train"].sample(5000)).weight
     assert torch.equal(saved[stem], expected) == (mode == "frozen")
+    fit_interrupted(config, tmp_path / "cut", 2, monkeypatch)
+    fit(config, tmp_path / "cut", resume=True, verbose=False)  # the stem comes from the checkpoint
+    assert same_result(tmp_path / "run", tmp_path / "cut")
 
 
 class _Linear(torch.nn.Module):

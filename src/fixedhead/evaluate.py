@@ -7,7 +7,6 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from . import config as config_mod
 from . import data
 from .config import TTA_MODES, make_config
 from .data.pipeline import BatchLoader
@@ -124,14 +123,16 @@ def eval_loader(images: torch.Tensor, labels: torch.Tensor, payload: dict, confi
                        channels_last=config.train.channels_last)
 
 
-def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None, allow_unfinished: bool = False):
+def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None, allow_unfinished: bool = False,
+               overrides: dict | None = None):
     """(model, payload, config, loader) for evaluating a run's weights on one split of its dataset.
 
     Only that split is read: the class names, input size and normalisation come from the run itself.
-    A class-count mismatch is an error."""
+    A class-count mismatch is an error. `overrides` change evaluation settings of the run's config
+    (e.g. train.tta) and are validated like any config."""
     device = resolve_device(device)
     model, payload = load_run_model(run_dir, device, allow_unfinished)
-    config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {})
+    config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {}, overrides or {})
     images = data.load(config.data.name, config.data.data_dir, split, config.data.image_size, config.data.variant)
     check_classes(model.head.num_classes, images.classes, f"dataset {config.data.name!r}")
     return model, payload, config, eval_loader(images.images, images.labels, payload, config, device)
@@ -140,6 +141,7 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
 def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "auto", tta: str | None = None) -> dict:
     """Re-evaluate a run's final weights on a split of its dataset (optionally found in `data_dir`),
     with the run's own test-time augmentation unless `tta` names another."""
-    model, _, config, loader = open_split(run_dir, split, device, data_dir)
-    tta = config.train.tta if tta is None else make_config(config_mod.to_dict(config), {"train.tta": tta}).train.tta
+    model, _, config, loader = open_split(run_dir, split, device, data_dir,
+                                          overrides=None if tta is None else {"train.tta": tta})
+    tta = config.train.tta
     return {"split": split, "tta": tta, **summarise(predict(model, loader, config.train.bf16, tta=tta))}

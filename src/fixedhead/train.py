@@ -20,7 +20,7 @@ from .errors import UserError
 from .evaluate import autocast, predict, resolve_device, summarise
 from .models import build_model
 from .runs import RunDir, describe_environment
-from .whitening import MAX_IMAGES, whiten_first_conv
+from .whitening import MAX_IMAGES, first_conv, whiten_first_conv
 
 
 def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
@@ -216,8 +216,10 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                    device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
-    if config.model.whiten != "none":  # on resume the checkpoint's weights replace these
-        whiten_first_conv(model.encoder, data["train"].sample(MAX_IMAGES), frozen=config.model.whiten == "frozen")
+    if config.model.whiten != "none" and checkpoint is None:  # on resume the checkpoint holds the filters
+        whiten_first_conv(model.encoder, data["train"].sample(MAX_IMAGES))
+    if config.model.whiten == "frozen":
+        first_conv(model.encoder).weight.requires_grad_(False)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     train_model = _wrap(model, tc, ctx, device)
     optimizer = make_optimizer(model, tc)

@@ -48,10 +48,10 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 
 @torch.no_grad()
-def whiten_first_conv(model: nn.Module, images: torch.Tensor, frozen: bool = False) -> nn.Conv2d:
+def whiten_first_conv(model: nn.Module, images: torch.Tensor) -> nn.Conv2d:
     """Set the first Conv2d's filters to patch-whitening filters of `images` (normalised float,
     (N, C, H, W); the first MAX_IMAGES are used). A layer with more output channels than 2P keeps its
-    own initialisation for the rest. `frozen` stops the filters from training."""
+    own initialisation for the rest. To freeze them: first_conv(model).weight.requires_grad_(False)."""
     conv = first_conv(model)
     kernel = conv.kernel_size[0]
     if conv.groups != 1 or conv.kernel_size[0] != conv.kernel_size[1] or conv.in_channels != images.shape[1]:
@@ -59,5 +59,4 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, frozen: bool = Fal
                         f"input channels; {type(model).__name__}'s is {conv}")
     filters = whitening_filters(images[:MAX_IMAGES], kernel)[: conv.out_channels]
     conv.weight[: len(filters)] = filters.to(conv.weight.device, conv.weight.dtype)
-    conv.weight.requires_grad_(not frozen)
     return conv
