@@ -15,6 +15,7 @@ from fixedhead.data.loaders import prepare
 from fixedhead.data.pipeline import BatchLoader
 from fixedhead.errors import UserError
 from fixedhead.evaluate import evaluate_run, predict
+from fixedhead.lookahead import Lookahead
 from fixedhead.models import build_model
 from fixedhead.train import make_optimizer
 from fixedhead.whitening import first_conv, patch_covariance, whiten_first_conv, whitening_filters
@@ -205,3 +206,56 @@ def test_fit_with_ema_evaluates_and_saves_the_average_and_resumes_exactly(tmp_pa
     fit_interrupted(config, tmp_path / "cut", 2, monkeypatch)
     fit(config, tmp_path / "cut", resume=True, verbose=False)
     assert same_result(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_lookahead_follows_its_recursion_and_ends_on_the_slow_weights():
+    """Replay the fast weights the optimizer produced (snapshots taken before each sync) through the
+    lookahead recursion in float64: slow <- d slow + (1 - d) fast every k steps and at the last step."""
+    config = make_config(TINY, {"train.epochs": 1, "train.lookahead": 3})
+    data = prepare(config.data, seed=0, batch_size=64, eval_batch_size=1000, device="cpu")
+    model = build_model(config.model, 0, 10, 1, 8)
+    optimizer = make_optimizer(model, config.train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    total = len(data["train"])
+    assert total % 3 != 0  # so that the forced sync at the last step is exercised
+    lookahead = Lookahead(model, 3, total)
+    names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+    start = {k: model.state_dict()[k].double().clone() for k in names}
+    before = []
+
+    def on_step():
+        before.append({k: model.state_dict()[k].double().clone() for k in names})
+        lookahead.step()
+
+    with tqdm(disable=True) as progress:
+        train_mod.train_epoch(model, data["train"], optimizer, scheduler, config.train, 0, 0, progress, on_step=on_step)
+    assert len(before) == total
+    synced = 0
+    for name in names:
+        slow = start[name]
+        for step, fast in enumerate(before, start=1):
+            if step % 3 == 0 or step == total:
+                decay = 0.95 ** 3 * (step / total) ** 3
+                slow = decay * slow + (1 - decay) * fast[name]
+                synced += name == names[0]
+        torch.testing.assert_close(model.state_dict()[name].double(), slow, rtol=1e-5, atol=1e-6, msg=name)
+    assert synced == total // 3 + 1
+    weight = "encoder.body.0.weight"
+    assert not torch.allclose(before[-1][weight], model.state_dict()[weight].double())  # the sync moved them
+
+
+def test_fit_with_lookahead_resumes_exactly_and_rejects_bad_values(tmp_path, monkeypatch):
+    config = make_config(TINY, {"train.lookahead": 5, "train.epochs": 3})
+    final = fit(config, tmp_path / "whole", verbose=False)
+    fit(make_config(TINY, {"train.epochs": 3}), tmp_path / "plain", verbose=False)
+    checkpoint = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    steps = len(prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")["train"])
+    assert checkpoint["lookahead"]["step_count"] == 3 * steps
+    plain = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["model"]
+    assert not torch.equal(plain["encoder.body.0.weight"], checkpoint["model"]["encoder.body.0.weight"])
+    assert final["test_acc"] > 0.5
+    fit_interrupted(config, tmp_path / "cut", 2, monkeypatch)
+    fit(config, tmp_path / "cut", resume=True, verbose=False)
+    assert same_result(tmp_path / "whole", tmp_path / "cut")
+    with pytest.raises(UserError, match="train.lookahead"):
+        make_config(TINY, {"train.lookahead": -1})

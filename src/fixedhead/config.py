@@ -63,6 +63,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
     ema: float = 0.0  # per-step decay of a moving average of the weights that is evaluated and saved; 0: off
     select: str = "last"  # which weights are final: the last epoch's, or the best on validation
     bf16: bool = False
@@ -114,6 +115,7 @@ RANGES = {
     "train.warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "train.ema": (lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
+    "train.lookahead": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
 }
 
 

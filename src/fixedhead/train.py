@@ -18,6 +18,7 @@ from . import distributed
 from .data.loaders import prepare
 from .errors import UserError
 from .evaluate import autocast, predict, resolve_device, summarise
+from .lookahead import Lookahead
 from .models import build_model
 from .runs import RunDir, describe_environment
 from .whitening import MAX_IMAGES, first_conv, whiten_first_conv
@@ -195,6 +196,20 @@ def _weight_average(model, tc):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
 
 
+def _after_step(lookahead, average, model):
+    """What runs after every optimizer step: the lookahead sync, then the weight average (of the synced
+    weights); None when neither is on."""
+    if lookahead is None and average is None:
+        return None
+
+    def after_step():
+        if lookahead is not None:
+            lookahead.step()
+        if average is not None:
+            average.update_parameters(model)
+    return after_step
+
+
 def _evaluate(model, loader, tc, prefix: str) -> dict:
     predictions = predict(model, loader, tc.bf16, tta=tc.tta)
     return {f"{prefix}_{k}": v for k, v in summarise(predictions).items() if k != "count"}
@@ -229,7 +244,8 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
                if tc.schedule == "plateau" else None)
     average = _weight_average(model, tc)
     evaluated = model if average is None else average.module  # the weights validated, tested and saved
-    extras = {"plateau": plateau, "ema": average}
+    lookahead = Lookahead(model, tc.lookahead, steps) if tc.lookahead else None
+    extras = {"plateau": plateau, "ema": average, "lookahead": lookahead}
     start_epoch, best, train_time_s, partial = 0, None, 0.0, None
     if checkpoint is not None:
         start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, extras)
@@ -246,7 +262,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
               file=sys.stderr)
     state = lambda epoch, part=None: _state(model, optimizer, scheduler, extras, epoch, best, train_time_s,
                                             config, data, part)
-    on_step = None if average is None else lambda: average.update_parameters(model)
+    on_step = _after_step(lookahead, average, model)
     with StopSignals() as stop:
         for epoch in range(start_epoch, tc.epochs):
             with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
