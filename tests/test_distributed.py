@@ -20,11 +20,13 @@ ARGS = ["train", "--data", "digits", "--arch", "fastnet-small", "--head", "cosin
 def test_two_processes_match_one(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, "-m", "fixedhead", *ARGS, "--out", str(single)], check=True, timeout=300)
+    verbose = [a for a in ARGS if a != "--quiet"]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29517", "-m", "fixedhead", *ARGS, "--out", str(ddp)], capture_output=True, text=True,
+                           "29517", "-m", "fixedhead", *verbose, "--out", str(ddp)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("test accuracy") == 1  # only rank 0 prints
+    assert done.stdout.count("test accuracy") == 1  # only rank 0 prints: the result and each epoch's line
+    assert [done.stderr.count(f"epoch {e}/3 ") for e in (1, 2, 3)] == [1, 1, 1], done.stderr[-2000:]
     a, b = (torch.load(p / "model.pt", weights_only=True)["model"] for p in (single, ddp))
     assert torch.equal(a["head.weight"], b["head.weight"])  # the same class vectors, drawn from the seed
     lines = (ddp / "metrics.jsonl").read_text().splitlines()

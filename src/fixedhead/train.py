@@ -221,6 +221,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     The test split is evaluated once, at the end, on the weights chosen by `train.select`.
     """
     ctx, device = distributed.setup(resolve_device(config.train.device))
+    verbose = verbose and ctx.is_main  # under torchrun only rank 0 prints progress
     run = RunDir(run_dir, writable=ctx.is_main)
     config, checkpoint = _open_run(run, config, resume, overwrite)
     tc = config.train
@@ -256,7 +257,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
         run_meta = describe_environment(config.seed, str(device))
         run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
         run.write_json("meta.json", run_meta)
-    if verbose and ctx.is_main and 0 < steps < 100:
+    if verbose and 0 < steps < 100:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
