@@ -4,12 +4,13 @@ Every `every` optimizer steps, slow weights move toward the trained ("fast") wei
 weights are reset to them:  slow <- decay * slow + (1 - decay) * fast;  fast <- slow.
 The decay ramps up over training, decay(t) = BASE ** every * (t / total) ** 3, so the first steps are
 plain SGD and the last ones are averaged most. The last step of training always syncs, so the
-weights that training ends with are the slow ones. Every floating-point entry of the state dict
-takes part (parameters and batch-norm statistics; fixed buffers such as frozen class vectors are
-left as they are by construction, since slow and fast never differ there).
+weights that training ends with are the slow ones. What training changes takes part: the trained
+parameters and the batch-norm running statistics. Fixed class vectors and frozen layers are left out,
+so a fixed head gets no slow copy (it would never differ from the fast one).
 """
 
 import torch
+from torch import nn
 
 BASE = 0.95  # per-step decay at the end of training (airbench's 0.95)
 
@@ -17,7 +18,9 @@ BASE = 0.95  # per-step decay at the end of training (airbench's 0.95)
 class Lookahead:
     def __init__(self, model: torch.nn.Module, every: int, total_steps: int):
         self.every, self.total, self.step_count = every, total_steps, 0
-        self._fast = [v for v in model.state_dict().values() if v.is_floating_point()]
+        statistics = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                      for b in (m.running_mean, m.running_var) if b is not None]
+        self._fast = [p.detach() for p in model.parameters() if p.requires_grad] + statistics
         self._slow = [v.detach().clone() for v in self._fast]
 
     def decay(self, step: int) -> float:

@@ -93,7 +93,7 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
     the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
     If `stop` receives a signal, the epoch ends after the current step with record["partial"] set.
-    `on_step` is called after every optimizer step (the weight average).
+    `on_step` is called after every optimizer step (lookahead, weight average).
     """
     model.train()
     device = loader.labels.device
