@@ -11,38 +11,84 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, reason
 from .imagefolder import decode_images
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+def _admitted_globals() -> dict:
+    """The exact (module, name) pairs a CIFAR pickle may name, mapped to the objects already loaded.
+
+    Nothing is resolved by import: naming any other pair (or an admitted name under another module)
+    is refused before Python looks the module up, so no module's import-time code can run.
+    """
+    reconstruct = np.ndarray((0,)).__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
+    scalar = np.float64(0).__reduce__()[0]
+    pairs = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # how protocol 5 rebuilds an array from its bytes
+    for package in ("numpy.core", "numpy._core"):  # numpy 1 and numpy 2 spellings
+        pairs[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        pairs[(f"{package}.multiarray", "scalar")] = scalar
+        pairs[(f"{package}.numeric", "_frombuffer")] = frombuffer
+    return pairs
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    """How Python 3 pickles bytes at protocol 2: _codecs.encode(str, 'latin1'); no other codec is run."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {str(encoding)[:20]!r}")
+    return text.encode("latin1")
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a dataset file cannot run code."""
 
+    ADMITTED = _admitted_globals()
+
     def find_class(self, module, name):
-        if module.split(".")[0] == "numpy" and name in {"_reconstruct", "ndarray", "dtype", "scalar"}:
-            return super().find_class(module, name)
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        try:
+            return self.ADMITTED[(module, name)]
+        except (KeyError, TypeError):
+            raise pickle.UnpicklingError(f"refusing to load {str(module)[:60]}.{str(name)[:60]}") from None
+
+
+# Everything a hostile or damaged pickle can raise while it is read, besides the unpickler's refusals.
+_READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, KeyError,
+                IndexError, OverflowError, MemoryError, RecursionError, UnicodeError, OSError)
 
 
 def read_pickle(path: Path) -> dict:
+    """A CIFAR pickle as a dict with str keys; any failure is one UserError naming the file."""
     try:
         with open(path, "rb") as file:
             data = _NumpyOnlyUnpickler(file, encoding="latin1").load()
     except FileNotFoundError:
         raise UserError(f"missing file {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
-        raise UserError(f"{path} is not a readable CIFAR pickle ({error or type(error).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a CIFAR pickle: expected a dict, found {type(data).__name__}")
+    except _READ_ERRORS as error:
+        raise UserError(f"{path} is not a readable CIFAR pickle ({reason(error, 120)})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, (str, bytes)) for k in data):
+        raise UserError(f"{path} is not a CIFAR pickle: expected a dict with text keys, found {type(data).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
-def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+def class_names(value, path: Path, key: str) -> list[str]:
+    """A list of class names (str, or bytes as older pickles hold them), else an error naming the file."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, bytes)) for v in value):
+        return [v.decode("latin1") if isinstance(v, bytes) else v for v in value]
+    raise UserError(f"{path}: '{key}' must be a non-empty list of class names")
+
+
+def check_labels(labels, num_classes: int, path: Path) -> np.ndarray:
+    """Integer labels in 0..num_classes-1 as int64 (N,): a list of ints or an integer array, nothing else."""
+    if isinstance(labels, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+        try:
+            labels = np.asarray(labels, dtype=np.int64)
+        except OverflowError:
+            raise UserError(f"{path}: a label is outside 0..{num_classes - 1}") from None
+    elif not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"):
+        raise UserError(f"{path}: labels must be a list or array of integers")
+    labels = labels.astype(np.int64).reshape(-1)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise UserError(f"{path}: label {labels[bad][0]} is outside 0..{num_classes - 1}")
@@ -51,9 +97,9 @@ def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray
 
 def _cifar_images(batch: dict, path: Path) -> np.ndarray:
     data = batch.get("data")
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise UserError(f"{path}: 'data' must be an (N, 3072) uint8 array of R, G, B planes")
-    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+    return data.reshape(-1, 3, 32, 32)
 
 
 def cifar10_files(folder: Path, split: str, variant=None) -> list[Path]:
@@ -63,7 +109,7 @@ def cifar10_files(folder: Path, split: str, variant=None) -> list[Path]:
 
 def read_cifar10(folder: Path, split: str, variant=None) -> dict:
     *batches, meta_path = cifar10_files(folder, split)
-    classes = list(read_pickle(meta_path).get("label_names", CIFAR10_CLASSES))
+    classes = class_names(read_pickle(meta_path).get("label_names", CIFAR10_CLASSES), meta_path, "label_names")
     images, labels = [], []
     for path in batches:
         batch = read_pickle(path)
@@ -76,7 +122,7 @@ def read_cifar10(folder: Path, split: str, variant=None) -> dict:
 
 def read_cifar100(folder: Path, split: str, variant: str = "fine") -> dict:
     meta = read_pickle(folder / "meta")
-    classes = list(meta[f"{variant}_label_names"])
+    classes = class_names(meta.get(f"{variant}_label_names"), folder / "meta", f"{variant}_label_names")
     path = folder / split
     batch = read_pickle(path)
     images = _cifar_images(batch, path)
@@ -126,7 +172,9 @@ def tinyimagenet_sources(folder: Path, split: str, variant=None) -> tuple[list[s
     wnids_path = folder / "wnids.txt"
     if not wnids_path.exists():
         raise UserError(f"missing file {wnids_path}")
-    wnids = wnids_path.read_text().split()
+    wnids = wnids_path.read_text(errors="replace").split()
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise UserError(f"{wnids_path} must list each class's wnid once")
     index = {w: k for k, w in enumerate(wnids)}
     if split == "train":
         paths, labels = [], []
@@ -141,7 +189,10 @@ def tinyimagenet_sources(folder: Path, split: str, variant=None) -> tuple[list[s
     if not annotations.exists():
         raise UserError(f"missing file {annotations}")
     paths, labels = [], []
-    for number, line in enumerate(annotations.read_text().splitlines(), 1):
+    lines = [line for line in annotations.read_text(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"{annotations} is empty; it should list each validation image with its wnid")
+    for number, line in enumerate(lines, 1):
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in index:
             raise UserError(f"{annotations} line {number}: expected 'file<TAB>wnid<TAB>box' with a wnid from wnids.txt")
