@@ -7,13 +7,13 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import yaml
 
+from . import files
 from .data import DATASETS
-from .errors import UserError
+from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES
 from .models import ENCODERS
 
@@ -97,25 +97,47 @@ CHOICES = {
     "model.whiten": WHITEN,
 }
 
+MAX_SEED = 2**31 - 1
+
+
+def _within(low, high, optional: bool = False, low_open: bool = False, high_open: bool = False, note: str = "",
+            what: str = "a number"):
+    """(test, what is accepted) for a number in a range; bounded above too, so that a huge value is
+    refused here and never reaches an allocation or an overflow."""
+    def test(value):
+        if value is None:
+            return optional
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return (isinstance(value, int) or math.isfinite(value)) and above and below
+    bounds = f"{'(' if low_open else '['}{low:_}, {high:_}{')' if high_open else ']'}"
+    return test, f"{what} in {bounds}{note}" + (" or null" if optional else "")
+
+
+def _count(low, high, optional: bool = False, note: str = ""):
+    return _within(low, high, optional, note=note, what="an integer")
+
+
 # key: (test, what is accepted)
 RANGES = {
-    "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "data.image_size": (lambda v: v is None or v >= 8, "an integer >= 8"),
-    "data.val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "data.crop_padding": (lambda v: v is None or v >= 0, "an integer >= 0"),
-    "model.scale": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-    "model.feature_dim": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
-    "train.epochs": (lambda v: v >= 0, "an integer >= 0"),
-    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "train.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "train.lr": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-    "train.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "train.head_weight_decay": (lambda v: v is None or v >= 0, "a number >= 0"),
-    "train.warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
-    "train.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "train.ema": (lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
-    "train.lookahead": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
+    "seed": _count(0, MAX_SEED),
+    "data.image_size": _count(8, 1024, optional=True),
+    "data.val_fraction": _within(0, 1, high_open=True),
+    "data.crop_padding": _count(0, 256, optional=True),
+    "model.scale": _within(0, 10_000, low_open=True),
+    "model.head_seed": _count(0, MAX_SEED, optional=True),
+    "model.feature_dim": _count(1, 65536, optional=True),
+    "train.epochs": _count(0, 100_000),
+    "train.batch_size": _count(1, 1 << 20),
+    "train.eval_batch_size": _count(1, 1 << 20),
+    "train.lr": _within(0, 1000, low_open=True),
+    "train.momentum": _within(0, 1, high_open=True),
+    "train.weight_decay": _within(0, 1),
+    "train.head_weight_decay": _within(0, 1, optional=True),
+    "train.warmup_epochs": _within(0, 100_000),
+    "train.label_smoothing": _within(0, 1, high_open=True),
+    "train.ema": _within(0, 1, high_open=True, note=" (0: off)"),
+    "train.lookahead": _count(0, 1_000_000, note=" (0: off)"),
 }
 
 
@@ -125,9 +147,10 @@ def _coerce(key: str, value, kind):
     base = next(t for t in typing.get_args(kind) if t is not type(None)) if optional else kind
     if isinstance(value, str) and base is not str:
         try:
-            value = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+            value = yaml.load(value, Loader=files.BoundedLoader) if value.strip() else None  # noqa: S506
+        except (yaml.YAMLError, RecursionError):
             pass  # not YAML: reported below as the wrong type
+        files.check_tree_size(value, f"the value of {key}")
         if isinstance(value, str) and base is float:  # YAML 1.1 reads "1e-3" as a string
             try:
                 value = float(value)
@@ -136,11 +159,14 @@ def _coerce(key: str, value, kind):
     if value is None and optional:
         return None
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UserError(f"{key} is too large a number, got {shown(value)}") from None
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
     name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
-    raise UserError(f"{key} must be {name}{' or null' if optional else ''}, got {value!r}")
+    raise UserError(f"{key} must be {name}{' or null' if optional else ''}, got {shown(value)}")
 
 
 def _section(config: Config, key: str):
@@ -148,11 +174,11 @@ def _section(config: Config, key: str):
     target = config
     for part in parts[:-1]:
         if part not in {f.name for f in dataclasses.fields(Config)} or part == "seed":
-            raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
+            raise UserError(f"unknown config key {shown(key)}; valid keys: {', '.join(all_keys())}")
         target = getattr(target, part)
     hints = typing.get_type_hints(type(target))
     if parts[-1] not in hints or isinstance(hints[parts[-1]], type) and dataclasses.is_dataclass(hints[parts[-1]]):
-        raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
+        raise UserError(f"unknown config key {shown(key)}; valid keys: {', '.join(all_keys())}")
     return target, parts[-1], hints[parts[-1]]
 
 
@@ -193,13 +219,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def read_yaml(path) -> dict:
-    path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise UserError(f"cannot read config file {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    """A config file: bounded, strict YAML (files.read_yaml) holding a mapping."""
+    tree = files.read_yaml(path, "config file")
     if tree is None:
         return {}
     if not isinstance(tree, dict):
@@ -218,14 +239,14 @@ def make_config(*layers: dict) -> Config:
 
 
 def validate(config: Config) -> None:
-    flat = _flatten(to_dict(config))
+    values = flat(config)
     for key, choices in CHOICES.items():
-        if flat[key] not in choices:
+        if values[key] not in choices:
             noun = "dataset" if key == "data.name" else key.split(".")[-1]
-            raise UserError(f"unknown {noun} {flat[key]!r} ({key}); choose one of: {', '.join(choices)}")
+            raise UserError(f"unknown {noun} {shown(values[key])} ({key}); choose one of: {', '.join(choices)}")
     for key, (ok, accepted) in RANGES.items():
-        if not ok(flat[key]):
-            raise UserError(f"{key} must be {accepted}, got {flat[key]!r}")
+        if not ok(values[key]):
+            raise UserError(f"{key} must be {accepted}, got {shown(values[key])}")
     flips = DATASETS[config.data.name].flip if config.data.flip is None else config.data.flip
     if "flip" in config.train.tta and not flips:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
@@ -236,6 +257,17 @@ def validate(config: Config) -> None:
 
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
+
+
+def flat(config: Config) -> dict:
+    """{"train.lr": 0.1, ...}: every key of a config by its dotted name."""
+    return _flatten(to_dict(config))
+
+
+def differences(a: Config, b: Config) -> list[str]:
+    """The dotted keys whose values differ between two configs."""
+    flat_a, flat_b = flat(a), flat(b)
+    return [key for key in flat_a if flat_a[key] != flat_b[key]]
 
 
 def needs_validation(config: Config) -> bool:

@@ -10,15 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .files import save_figure  # noqa: E402
+
 
 def _save(fig, stem: Path) -> list[str]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        paths.append(path.name)
-    plt.close(fig)
+    try:
+        for suffix in (".png", ".pdf"):
+            path = stem.with_suffix(suffix)
+            save_figure(fig, path)
+            paths.append(path.name)
+    finally:
+        plt.close(fig)
     return paths
 
 

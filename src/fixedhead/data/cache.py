@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write, umask, write_json
 
 
 def default_cache_dir() -> Path:
@@ -53,11 +54,12 @@ def store_entry(cache_dir: Path, key: str, images: np.ndarray, labels: np.ndarra
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
-        np.save(tmp / "images.npy", images)
-        np.save(tmp / "labels.npy", labels)
-        (tmp / "classes.json").write_text(json.dumps(classes))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would survive the rename
+        for name, array in (("images.npy", images), ("labels.npy", labels)):
+            atomic_write(tmp / name, lambda f, a=array: np.save(f, a))
+        write_json(tmp / "classes.json", classes)
         os.replace(tmp, cache_dir / key)
-    except OSError:
+    except (OSError, UserError):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -33,7 +33,12 @@ def safe_extract(archive: Path, target: Path) -> None:
                 _check_member(archive, member.linkname, (target / member.name).parent, link=True)
             if member.isdev():
                 raise UserError(f"refusing to extract {archive}: {member.name} is a device file")
-        opened.extractall(target, members=members)
+        # The standard library's "data" filter also drops set-uid bits, group/other write permission
+        # and owners, and refuses anything the checks above missed.
+        try:
+            opened.extractall(target, members=members, filter="data")
+        except tarfile.FilterError as error:
+            raise UserError(f"refusing to extract {archive}: {error}") from None
 
 
 def _check_member(archive: Path, name: str, base: Path, link: bool = False) -> None:
@@ -51,12 +56,30 @@ def _archive(url: str, filename: str, md5: str | None, root: Path) -> None:
     safe_extract(root / filename, root)
 
 
+def _idx_files(name: str, root: Path) -> None:
+    """The four gzipped IDX files into root/<name>/, each checked against torchvision's md5 sums."""
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    source = datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST
+    folder = root / name
+    for filename, md5 in source.resources:
+        if check_integrity(str(folder / filename), md5):
+            continue
+        error = None
+        for mirror in source.mirrors:
+            try:
+                download_url(f"{mirror}{filename}", str(folder), filename, md5)
+                break
+            except OSError as failed:  # this mirror is unreachable: try the next one
+                error = failed
+        else:
+            raise error
+
+
 def _torchvision(name: str, root: Path) -> None:
     from torchvision import datasets  # their class attributes hold the canonical URLs and md5 sums
 
-    if name in ("fashion-mnist", "mnist"):  # gzipped IDX files, no archive: lands in root/<Name>/raw
-        (datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST)(str(root), train=True, download=True)
-        return
     source = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "stl10": datasets.STL10}[name]
     _archive(source.url, source.filename, source.tgz_md5, root)
 
@@ -85,8 +108,8 @@ DOWNLOADERS = {
     "stl10": lambda root: _torchvision("stl10", root),
     "tinyimagenet": _tinyimagenet,
     "cifar10.1": _cifar101,
-    "fashion-mnist": lambda root: _torchvision("fashion-mnist", root),
-    "mnist": lambda root: _torchvision("mnist", root),
+    "fashion-mnist": lambda root: _idx_files("fashion-mnist", root),
+    "mnist": lambda root: _idx_files("mnist", root),
 }
 
 
@@ -97,13 +120,32 @@ def download(name: str, root) -> Path:
     if root is None:
         raise UserError(f"say where to put {name}: fixedhead data download {name} --data-dir DIR")
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--data-dir {root} is a file; give a folder to download {name} into")
+    before = _folders(root)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         DOWNLOADERS[name](root)
     except OSError as error:  # URLError, connection refused, DNS failure, disk full
+        _remove_empty(_folders(root) - before)
         reason = getattr(error, "reason", None) or error.strerror or error
         raise UserError(f"cannot download {name} into {root}: {reason}; download it where there is internet "
                         "and copy it there, or check your connection") from None
-    except RuntimeError as error:  # torchvision's "File not found or corrupted"
+    except RuntimeError as error:  # torchvision's "File not found or corrupted" after a download
+        _remove_empty(_folders(root) - before)
         raise UserError(f"download of {name} failed its integrity check: {error}") from None
     return root
+
+
+def _folders(root: Path) -> set[Path]:
+    """The folders that exist on the way to root and below it (to know which ones a failed download made)."""
+    on_the_way = {p for p in (root, *root.parents) if p.is_dir()}
+    return on_the_way | ({p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set())
+
+
+def _remove_empty(folders: set[Path]) -> None:
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty, or not there: keep it
