@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .errors import UserError
+from .errors import UserError, one_line, shown
 
 # flag dest -> config key; a flag left unset does not override the config file.
 TRAIN_FLAGS = {
@@ -53,11 +53,15 @@ def _add_train(sub):
 
 def _train(args) -> int:
     from .config import make_config, parse_overrides, read_yaml
+    from .runs import RunDir
     from .train import fit
 
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     file_layer = read_yaml(args.config) if args.config else {}
-    config = make_config(file_layer, flags, parse_overrides(args.set))
+    run = RunDir(args.out)
+    # --resume continues the saved config; flags on top of it must agree with it (fit checks).
+    saved = run.read_config() if args.resume and run.has_checkpoint() else {}
+    config = make_config(saved, file_layer, flags, parse_overrides(args.set))
     from .distributed import teardown
 
     try:
@@ -222,15 +226,17 @@ def _sweep(args) -> int:
         summary = run_sweep(args.experiment, args.out, seeds=args.seeds, sets=sets, shard_spec=args.shard,
                             dry_run=args.dry_run)
     if args.summary:
-        from .runs import write_json
+        from .files import write_json
 
         write_json(args.summary, summary)
     if args.dry_run:
         print(f"{len(summary['planned'])} runs planned")
         return 0
+    busy = f", {len(summary['busy'])} in use by another process" if summary["busy"] else ""
     print(f"{len(summary['planned'])} runs: {len(summary['finished'])} trained, {len(summary['skipped'])} already "
-          f"finished, {len(summary['failed'])} failed" + (f" ({', '.join(summary['failed'])})" if summary["failed"] else ""))
-    return 1 if summary["failed"] else 0
+          f"finished, {len(summary['failed'])} failed" + (f" ({', '.join(summary['failed'])})" if summary["failed"] else "")
+          + busy)
+    return 1 if summary["failed"] or summary["busy"] else 0
 
 
 def _report(args) -> int:
@@ -299,7 +305,11 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as error:
-        print(f"fixedhead: error: {error}", file=sys.stderr)
+        print(f"fixedhead: error: {one_line(str(error))}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the machine's fault, not ours: a full disk, a read-only or missing place
+        where = f": {shown(error.filename, 200)}" if error.filename else ""
+        print(f"fixedhead: error: {error.strerror or type(error).__name__}{where}", file=sys.stderr)
         return 2
     except Exception as error:
         from .train import Interrupted

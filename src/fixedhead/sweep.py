@@ -22,15 +22,16 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from .config import make_config, read_yaml
-from .errors import UserError
+from .config import MAX_SEED, make_config
+from .errors import UserError, reason, shown
 from .evaluate import resolve_device
-from .runs import RunDir, atomic_write, write_json
+from .files import read_yaml, write_json, write_yaml
+from .runs import RunDir, RunInUse
 
-EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "evaluate", "report", "paper"}
+EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "evaluate", "report", "paper",
+                   "source"}  # source: where the sweep read it (in the copy it leaves in --out)
 AFTER = ("analyze", "evaluate")
+MAX_SEEDS = 10_000
 
 
 @dataclass(frozen=True)
@@ -40,30 +41,68 @@ class PlannedRun:
     variant: str = ""
 
 
-def load_experiment(path, seeds: int | None = None, sets: dict | None = None) -> dict:
-    experiment = read_yaml(path)
-    unknown = sorted(set(experiment) - EXPERIMENT_KEYS)
+EVALUATE_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
+REPORT_OPTIONS = {"rows": list, "columns": list, "metrics": list, "compare": list, "select": dict}
+
+
+def _check_section(value, kind, where: str):
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise UserError(f"{where} must be {'a mapping' if kind is dict else f'a {kind.__name__}'}, found {shown(value)}")
+    return value
+
+
+def check_experiment(tree, path) -> dict:
+    """An experiment file's sections with the types the sweep and the report read; else one error."""
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} must hold a mapping (base, grid, variants, seeds, ...)")
+    unknown = sorted(str(k) for k in set(tree) - EXPERIMENT_KEYS)
     if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r}; an experiment file has: {', '.join(sorted(EXPERIMENT_KEYS))}")
-    grid = experiment.get("grid") or {}
-    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise UserError(f"{path}: unknown key {shown(unknown[0])}; an experiment file has: "
+                        f"{', '.join(sorted(EXPERIMENT_KEYS))}")
+    sections = {"name": str, "description": str, "source": str, "base": dict, "grid": dict, "variants": dict,
+                "after": list, "evaluate": dict, "report": dict, "paper": dict}
+    for key, kind in sections.items():
+        _check_section(tree.get(key), kind, f"{path}: {key}")
+    grid = tree.get("grid") or {}
+    if any(not isinstance(v, list) or not v for v in grid.values()):
         raise UserError(f"{path}: grid must map config keys to non-empty lists of values")
-    if not grid and not experiment.get("variants"):
-        raise UserError(f"{path}: the grid is empty; give a grid (key: [values]) or variants")
-    bad_after = [a for a in experiment.get("after", []) if a not in AFTER]
+    for name, overrides in (tree.get("variants") or {}).items():
+        _check_section(overrides, dict, f"{path}: variant {shown(name)}")
+    bad_after = [a for a in tree.get("after") or [] if a not in AFTER]
     if bad_after:
-        raise UserError(f"{path}: unknown step {bad_after[0]!r} in after; choose from: {', '.join(AFTER)}")
+        raise UserError(f"{path}: unknown step {shown(bad_after[0])} in after; choose from: {', '.join(AFTER)}")
+    for section, options in (("evaluate", EVALUATE_OPTIONS), ("report", REPORT_OPTIONS)):
+        for key, value in (tree.get(section) or {}).items():
+            if key not in options:
+                raise UserError(f"{path}: unknown key {shown(key)} in {section}; accepted: {', '.join(options)}")
+            _check_section(value, options[key], f"{path}: {section}.{key}")
+    report = tree.get("report") or {}
+    if any(not (isinstance(p, list) and len(p) == 2) for p in report.get("compare") or []):
+        raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
+    if report.get("select") is not None and set(report["select"]) != {"key", "by"}:
+        raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: VALIDATION_METRIC}}")
+    return tree
+
+
+def load_experiment(path, seeds: int | None = None, sets: dict | None = None) -> dict:
+    experiment = check_experiment(read_yaml(path, "experiment file"), path)
+    if not experiment.get("grid") and not experiment.get("variants"):
+        raise UserError(f"{path}: the grid is empty; give a grid (key: [values]) or variants")
+    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds takes a number of seeds in 1..{MAX_SEEDS}, got {seeds}")
     experiment["base"] = {**(experiment.get("base") or {}), **(sets or {})}
     experiment["seeds"] = list(range(seeds)) if seeds is not None else _seeds(experiment.get("seeds", 1), path)
     return experiment
 
 
 def _seeds(value, path) -> list[int]:
-    if isinstance(value, int) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEEDS:
         return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and
+                                                 0 <= v <= MAX_SEED for v in value):
         return value
-    raise UserError(f"{path}: seeds must be a count >= 1 or a list of integers >= 0, got {value!r}")
+    raise UserError(f"{path}: seeds must be a count in 1..{MAX_SEEDS} or a list of integers in 0..{MAX_SEED}, "
+                    f"got {shown(value)}")
 
 
 def _slug(value) -> str:
@@ -127,15 +166,14 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
 
     experiment = load_experiment(path, seeds, sets)
     planned = shard(expand(experiment), *parse_shard(shard_spec))
-    summary = {"planned": [r.name for r in planned], "finished": [], "skipped": [], "failed": []}
+    summary = {"planned": [r.name for r in planned], "finished": [], "skipped": [], "failed": [], "busy": []}
     if dry_run:
         for run in planned:
             log(f"{run.name}  {run.overrides}")
         return summary
     _check_devices({make_config(experiment["base"], run.overrides).train.device for run in planned})
     out = Path(out)
-    resolved = yaml.safe_dump({**experiment, "source": str(path)}, sort_keys=False)
-    atomic_write(out / "experiment.yaml", lambda f: f.write(resolved.encode()))
+    write_yaml(out / "experiment.yaml", {**experiment, "source": str(path)})
     for number, run in enumerate(planned, 1):
         run_dir = RunDir(out / run.name)
         try:
@@ -147,8 +185,11 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
                 fit(make_config(experiment["base"], run.overrides), run_dir.path, resume=True, verbose=False)
                 summary["finished"].append(run.name)
             _after(run_dir.path, experiment, log)
+        except RunInUse as error:  # another sweep or train is on it: not a failure of the run, leave it alone
+            log(f"{run.name} skipped: {error}")
+            summary["busy"].append(run.name)
         except (UserError, RuntimeError, ValueError) as error:  # one run's failure does not stop the sweep
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = reason(error, 500)
             log(f"{run.name} failed: {message}")
             write_json(run_dir.file("failure.json"), {"error": message, "traceback": traceback.format_exc()})
             summary["failed"].append(run.name)
@@ -178,7 +219,7 @@ def run_parallel(path, out, devices: list[str], seeds: int | None = None, sets: 
             command += ["--seeds", str(seeds)] if seeds is not None else []
             log(f"worker {index}/{len(devices)} on {device}")
             workers.append((subprocess.Popen(command), summary_path))
-        merged = {"planned": [], "finished": [], "skipped": [], "failed": []}
+        merged = {"planned": [], "finished": [], "skipped": [], "failed": [], "busy": []}
         for process, summary_path in workers:
             process.wait()
             if summary_path.exists():

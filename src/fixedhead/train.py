@@ -16,8 +16,9 @@ from tqdm import tqdm
 from . import config as config_mod
 from . import distributed
 from .data.loaders import prepare
-from .errors import UserError
+from .errors import UserError, reason, shown
 from .evaluate import autocast, predict, resolve_device, summarise
+from .files import check_fields
 from .lookahead import Lookahead
 from .models import build_model
 from .runs import RunDir, describe_environment
@@ -147,17 +148,39 @@ def _should_stop(stop, ctx, device) -> bool:
     return (distributed.sum_across([local], device)[0] if ctx.world > 1 else local) > 0
 
 
+# Keys a resumed run may change: where the data lives and which device trains it, not what is trained.
+RESUMABLE = ("data.data_dir", "train.device")
+
+
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
-    """Decide between a fresh start and a resume; refuse to clobber a run unless told to."""
+    """Decide between a fresh start and a resume; refuse to clobber a run unless told to, and refuse to
+    resume a run with a config that contradicts the one it was started with. Changes nothing on disk."""
     if overwrite:
-        run.clear()
-    elif run.is_finished():
+        return config, None
+    if run.is_finished():
         raise UserError(f"{run.path} already holds a finished run; choose another --out or pass --overwrite")
     elif run.has_checkpoint() and not resume:
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
-    if resume and run.has_checkpoint():
-        return config_mod.make_config(run.read_config()), run.load("checkpoint.pt")
-    return config, None
+    if not (resume and run.has_checkpoint()):
+        return config, None
+    saved = config_mod.make_config(run.read_config())
+    changed = [key for key in config_mod.differences(saved, config) if key not in RESUMABLE]
+    if changed:
+        old, new = config_mod.flat(saved)[changed[0]], config_mod.flat(config)[changed[0]]
+        raise UserError(f"--resume would train {run.path} with {changed[0]}={shown(new)}, but it was started with "
+                        f"{shown(old)} ({len(changed)} key(s) differ); resume without changing them, or --overwrite")
+    return config, _checkpoint(run, config)
+
+
+def _checkpoint(run: RunDir, config) -> dict:
+    checkpoint = run.load("checkpoint.pt")
+    fields = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "train_time_s": float,
+              "torch_rng": torch.Tensor}
+    check_fields(checkpoint, fields, run.file("checkpoint.pt"))
+    if not 0 <= checkpoint["epoch"] <= config.train.epochs:
+        raise UserError(f"{run.file('checkpoint.pt')} says {checkpoint['epoch']} epochs were done, outside "
+                        f"0..{config.train.epochs}")
+    return checkpoint
 
 
 def _data_meta(data: dict) -> dict:
@@ -178,13 +201,17 @@ def _state(model, optimizer, scheduler, extras, epoch, best, train_time_s, confi
 
 
 def _restore(checkpoint, model, optimizer, scheduler, extras):
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    for name, extra in extras.items():
-        if extra is not None:
-            extra.load_state_dict(checkpoint[name])
-    torch.set_rng_state(checkpoint["torch_rng"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        for name, extra in extras.items():
+            if extra is not None:
+                extra.load_state_dict(checkpoint[name])
+        torch.set_rng_state(checkpoint["torch_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise UserError(f"the checkpoint does not fit this run's model and optimizer ({reason(error)}); "
+                        "restart with --overwrite") from None
     return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"], checkpoint.get("partial")
 
 
@@ -223,6 +250,11 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     ctx, device = distributed.setup(resolve_device(config.train.device))
     verbose = verbose and ctx.is_main  # under torchrun only rank 0 prints progress
     run = RunDir(run_dir, writable=ctx.is_main)
+    with run.lock():
+        return _fit_locked(run, config, ctx, device, resume, overwrite, verbose)
+
+
+def _fit_locked(run: RunDir, config, ctx, device, resume: bool, overwrite: bool, verbose: bool) -> dict:
     config, checkpoint = _open_run(run, config, resume, overwrite)
     tc = config.train
     if tc.batch_size % ctx.world:
@@ -250,7 +282,15 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     start_epoch, best, train_time_s, partial = 0, None, 0.0, None
     if checkpoint is not None:
         start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, extras)
-        run.rewrite_metrics([r for r in run.read_metrics() if r["epoch"] <= start_epoch])
+        logged = [r for r in run.read_metrics() if r["epoch"] <= start_epoch]
+    # Only now, with the data read, the model built and the checkpoint restored, is anything removed:
+    # the old run with --overwrite, and in any case what described the weights about to change.
+    if overwrite:
+        run.clear()
+    else:
+        run.clear_derived()
+    if checkpoint is not None:
+        run.rewrite_metrics(logged)
     else:
         run.write_config(config_mod.to_dict(config))
         run.rewrite_metrics([])
@@ -336,6 +376,7 @@ def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict
     start = time.perf_counter()
     test = _evaluate(model, data["test"], config.train, "test")
     test_time_s = time.perf_counter() - start
+    run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
     run.save("model.pt", {"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
         "status": "finished", **test, "train_time_s": train_time_s, "test_time_s": test_time_s,

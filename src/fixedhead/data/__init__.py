@@ -143,6 +143,8 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
             raise
         arrays = cache.cached(key, read)
     images = arrays["images"]
+    if len(images) == 0:
+        raise UserError(f"the {split} split of dataset {name!r} holds no images")
     if image_size is not None and images.shape[-1] != image_size:
         images = _resize(images, image_size)
     return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(arrays["labels"], np.int64)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import UserError
 from . import DATASETS, load
 from .pipeline import BatchLoader, channel_stats, split_validation
 
@@ -13,8 +14,13 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     `val` is carved from train with `data_cfg.val_fraction` (0.1 when that is 0 and `with_val`).
     """
     train = load(data_cfg.name, data_cfg.data_dir, "train", data_cfg.image_size, data_cfg.variant)
+    if len(train.classes) < 2:
+        raise UserError(f"dataset {data_cfg.name!r} has {len(train.classes)} class; a classifier needs two or more")
     fraction = data_cfg.val_fraction or (0.1 if with_val else 0.0)
     train_index, val_index = split_validation(len(train), fraction, train.labels, seed) if fraction else (None, None)
+    if train_index is not None and (len(train_index) == 0 or len(val_index) == 0):
+        raise UserError(f"data.val_fraction {fraction} leaves {len(train_index)} training and {len(val_index)} "
+                        f"validation images of {len(train)}; choose a fraction that leaves both non-empty")
     train_images = train.images if train_index is None else train.images[train_index]
     train_labels = train.labels if train_index is None else train.labels[train_index]
     mean, std = channel_stats(train_images)
