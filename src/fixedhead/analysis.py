@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,9 @@ import torch
 from . import metrics, plots
 from .errors import UserError
 from .evaluate import open_split, predict
-from .runs import RunDir, atomic_write, write_json
+from .files import check_fields, read_json, write_json, write_text
+from .robustness import read_evaluation
+from .runs import RunDir
 
 TSNE_MAX_POINTS = 3000
 
@@ -30,6 +31,8 @@ def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
 def measure(outputs: dict) -> dict:
     """Every number of the paper's Sections 2-3 from run_outputs()."""
     features, labels, weight = outputs["features"], outputs["labels"], outputs["weight"]
+    if len(weight) < 2:
+        raise UserError(f"the run has {len(weight)} class; its measurements compare classes, so they need two or more")
     predicted = outputs["logits"].argmax(1)
     cosines = metrics.cosine_matrix(weight)
     confusion = metrics.confusion_matrix(labels, predicted, len(weight))
@@ -81,14 +84,16 @@ def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = Fal
 
 SUMMARY_KEYS = ("acc", "spearman_rho", "mean_cos_to_predicted", "mean_cos_to_true", "class_vector_cos_max",
                 "class_mean_cos_max", "within_class_cos", "scatter_ratio")
+ANALYSIS_FIELDS = {key: (int, float) for key in SUMMARY_KEYS}
 
 
 def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
     """The run's analysis.json when it exists for `split`, else a fresh analysis."""
     path = RunDir(run_dir).file("analysis") / "analysis.json"
     if path.exists():
-        result = json.loads(path.read_text())
-        if result.get("split") == split:
+        result = check_fields(read_json(path, "analysis"), {"split": str, "classes": list,
+                                                           "class_vector_cosine": list, **ANALYSIS_FIELDS}, path)
+        if result["split"] == split:
             return result
     return analyze(run_dir, split, device)
 
@@ -110,8 +115,8 @@ def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto")
         figures = plots.heatmap_grid(panels, Path(out) / "class_vector_cosine")
         evaluations = {name: RunDir(r).file("evaluation.json") for name, r in zip(names, run_dirs)}
         if all(path.exists() for path in evaluations.values()):  # robustness side by side, when evaluated
-            loaded = {name: json.loads(path.read_text()) for name, path in evaluations.items()}
+            loaded = {name: read_evaluation(path) for name, path in evaluations.items()}
             if all(e["corruptions"] for e in loaded.values()):
                 figures += plots.accuracy_vs_severity(loaded, Path(out) / "accuracy_vs_severity")
-        atomic_write(Path(out) / "compare.md", lambda f: f.write((table + "\n").encode()))
+        write_text(Path(out) / "compare.md", table + "\n")
     return {"table": table, "figures": figures, "runs": {n: {k: r[k] for k in SUMMARY_KEYS} for n, r in results.items()}}

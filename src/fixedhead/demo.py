@@ -16,7 +16,8 @@ from .analysis import analyze
 from .config import make_config, to_dict
 from .data import idx
 from .errors import UserError
-from .runs import RunDir, atomic_write, write_json
+from .files import write_json, write_text
+from .runs import RunDir
 from .train import fit
 
 MODELS = {
@@ -115,5 +116,5 @@ def demo(out="runs/demo", data: str = "auto", data_dir=None, seed: int = 0, over
     text = (f"# The paper's four models on {dataset} (seed {seed}, n = 1 run each, test split)\n\n"
             f"{markdown_table(summary['results'])}\n\n" + "\n".join(f"- {s}" for s in summary["reading"])
             + "\n\n![class-vector cosine of the four models](class_vector_cosine.png)\n")
-    atomic_write(out / "demo.md", lambda f: f.write(text.encode()))
+    write_text(out / "demo.md", text)
     return summary

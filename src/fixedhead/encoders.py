@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .errors import UserError
+
 
 class GlobalPool(nn.Module):
     """(B, C, H, W) -> (B, C) by mean or max over space. Unlike the adaptive pooling layers, its
@@ -63,6 +65,10 @@ class ResNet(nn.Module):
         elif pool == "authors":
             # The reference code's F.avg_pool2d(out, 4): D = 512 at 32 px but 4608 at 96 px.
             side = image_size // 2 ** (len(widths) - 1) // 4
+            if side < 1:
+                raise UserError(f"model.pool=authors (a fixed 4x4 average pool after {len(widths) - 1} halvings) needs "
+                                f"images of at least {4 * 2 ** (len(widths) - 1)} px; these are {image_size} px; "
+                                "use model.pool=avg")
             self.pool, self.num_features = nn.Sequential(nn.AvgPool2d(4), nn.Flatten()), cin * side * side
         else:
             raise ValueError(f"unknown pool {pool!r}; choose 'avg' or 'authors'")

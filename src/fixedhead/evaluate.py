@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from . import data
 from .config import TTA_MODES, make_config
 from .data.pipeline import BatchLoader
-from .errors import UserError
+from .errors import UserError, reason, shown
+from .files import check_fields
 from .models import build_model
 from .runs import RunDir
 
@@ -20,8 +21,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or device.type == "cpu" and device.index:
+        raise UserError(f"unknown device {shown(name)}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -99,6 +102,11 @@ def check_classes(head_classes: int, data_classes: list[str], where: str) -> Non
         )
 
 
+# What a model.pt (or a checkpoint's "data" part) must hold to rebuild and normalise the model.
+PAYLOAD_FIELDS = {"model": dict, "config": dict, "classes": list, "in_channels": int, "image_size": int,
+                  "mean": list, "std": list}
+
+
 def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tuple:
     """(model in eval mode, payload) of a finished run; with `allow_unfinished`, an unfinished run's
     last checkpoint (payload["source"] says which file was used)."""
@@ -108,12 +116,18 @@ def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tup
     if run.file("model.pt").exists() or not (allow_unfinished and run.has_checkpoint()):
         payload = {**run.load("model.pt"), "source": "model.pt"}
     else:
-        checkpoint = run.load("checkpoint.pt")
+        checkpoint = check_fields(run.load("checkpoint.pt"), {"model": dict, "config": dict, "data": dict, "epoch": int},
+                                  run.file("checkpoint.pt"))
         payload = {"model": checkpoint["model"], "config": checkpoint["config"], **checkpoint["data"],
                    "source": f"checkpoint.pt (unfinished run, epoch {checkpoint['epoch']})"}
+    check_fields(payload, PAYLOAD_FIELDS, run.path / payload["source"].split()[0])
     config = make_config(payload["config"])
     model = build_model(config.model, config.seed, len(payload["classes"]), payload["in_channels"], payload["image_size"])
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise UserError(f"the weights in {run.path / payload['source'].split()[0]} do not fit the model its config "
+                        f"describes ({reason(error)})") from None
     return model.to(device).eval(), payload
 
 

@@ -18,11 +18,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy import stats
 
 from .errors import UserError
-from .runs import RunDir, atomic_write
+from .files import read_yaml, write_text
+from .robustness import read_evaluation
+from .runs import RunDir
 
 
 def _is_percent(metric: str) -> bool:
@@ -42,13 +43,13 @@ def collect(root) -> list[dict]:
     records = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "config.yaml").exists()):
         run = RunDir(folder)
-        final = run.read_optional("final.json") or {}
+        final = run.final() or {}
         record = {"run": folder.name, "status": final.get("status", "unfinished"), **_flatten(run.read_config())}
-        record["variant"] = (run.read_optional("sweep.json") or {}).get("variant", "")
+        record["variant"] = str((run.read_optional("sweep.json") or {}).get("variant", ""))
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
         analysis = run.read_optional("analysis/analysis.json") or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
-        evaluation = run.read_optional("evaluation.json") or {}
+        evaluation = read_evaluation(run.file("evaluation.json")) if run.file("evaluation.json").exists() else {}
         if evaluation:
             record["clean_acc"] = evaluation["clean_acc"]
             record.update({f"{c}_mean_acc": e["mean_acc"] for c, e in evaluation["corruptions"].items()})
@@ -188,7 +189,11 @@ def write_report(root) -> dict:
     records = collect(root)
     if not any(r["status"] == "finished" for r in records):
         raise UserError(f"{root} holds no finished runs ({len(records)} run folders); run fixedhead sweep first")
-    experiment = yaml.safe_load((root / "experiment.yaml").read_text()) if (root / "experiment.yaml").exists() else {}
+    experiment = {}
+    if (root / "experiment.yaml").exists():
+        from .sweep import check_experiment
+
+        experiment = check_experiment(read_yaml(root / "experiment.yaml", "experiment record"), root / "experiment.yaml")
     layout = default_layout(records, experiment)
     tables = build_tables(records, layout, experiment.get("paper"))
     counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "failed", "unfinished")}
@@ -197,15 +202,15 @@ def write_report(root) -> dict:
               f"{counts['unfinished']} unfinished. Cells: mean ± sample std over seeds (n = runs). "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     text = "\n".join(header + [markdown(t) + "\n" for t in tables])
-    atomic_write(root / "report.md", lambda f: f.write(text.encode()))
+    write_text(root / "report.md", text)
     buffer = io.StringIO()
     keys = sorted({k for r in records for k in r})
     writer = csv.DictWriter(buffer, fieldnames=["run", "status", "variant"] + [k for k in keys if k not in
                                                                                    ("run", "status", "variant")])
     writer.writeheader()
     writer.writerows(records)
-    atomic_write(root / "results.csv", lambda f: f.write(buffer.getvalue().encode()))
+    write_text(root / "results.csv", buffer.getvalue())
     tex = "\n\n".join(latex(t) for t in tables) + "\n"
-    atomic_write(root / "tables.tex", lambda f: f.write(tex.encode()))
+    write_text(root / "tables.tex", tex)
     figures = [plots.bars(t, root / f"figure_{t['metric']}") for t in tables]
     return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}

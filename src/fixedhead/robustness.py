@@ -17,9 +17,10 @@ from . import data, plots
 from .config import make_config
 from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
-from .errors import UserError
+from .errors import UserError, shown
 from .evaluate import eval_loader, load_run_model, predict, resolve_device
-from .runs import RunDir, atomic_write, write_json
+from .files import atomic_write, check_fields, read_json, write_json
+from .runs import RunDir
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
@@ -42,12 +43,27 @@ def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, s
     return torch.from_numpy(np.array(entry["images"]))
 
 
-def generalization_set(spec: str, classes: list[str], config) -> data.ImageSet:
+def _as_trained(images: data.ImageSet, payload: dict, spec: str) -> data.ImageSet:
+    """The images in the run's channels and size: grey images stored as RGB become one channel again;
+    anything else that differs is an error (evaluating on other inputs measures nothing)."""
+    channels, side = payload["in_channels"], payload["image_size"]
+    x = images.images
+    if channels == 1 and x.shape[1] == 3:
+        if not (torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])):
+            raise UserError(f"{spec} holds colour images but the run was trained on 1-channel (grey) images")
+        x = x[:, :1].contiguous()
+    if x.shape[1] != channels or x.shape[-1] != side or x.shape[-2] != side:
+        raise UserError(f"{spec} holds {x.shape[1]}x{x.shape[-2]}x{x.shape[-1]} images but the run was trained on "
+                        f"{channels}x{side}x{side}; resize them (data.image_size resizes an image folder)")
+    return data.ImageSet(x, images.labels, images.classes)
+
+
+def generalization_set(spec: str, config, payload: dict) -> data.ImageSet:
     """'cifar10.1' or 'cifar10.1:v4' (looked up in DIR given as 'cifar10.1@DIR', else the run's data
     folder) or 'folder:PATH' (PATH/<class name>/<images>), with labels mapped onto `classes`."""
-    size = config.data.image_size
+    size, classes = config.data.image_size, payload["classes"]
     if spec.startswith("folder:"):
-        return data.load_folder_onto(spec[len("folder:"):], classes, size)
+        return _as_trained(data.load_folder_onto(spec[len("folder:"):], classes, size), payload, spec)
     name, _, where = spec.partition("@")
     name, _, variant = name.partition(":")
     if name != "cifar10.1":
@@ -57,7 +73,7 @@ def generalization_set(spec: str, classes: list[str], config) -> data.ImageSet:
     if unknown:
         raise UserError(f"{spec} has classes the run was not trained on: {', '.join(unknown)}")
     mapping = torch.tensor([classes.index(c) for c in new.classes])
-    return data.ImageSet(new.images, mapping[new.labels], classes)
+    return _as_trained(data.ImageSet(new.images, mapping[new.labels], classes), payload, spec)
 
 
 def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5), preset: str = "imagenet-c",
@@ -77,12 +93,25 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
         result["corruptions"][name] = {"acc": per_severity, "mean_acc": mean,
                                        "relative_drop": (clean - mean) / clean if clean else float("nan")}
     for spec in generalization:
-        new = generalization_set(spec, payload["classes"], config)
+        new = generalization_set(spec, config, payload)
         result["generalization"][spec] = {"acc": accuracy(model, new.images, new.labels, payload, config, device),
                                           "num_images": len(new)}
     write_json(RunDir(run_dir).file("evaluation.json"), result)
     if result["corruptions"]:
         plots.accuracy_vs_severity({Path(run_dir).name: result}, RunDir(run_dir).file("evaluation"))
+    return result
+
+
+def read_evaluation(path) -> dict:
+    """A run's evaluation.json, checked for the fields the report and the figures read."""
+    result = check_fields(read_json(path, "evaluation"), {"clean_acc": (int, float), "num_test": int,
+                                                          "corruptions": dict, "generalization": dict}, path)
+    for name, entry in result["corruptions"].items():
+        check_fields(entry, {"acc": dict, "mean_acc": (int, float), "relative_drop": (int, float)}, f"{path}: {name}")
+        for severity, acc in entry["acc"].items():
+            check_fields({"acc": acc}, {"acc": (int, float)}, f"{path}: {name} severity {shown(severity)}")
+    for spec, entry in result["generalization"].items():
+        check_fields(entry, {"acc": (int, float), "num_images": int}, f"{path}: {shown(spec)}")
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,9 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
                         f"(unsigned bytes, {expected_dims} dimensions)")
     header = 4 + 4 * expected_dims
     shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(expected_dims))
-    if len(raw) != header + int(np.prod(shape)):
+    if len(raw) < header:
+        raise UserError(f"{path}: the file is shorter than its {expected_dims}-dimension header")
+    if len(raw) != header + math.prod(shape):  # exact integers: no overflow
         raise UserError(f"{path}: header says {shape} but the file holds {len(raw) - header} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 

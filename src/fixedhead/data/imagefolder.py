@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
+from ..errors import UserError, shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -45,12 +45,17 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise UserError(f"cannot read image {path}: {error}") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"image {path} claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels; refusing to decode it "
+                        "(a decompression bomb, or far too large for this tool)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+        raise UserError(f"cannot read image {path}: {shown(str(error), 120)}") from None
 
 
 def decode_images(paths: list[Path], size: int | None = None) -> np.ndarray:
     """Decode to (N, 3, H, W) uint8. Without `size`, all images must share one size."""
+    if not paths:
+        raise UserError("no images to read: the folder or list of images is empty")
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         arrays = list(pool.map(lambda p: _decode(p, size), paths, chunksize=256))
     shape = arrays[0].shape
