@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixedhead.config import Config, all_keys, make_config, parse_overrides, read_yaml, to_dict
+from fixedhead.config import RANGES, Config, all_keys, flat, make_config, parse_overrides, read_yaml, to_dict
 from fixedhead.errors import UserError
 
 
@@ -28,8 +28,8 @@ def test_yaml_file(tmp_path):
     ({"model.arch": "resnet1000"}, "choose one of: resnet18"),
     ({"data.name": "mnist2"}, "choose one of: digits, imagefolder"),
     ({"model.init": "zeros"}, "random, uniform-int, orthogonal, hadamard, simplex"),
-    ({"model.head": "cosine", "model.scale": 0}, "model.scale must be a finite number > 0"),
-    ({"train.epochs": -1}, "train.epochs must be an integer >= 0"),
+    ({"model.head": "cosine", "model.scale": 0}, r"model.scale must be a number in \(0, 10_000\]"),
+    ({"train.epochs": -1}, r"train.epochs must be an integer in \[0, 100_000\]"),
     ({"train.epochs": 2.5}, "train.epochs must be an integer"),
     ({"model.fixed": "maybe"}, "model.fixed must be true or false"),
     ({"model.scale": 2}, "cosine heads only"),
@@ -47,7 +47,7 @@ def test_bad_override_syntax_and_bad_yaml(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         read_yaml(bad)
-    with pytest.raises(UserError, match="cannot read config file"):
+    with pytest.raises(UserError, match="config file .*missing.yaml does not exist"):
         read_yaml(tmp_path / "missing.yaml")
 
 
@@ -58,3 +58,36 @@ def test_any_override_either_applies_or_raises_user_error(key, value):
     except UserError:
         return
     assert isinstance(config, Config)
+
+
+# Values a hostile or careless config may hold: any size of number, non-finite floats, YAML-looking text,
+# nested containers.
+HOSTILE_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10 ** 400), max_value=10 ** 400),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+              st.sampled_from([".inf", "-.inf", ".nan", "1e400", "1e-400", "0x10", "[1, 2]", "{a: 1}", "&a [*a]",
+                               "!!python/object/apply:os.system ['true']", "~", "null", "- x"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8)
+
+
+def _check_accepted_or_one_line(layer):
+    try:
+        config = make_config(layer)
+    except UserError as error:
+        message = str(error)
+        assert "\n" not in message and len(message) < 2000
+        return
+    values = flat(config)
+    for key, (ok, _) in RANGES.items():
+        assert ok(values[key]), key
+
+
+@given(key=st.sampled_from(all_keys()), value=HOSTILE_VALUES)
+def test_any_value_for_any_key_is_accepted_within_range_or_one_line(key, value):
+    _check_accepted_or_one_line({key: value})
+
+
+@given(key=st.sampled_from(all_keys()), value=HOSTILE_VALUES)
+def test_any_value_given_as_text_with_set_is_accepted_within_range_or_one_line(key, value):
+    _check_accepted_or_one_line(parse_overrides([f"{key}={value}"]))

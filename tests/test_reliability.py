@@ -1,6 +1,7 @@
 """Faults injected for real: signals to real processes, torn files, full disks, hostile archives."""
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from fixedhead.errors import UserError
-from fixedhead.runs import RunDir, atomic_write
+from fixedhead.files import atomic_write
+from fixedhead.runs import RunDir
 from interrupts import same_result, wait_for
 
 TRAIN = [sys.executable, "-m", "fixedhead", "train", "--data", "digits", "--arch", "fastnet-small", "--epochs", "4",
@@ -134,3 +136,189 @@ def test_good_archive_extracts(tmp_path):
         archive.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     safe_extract(tmp_path / "ok.tar.gz", tmp_path / "target")
     assert (tmp_path / "target" / "cifar-10-batches-py" / "batches.meta").read_text() == "m"
+
+
+# ---- derived files, locks, resume, metrics (issue: no result may be silently wrong) ------------
+
+FAST_RUN = ["--data", "digits", "--arch", "fastnet-small", "--epochs", "1", "--batch-size", "128", "--quiet"]
+
+
+def test_overwrite_and_retraining_remove_what_described_the_old_weights(tmp_path, capsys):
+    from fixedhead.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", *FAST_RUN, "--out", str(out)]) == 0
+    assert main(["analyze", str(out), "--device", "cpu"]) == 0
+    assert main(["evaluate", str(out), "--corruptions", "none", "--device", "cpu"]) == 0
+    old = json.loads((out / "analysis" / "analysis.json").read_text())
+    (out / "failure.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", *FAST_RUN, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "analysis").exists() and not (out / "evaluation.json").exists()
+    assert not (out / "failure.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert main(["compare", str(out), "--device", "cpu"]) == 0  # analyses the new weights afresh
+    new = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert new["acc"] == pytest.approx(json.loads((out / "final.json").read_text())["test_acc"])
+    assert new["class_vector_cosine"] != old["class_vector_cosine"]  # seed 1 draws other class vectors
+
+
+def test_an_analysis_of_a_checkpoint_does_not_survive_the_end_of_training(tmp_path):
+    from fixedhead.analysis import analyze
+    from fixedhead.config import make_config
+    from fixedhead.train import fit
+
+    config = make_config({"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2,
+                          "train.batch_size": 128})
+    out = tmp_path / "run"
+
+    class StopAfterOneEpoch(Exception):
+        pass
+
+    import fixedhead.train as train_module
+
+    original = train_module._epoch_line
+    calls = []
+
+    def stop_after_first(record, epochs):
+        calls.append(record)
+        if len(calls) == 1:
+            raise StopAfterOneEpoch
+        return original(record, epochs)
+
+    train_module._epoch_line = stop_after_first
+    try:
+        with pytest.raises(StopAfterOneEpoch):
+            fit(config, out)
+        assert analyze(out, device="cpu")["source"].startswith("checkpoint.pt")
+        fit(config, out, resume=True)
+    finally:
+        train_module._epoch_line = original
+    assert not (out / "analysis").exists()
+
+
+def test_the_lock_is_released_when_training_ends_or_fails(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        from fixedhead.runs import RunInUse
+
+        with pytest.raises(RunInUse):
+            with RunDir(tmp_path / "run").lock():
+                pass
+    with run.lock():  # free again
+        pass
+
+
+def test_resume_with_the_same_flags_or_another_device_is_accepted(tmp_path, capsys):
+    from fixedhead.cli import main
+
+    out = tmp_path / "run"
+    args = ["--data", "digits", "--arch", "fastnet-small", "--epochs", "2", "--batch-size", "128", "--quiet"]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    (out / "final.json").unlink()
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    assert main(["train", *args, "--device", "cpu", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "final.json").read_text())["status"] == "finished"
+
+
+def test_a_damaged_metrics_line_keeps_the_good_ones_visible(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    run.append_metrics({"epoch": 3})
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n{"epoch": 2}\n')
+    with pytest.raises(UserError, match="line 2 is not an epoch record"):
+        run.read_metrics()
+
+
+# ---- writes: full disk for real, modes -----------------------------------------------------------
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC after `room` bytes, as a full disk does."""
+
+    def __init__(self, real, room):
+        self.real, self.room = real, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.real.__exit__(*exc)
+
+
+def _fill_disk_after(monkeypatch, room: int):
+    import fixedhead.files as files
+
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), room))
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
+    from fixedhead.files import save_torch
+
+    target = tmp_path / "checkpoint.pt"
+    save_torch(target, {"w": torch.ones(3)})
+    _fill_disk_after(monkeypatch, 1000)
+    with pytest.raises(UserError, match="cannot write .*checkpoint.pt: No space left on device"):
+        save_torch(target, {"w": torch.zeros(10000)})
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_full_disk_during_a_figure_leaves_no_empty_png(tmp_path, monkeypatch):
+    import numpy as np
+
+    from fixedhead import plots
+
+    _fill_disk_after(monkeypatch, 100)
+    with pytest.raises(UserError, match="No space left on device"):
+        plots.class_vector_heatmap(np.eye(3), ["a", "b", "c"], tmp_path / "heat", "title")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_and_cache_folders_honour_the_umask(tmp_path, monkeypatch):
+    import numpy as np
+
+    from fixedhead.data import cache
+    from fixedhead.files import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        cache.store_entry(tmp_path / "cache", "key", np.zeros((1, 1, 2, 2), np.uint8), np.zeros(1, np.int64), ["a"])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "cache" / "key").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "cache" / "key" / "images.npy").stat().st_mode & 0o777 == 0o644
+
+
+def test_archive_modes_are_sanitised(tmp_path):
+    import io
+
+    from fixedhead.data.download import safe_extract
+
+    tar_path = tmp_path / "modes.tar"
+    with tarfile.open(tar_path, "w") as archive:
+        top = tarfile.TarInfo(".")
+        top.type, top.mode = tarfile.DIRTYPE, 0o777
+        archive.addfile(top)
+        setuid = tarfile.TarInfo("data/tool")
+        setuid.size, setuid.mode = 1, 0o4777
+        archive.addfile(setuid, io.BytesIO(b"x"))
+    target = tmp_path / "target"
+    target.mkdir(mode=0o755)
+    safe_extract(tar_path, target)
+    mode = (target / "data" / "tool").stat().st_mode
+    assert not mode & 0o4000 and not mode & 0o022  # no set-uid, no group/other write
+    assert not target.stat().st_mode & 0o022
