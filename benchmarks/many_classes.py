@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from fixedhead import ClassHead
+from fixedhead.devices import resolve_device
 from fixedhead.errors import UserError
-from fixedhead.evaluate import resolve_device
 
 MODES = ("learned-float32", "fixed-bf16-blockwise", "fixed-regenerated-blockwise")
 

@@ -22,7 +22,7 @@ import torch
 from fixedhead import fit
 from fixedhead.config import TTA_MODES, make_config, parse_overrides
 from fixedhead.data.loaders import prepare
-from fixedhead.evaluate import load_run_model, predict, summarise
+from fixedhead.evaluate import load_run_model, predict, scores
 
 
 def main():
@@ -58,7 +58,7 @@ def main():
     accuracy = {}
     for mode in modes:
         start = time.perf_counter()
-        accuracy[mode] = summarise(predict(model, data["val"], config.train.bf16, tta=mode))["acc"]
+        accuracy[mode] = scores(predict(model, data["val"], config.train.bf16, tta=mode))["acc"]
         print(f"validation accuracy, tta {mode:10s} {accuracy[mode]:.4f}  ({len(data['val'].labels)} images, "
               f"{time.perf_counter() - start:.1f} s)")
     print(f"training {final['train_time_s']:.1f} s ({wall:.0f} s wall); best tta vs none: "

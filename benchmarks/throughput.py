@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fixedhead import ClassHead, Classifier, build_encoder
-from fixedhead.evaluate import autocast, resolve_device
+from fixedhead.devices import autocast, resolve_device
 
 
 def make_step(name: str, bf16: bool, channels_last: bool, compile_: bool, batch: int, size: int, device):

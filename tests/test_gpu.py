@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from fixedhead import ClassHead, fit
 from fixedhead.config import make_config
 from fixedhead.data.pipeline import BatchLoader
+from fixedhead.devices import resolve_device
 from fixedhead.errors import UserError
-from fixedhead.evaluate import evaluate_run, resolve_device
+from fixedhead.evaluate import evaluate_run
 from interrupts import fit_interrupted
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -81,7 +81,7 @@ def test_disk_full_keeps_the_old_file_and_says_so(tmp_path, monkeypatch):
 def test_torn_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(UserError, match="cannot load .*model.pt"):
-        RunDir(tmp_path).load("model.pt")
+        RunDir(tmp_path).load_model()
 
 
 def test_checkpoint_with_code_is_refused(tmp_path):
@@ -91,7 +91,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
     torch.save({"model": Evil()}, tmp_path / "model.pt")
     with pytest.raises(UserError, match="cannot load"):
-        RunDir(tmp_path).load("model.pt")
+        RunDir(tmp_path).load_model()
 
 
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "ok/../../escape.txt"])

@@ -10,9 +10,10 @@ import torch
 from . import metrics, plots
 from .errors import UserError
 from .evaluate import open_split, predict
-from .files import check_fields, read_json, write_json, write_text
+from .files import check_fields, write_json, write_text
 from .robustness import read_evaluation
 from .runs import RunDir
+from .tables import markdown_table
 
 TSNE_MAX_POINTS = 3000
 
@@ -23,6 +24,7 @@ def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
     out = predict(model, loader, config.train.bf16, with_features=True)
     head = model.head
     out.update(weight=head.vectors().cpu(), classes=payload["classes"], source=payload["source"],
+               unfinished=payload["unfinished"],
                head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,
                      "scale": head.scale.item(), "num_features": head.num_features})
     return out
@@ -37,7 +39,7 @@ def measure(outputs: dict) -> dict:
     cosines = metrics.cosine_matrix(weight)
     confusion = metrics.confusion_matrix(labels, predicted, len(weight))
     return {
-        "acc": (predicted == labels).double().mean().item(), "num_images": len(labels),
+        "acc": metrics.accuracy(outputs["logits"], labels), "num_images": len(labels),
         **metrics.similarity_confusion_spearman(cosines, confusion),
         **metrics.compactness(features, weight, labels, predicted),
         **metrics.separability(weight, features, labels),
@@ -74,11 +76,12 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
 def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = False, cluster: bool = False) -> dict:
     """Measure a run and write RUN_DIR/analysis/analysis.json plus PNG and PDF figures."""
     outputs = run_outputs(run_dir, split, device)
-    result = {"run": str(run_dir), "split": split, "source": outputs["source"], "classes": outputs["classes"],
+    result = {"run": str(run_dir), "split": split, "source": outputs["source"], "unfinished": outputs["unfinished"],
+              "classes": outputs["classes"],
               "head": outputs["head"], **measure(outputs)}
-    folder = RunDir(run_dir).file("analysis")
-    result["figures"] = _pictures(outputs, result, folder, tsne, cluster)
-    write_json(folder / "analysis.json", result)
+    run = RunDir(run_dir)
+    result["figures"] = _pictures(outputs, result, run.analysis_dir, tsne, cluster)
+    write_json(run.analysis_path, result)
     return result
 
 
@@ -89,10 +92,11 @@ ANALYSIS_FIELDS = {key: (int, float) for key in SUMMARY_KEYS}
 
 def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
     """The run's analysis.json when it exists for `split`, else a fresh analysis."""
-    path = RunDir(run_dir).file("analysis") / "analysis.json"
-    if path.exists():
-        result = check_fields(read_json(path, "analysis"), {"split": str, "classes": list,
-                                                           "class_vector_cosine": list, **ANALYSIS_FIELDS}, path)
+    run = RunDir(run_dir)
+    result = run.read_analysis()
+    if result is not None:
+        check_fields(result, {"split": str, "classes": list, "class_vector_cosine": list, **ANALYSIS_FIELDS},
+                     run.analysis_path)
         if result["split"] == split:
             return result
     return analyze(run_dir, split, device)
@@ -106,14 +110,13 @@ def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto")
     if len(set(names)) < len(names):  # same folder names in different places: use the full paths
         names = [str(r) for r in run_dirs]
     results = {name: load_or_analyze(r, split, device) for name, r in zip(names, run_dirs)}
-    header = "| run | " + " | ".join(SUMMARY_KEYS) + " |"
-    rows = [f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in SUMMARY_KEYS) + " |" for name, r in results.items()]
-    table = "\n".join([header, "|---" * (len(SUMMARY_KEYS) + 1) + "|", *rows])
+    rows = [[name, *(f"{r[k]:.3f}" for k in SUMMARY_KEYS)] for name, r in results.items()]
+    table = markdown_table(["run", *SUMMARY_KEYS], rows)
     figures = []
     if out is not None:
         panels = {name: (np.array(r["class_vector_cosine"]), r["classes"]) for name, r in results.items()}
         figures = plots.heatmap_grid(panels, Path(out) / "class_vector_cosine")
-        evaluations = {name: RunDir(r).file("evaluation.json") for name, r in zip(names, run_dirs)}
+        evaluations = {name: RunDir(r).evaluation_path for name, r in zip(names, run_dirs)}
         if all(path.exists() for path in evaluations.values()):  # robustness side by side, when evaluated
             loaded = {name: read_evaluation(path) for name, path in evaluations.items()}
             if all(e["corruptions"] for e in loaded.values()):

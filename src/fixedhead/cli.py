@@ -8,6 +8,7 @@ import os
 import sys
 
 from .errors import UserError, one_line, shown
+from .runs import RunDir, SweepDir
 
 # flag dest -> config key; a flag left unset does not override the config file.
 TRAIN_FLAGS = {
@@ -53,7 +54,6 @@ def _add_train(sub):
 
 def _train(args) -> int:
     from .config import make_config, parse_overrides, read_yaml
-    from .runs import RunDir
     from .train import fit
 
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
@@ -114,11 +114,11 @@ def _analyze(args) -> int:
     from .analysis import SUMMARY_KEYS, analyze
 
     result = analyze(args.run_dir, split=args.split, device=args.device, tsne=args.tsne, cluster=args.cluster)
-    if not result["source"].startswith("model.pt"):
+    if result["unfinished"]:
         print(f"note: {args.run_dir} is unfinished; analysed its {result['source']}", file=sys.stderr)
     for key in ("num_images", *SUMMARY_KEYS, "spearman_p", "num_pairs"):
         print(f"{key:24} {result[key]:.4g}" if isinstance(result[key], float) else f"{key:24} {result[key]}")
-    print(f"analysis.json and {len(result['figures'])} figure files in {args.run_dir}/analysis")
+    print(f"{RunDir(args.run_dir).analysis_path} and {len(result['figures'])} figure files beside it")
     return 0
 
 
@@ -180,7 +180,7 @@ def _evaluate(args) -> int:
     result = evaluate_suite(args.run_dir, _corruption_names(args.corruptions), _severities(args.severities),
                             args.preset, args.seed, args.generalization, args.device)
     print(table(result))
-    print(f"\nevaluation.json in {args.run_dir}")
+    print(f"\n-> {RunDir(args.run_dir).evaluation_path}")
     return 0
 
 
@@ -244,7 +244,9 @@ def _report(args) -> int:
 
     result = write_report(args.out_dir)
     print(result["markdown"])
-    print(f"report.md, results.csv, tables.tex and {len(result['figures'])} figures in {args.out_dir}")
+    folder = SweepDir(args.out_dir)
+    print(f"-> {folder.report_path}, {folder.csv_path.name}, {folder.latex_path.name} and {len(result['figures'])} "
+          "figures beside it")
     return 0
 
 

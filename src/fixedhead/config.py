@@ -14,7 +14,7 @@ import yaml
 from . import files
 from .data import DATASETS
 from .errors import UserError, shown
-from .heads import INITS, SIMILARITIES
+from .heads import INITS, SIMILARITIES, check_scale
 from .models import ENCODERS
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant", "plateau")
@@ -197,11 +197,12 @@ def set_value(config: Config, key: str, value) -> None:
     setattr(target, name, _coerce(key, value, kind))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -232,7 +233,7 @@ def make_config(*layers: dict) -> Config:
     """Defaults, then each layer of nested or dotted overrides in order, then validation."""
     config = Config()
     for layer in layers:
-        for key, value in _flatten(layer).items():
+        for key, value in flatten(layer).items():
             set_value(config, key, value)
     validate(config)
     return config
@@ -251,8 +252,7 @@ def validate(config: Config) -> None:
     if "flip" in config.train.tta and not flips:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
-    if config.model.head == "dot" and (config.model.scale != 1.0 or config.model.learn_scale):
-        raise UserError("scale and learn_scale apply to cosine heads only; use --head cosine")
+    check_scale(config.model.head, config.model.scale, config.model.learn_scale)
 
 
 def to_dict(config: Config) -> dict:
@@ -261,7 +261,7 @@ def to_dict(config: Config) -> dict:
 
 def flat(config: Config) -> dict:
     """{"train.lr": 0.1, ...}: every key of a config by its dotted name."""
-    return _flatten(to_dict(config))
+    return flatten(to_dict(config))
 
 
 def differences(a: Config, b: Config) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
+from . import plots, tables
 from .analysis import analyze
 from .config import make_config, to_dict
 from .data import idx
@@ -73,10 +73,8 @@ def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    head = "| model | " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|---" * (len(COLUMNS) + 1) + "|"
-    rows = [f"| {name} | " + " | ".join(f"{r[key]:.3f}" for key, _ in COLUMNS) + " |" for name, r in results.items()]
-    return "\n".join([head, rule, *rows])
+    rows = [[name, *(f"{r[key]:.3f}" for key, _ in COLUMNS)] for name, r in results.items()]
+    return tables.markdown_table(["model", *(title for _, title in COLUMNS)], rows)
 
 
 def reading(results: dict) -> list[str]:

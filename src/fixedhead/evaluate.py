@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-from . import data
+from . import data, metrics
 from .config import TTA_MODES, make_config
 from .data.pipeline import BatchLoader
-from .errors import UserError, reason, shown
+from .devices import autocast, resolve_device
+from .errors import UserError, reason
 from .files import check_fields
 from .models import build_model
 from .runs import RunDir
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda") or device.type == "cpu" and device.index:
-        raise UserError(f"unknown device {shown(name)}; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
-                        "device(s); use cuda:N with N below that, or cuda")
-    return device
-
-
-def autocast(device: torch.device, bf16: bool):
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def tta_views(images: torch.Tensor, mode: str) -> list[tuple[float, torch.Tensor]]:
@@ -84,11 +60,11 @@ def predict(model, loader, bf16: bool = False, with_features: bool = False, tta:
     return out
 
 
-def summarise(predictions: dict) -> dict:
+def scores(predictions: dict) -> dict:
     """Accuracy (a fraction), mean cross-entropy and count from predict()'s output."""
     logits, labels = predictions["logits"], predictions["labels"]
     return {
-        "acc": (logits.argmax(1) == labels).double().mean().item(),
+        "acc": metrics.accuracy(logits, labels),
         "loss": F.cross_entropy(logits, labels).item(),
         "count": len(labels),
     }
@@ -109,25 +85,25 @@ PAYLOAD_FIELDS = {"model": dict, "config": dict, "classes": list, "in_channels":
 
 def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tuple:
     """(model in eval mode, payload) of a finished run; with `allow_unfinished`, an unfinished run's
-    last checkpoint (payload["source"] says which file was used)."""
+    last checkpoint (payload["unfinished"] is then True and payload["source"] says which epoch)."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise UserError(f"{run.path} is not a folder; give a run folder written by fixedhead train")
-    if run.file("model.pt").exists() or not (allow_unfinished and run.has_checkpoint()):
-        payload = {**run.load("model.pt"), "source": "model.pt"}
+    if run.has_model() or not (allow_unfinished and run.has_checkpoint()):
+        path = run.model_path
+        payload = {**run.load_model(), "source": path.name, "unfinished": False}
     else:
-        checkpoint = check_fields(run.load("checkpoint.pt"), {"model": dict, "config": dict, "data": dict, "epoch": int},
-                                  run.file("checkpoint.pt"))
+        path = run.checkpoint_path
+        checkpoint = check_fields(run.load_checkpoint(), {"model": dict, "config": dict, "data": dict, "epoch": int}, path)
         payload = {"model": checkpoint["model"], "config": checkpoint["config"], **checkpoint["data"],
-                   "source": f"checkpoint.pt (unfinished run, epoch {checkpoint['epoch']})"}
-    check_fields(payload, PAYLOAD_FIELDS, run.path / payload["source"].split()[0])
+                   "source": f"{path.name} (unfinished run, epoch {checkpoint['epoch']})", "unfinished": True}
+    check_fields(payload, PAYLOAD_FIELDS, path)
     config = make_config(payload["config"])
     model = build_model(config.model, config.seed, len(payload["classes"]), payload["in_channels"], payload["image_size"])
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as error:
-        raise UserError(f"the weights in {run.path / payload['source'].split()[0]} do not fit the model its config "
-                        f"describes ({reason(error)})") from None
+        raise UserError(f"the weights in {path} do not fit the model its config describes ({reason(error)})") from None
     return model.to(device).eval(), payload
 
 
@@ -147,7 +123,7 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
     device = resolve_device(device)
     model, payload = load_run_model(run_dir, device, allow_unfinished)
     config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {}, overrides or {})
-    images = data.load(config.data.name, config.data.data_dir, split, config.data.image_size, config.data.variant)
+    images = data.load_split(config.data, split)
     check_classes(model.head.num_classes, images.classes, f"dataset {config.data.name!r}")
     return model, payload, config, eval_loader(images.images, images.labels, payload, config, device)
 
@@ -158,4 +134,4 @@ def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "aut
     model, _, config, loader = open_split(run_dir, split, device, data_dir,
                                           overrides=None if tta is None else {"train.tta": tta})
     tta = config.train.tta
-    return {"split": split, "tta": tta, **summarise(predict(model, loader, config.train.bf16, tta=tta))}
+    return {"split": split, "tta": tta, **scores(predict(model, loader, config.train.bf16, tta=tta))}

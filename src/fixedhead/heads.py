@@ -119,6 +119,12 @@ def class_vectors(num_classes: int, num_features: int, init: str = "random", see
     return weight.div_(weight.norm(dim=1, keepdim=True)).float()  # in place: one (C, D) copy at most
 
 
+
+def check_scale(similarity: str, scale: float, learn_scale: bool) -> None:
+    """A scale S (fixed or learned) belongs to cosine heads only: a dot head's logits have no S."""
+    if similarity == "dot" and (scale != 1.0 or learn_scale):
+        raise UserError("scale and learn_scale apply to cosine heads only; use the cosine similarity (--head cosine)")
+
 class ClassHead(nn.Module):
     """Maps features (B, D) to logits (B, C) by dot product or scaled cosine with class vectors.
 
@@ -145,8 +151,7 @@ class ClassHead(nn.Module):
             raise UserError(f"unknown similarity {similarity!r}; choose one of: {', '.join(SIMILARITIES)}")
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise UserError(f"scale must be a finite number > 0, got {scale!r}")
-        if similarity == "dot" and (scale != 1.0 or learn_scale):
-            raise UserError("scale and learn_scale apply to cosine heads only; use similarity='cosine'")
+        check_scale(similarity, scale, learn_scale)
         self.num_features, self.num_classes = int(num_features), int(num_classes)
         self.similarity, self.fixed, self.init, self.seed = similarity, bool(fixed), init, int(seed)
         self.regenerate = bool(regenerate)

@@ -7,6 +7,11 @@ import torch.nn.functional as F
 from scipy import stats
 
 
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows of logits (N, C) whose argmax is the label (N,)."""
+    return (logits.argmax(1) == labels).double().mean().item()
+
+
 def cosine_matrix(weight: torch.Tensor) -> torch.Tensor:
     """(C, D) class vectors -> (C, C) matrix of cos(w_i, w_j)."""
     unit = F.normalize(weight.double(), dim=1)

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from .config import flatten
 from .errors import UserError
 from .files import read_yaml, write_text
 from .robustness import read_evaluation
-from .runs import RunDir
+from .runs import SweepDir
+from .tables import markdown_table
 
 
 def _is_percent(metric: str) -> bool:
@@ -31,25 +33,17 @@ def _is_percent(metric: str) -> bool:
     return metric == "acc" or metric.endswith("_acc") or metric.startswith("gen_acc[")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
-
-
 def collect(root) -> list[dict]:
     """One flat record per run folder under `root`: config keys, variant, final, analysis, evaluation."""
     records = []
-    for folder in sorted(p for p in Path(root).iterdir() if (p / "config.yaml").exists()):
-        run = RunDir(folder)
+    for run in SweepDir(root).runs():
         final = run.final() or {}
-        record = {"run": folder.name, "status": final.get("status", "unfinished"), **_flatten(run.read_config())}
-        record["variant"] = str((run.read_optional("sweep.json") or {}).get("variant", ""))
+        record = {"run": run.path.name, "status": final.get("status", "unfinished"), **flatten(run.read_config())}
+        record["variant"] = str(run.read_sweep_info().get("variant", ""))
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
-        analysis = run.read_optional("analysis/analysis.json") or {}
+        analysis = run.read_analysis() or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
-        evaluation = read_evaluation(run.file("evaluation.json")) if run.file("evaluation.json").exists() else {}
+        evaluation = read_evaluation(run.evaluation_path) if run.evaluation_path.exists() else {}
         if evaluation:
             record["clean_acc"] = evaluation["clean_acc"]
             record.update({f"{c}_mean_acc": e["mean_acc"] for c, e in evaluation["corruptions"].items()})
@@ -139,11 +133,9 @@ def _cell(metric: str, s: dict | None, paper_value=None) -> str:
 def markdown(table: dict) -> str:
     metric = table["metric"]
     unit = " (%)" if _is_percent(metric) else ""
-    lines = [f"### {metric}{unit}", "", "| | " + " | ".join(table["columns"]) + " |",
-             "|---" * (len(table["columns"]) + 1) + "|"]
-    for row in table["rows"]:
-        cells = [_cell(metric, table["cells"][row].get(c), table["paper"].get(f"{row} | {c}")) for c in table["columns"]]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    rows = [[row, *(_cell(metric, table["cells"][row].get(c), table["paper"].get(f"{row} | {c}")) for c in table["columns"])]
+            for row in table["rows"]]
+    lines = [f"### {metric}{unit}", "", markdown_table(["", *table["columns"]], rows)]
     for name, per_row in table["diffs"].items():
         lines += ["", f"{name}, mean difference with 95% CI (Welch):", ""]
         for row, d in per_row.items():
@@ -183,17 +175,17 @@ def write_report(root) -> dict:
     """Write report.md, results.csv, tables.tex and one figure per metric under `root`."""
     from . import plots
 
-    root = Path(root)
+    root, sweep_dir = Path(root), SweepDir(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; give the --out folder of a sweep")
     records = collect(root)
     if not any(r["status"] == "finished" for r in records):
         raise UserError(f"{root} holds no finished runs ({len(records)} run folders); run fixedhead sweep first")
     experiment = {}
-    if (root / "experiment.yaml").exists():
+    if sweep_dir.experiment_path.exists():
         from .sweep import check_experiment
 
-        experiment = check_experiment(read_yaml(root / "experiment.yaml", "experiment record"), root / "experiment.yaml")
+        experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
     layout = default_layout(records, experiment)
     tables = build_tables(records, layout, experiment.get("paper"))
     counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "failed", "unfinished")}
@@ -202,15 +194,15 @@ def write_report(root) -> dict:
               f"{counts['unfinished']} unfinished. Cells: mean ± sample std over seeds (n = runs). "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     text = "\n".join(header + [markdown(t) + "\n" for t in tables])
-    write_text(root / "report.md", text)
+    write_text(sweep_dir.report_path, text)
     buffer = io.StringIO()
     keys = sorted({k for r in records for k in r})
     writer = csv.DictWriter(buffer, fieldnames=["run", "status", "variant"] + [k for k in keys if k not in
                                                                                    ("run", "status", "variant")])
     writer.writeheader()
     writer.writerows(records)
-    write_text(root / "results.csv", buffer.getvalue())
+    write_text(sweep_dir.csv_path, buffer.getvalue())
     tex = "\n\n".join(latex(t) for t in tables) + "\n"
-    write_text(root / "tables.tex", tex)
-    figures = [plots.bars(t, root / f"figure_{t['metric']}") for t in tables]
+    write_text(sweep_dir.latex_path, tex)
+    figures = [plots.bars(t, sweep_dir.figure(t["metric"])) for t in tables]
     return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}

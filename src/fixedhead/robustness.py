@@ -13,22 +13,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, plots
+from . import data, metrics, plots
 from .config import make_config
 from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
+from .devices import resolve_device
 from .errors import UserError, shown
-from .evaluate import eval_loader, load_run_model, predict, resolve_device
+from .evaluate import eval_loader, load_run_model, predict
 from .files import atomic_write, check_fields, read_json, write_json
 from .runs import RunDir
+from .tables import markdown_table
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
 
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, payload: dict, config, device) -> float:
+    """The run's accuracy on these images, with its own normalisation and test-time augmentation."""
     out = predict(model, eval_loader(images, labels, payload, config, device), config.train.bf16,
                   tta=config.train.tta)
-    return (out["logits"].argmax(1) == out["labels"]).double().mean().item()
+    return metrics.accuracy(out["logits"], out["labels"])
 
 
 def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, seed: int) -> torch.Tensor:
@@ -82,7 +85,7 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
     device = resolve_device(device)
     model, payload = load_run_model(run_dir, device)
     config = make_config(payload["config"])
-    test = data.load(config.data.name, config.data.data_dir, "test", config.data.image_size, config.data.variant)
+    test = data.load_split(config.data, "test")
     clean = accuracy(model, test.images, test.labels, payload, config, device)
     result = {"run": str(run_dir), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
               "corruptions": {}, "generalization": {}}
@@ -96,9 +99,10 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
         new = generalization_set(spec, config, payload)
         result["generalization"][spec] = {"acc": accuracy(model, new.images, new.labels, payload, config, device),
                                           "num_images": len(new)}
-    write_json(RunDir(run_dir).file("evaluation.json"), result)
+    run = RunDir(run_dir)
+    write_json(run.evaluation_path, result)
     if result["corruptions"]:
-        plots.accuracy_vs_severity({Path(run_dir).name: result}, RunDir(run_dir).file("evaluation"))
+        plots.accuracy_vs_severity({run.path.name: result}, run.evaluation_figure)
     return result
 
 
@@ -120,11 +124,9 @@ def table(result: dict) -> str:
     severities = sorted({s for c in result["corruptions"].values() for s in c["acc"]}, key=int)
     lines = [f"clean accuracy {result['clean_acc']:.4f} ({result['num_test']} images)", ""]
     if severities:
-        lines += ["| corruption | " + " | ".join(f"s{s}" for s in severities) + " | mean | relative drop |",
-                  "|---" * (len(severities) + 3) + "|"]
-        for name, c in result["corruptions"].items():
-            cells = " | ".join(f"{c['acc'][s]:.4f}" for s in severities)
-            lines.append(f"| {name} | {cells} | {c['mean_acc']:.4f} | {c['relative_drop']:.3f} |")
+        rows = [[name, *(f"{c['acc'][s]:.4f}" for s in severities), f"{c['mean_acc']:.4f}", f"{c['relative_drop']:.3f}"]
+                for name, c in result["corruptions"].items()]
+        lines.append(markdown_table(["corruption", *(f"s{s}" for s in severities), "mean", "relative drop"], rows))
     for spec, g in result["generalization"].items():
         lines.append(f"{spec}: accuracy {g['acc']:.4f} ({g['num_images']} images)")
     return "\n".join(lines)

@@ -29,10 +29,6 @@ import torch
 from .errors import UserError
 from .files import check_fields, load_torch, read_json, read_text, read_yaml, save_torch, write_json, write_text, write_yaml
 
-RUN_FILES = ("config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "final.json")
-# Files that describe the run's weights: they must never outlive them, so training removes them.
-DERIVED = ("analysis", "evaluation.json", "evaluation.png", "evaluation.pdf", "failure.json")
-
 
 class RunInUse(UserError):
     """Another process is training into this run folder."""
@@ -61,22 +57,45 @@ def describe_environment(seed: int, device: str) -> dict:
 
 
 class RunDir:
-    """Paths and readers/writers of one run folder."""
+    """Paths and readers/writers of one run folder, by what they hold (no caller spells a file name)."""
 
     def __init__(self, path, writable: bool = True):
         self.path = Path(path)
         self.writable = writable  # False on the non-zero ranks of a distributed run: only rank 0 writes
+        self.config_path = self.path / "config.yaml"
+        self.meta_path = self.path / "meta.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoint_path = self.path / "checkpoint.pt"
+        self.model_path = self.path / "model.pt"
+        self.final_path = self.path / "final.json"
+        self.analysis_dir = self.path / "analysis"  # analysis.json and figures
+        self.analysis_path = self.analysis_dir / "analysis.json"
+        self.evaluation_path = self.path / "evaluation.json"
+        self.evaluation_figure = self.path / "evaluation"  # .png and .pdf beside evaluation.json
+        self.sweep_info_path = self.path / "sweep.json"
+        self.failure_path = self.path / "failure.json"
 
-    def file(self, name: str) -> Path:
-        return self.path / name
+    def _own_files(self) -> list[Path]:
+        return [self.config_path, self.meta_path, self.metrics_path, self.checkpoint_path, self.model_path,
+                self.final_path]
+
+    def _derived(self) -> list[Path]:
+        """What describes the run's weights: it must never outlive them, so training removes it."""
+        return [self.analysis_dir, self.evaluation_path, *(self.evaluation_figure.with_suffix(s) for s in (".png", ".pdf")),
+                self.failure_path]
+
+    def is_run(self) -> bool:
+        return self.config_path.exists()
+
+    # ---- state --------------------------------------------------------------------------------
 
     def final(self) -> dict | None:
         """final.json checked for its status, or None when there is none; a damaged one is an error."""
-        if not self.file("final.json").exists():
+        if not self.final_path.exists():
             return None
-        final = check_fields(read_json(self.file("final.json"), "run record"), {"status": str}, self.file("final.json"))
+        final = check_fields(read_json(self.final_path, "run record"), {"status": str}, self.final_path)
         if final["status"] == "finished":
-            check_fields(final, {"test_acc": (int, float)}, self.file("final.json"))
+            check_fields(final, {"test_acc": (int, float)}, self.final_path)
         return final
 
     def is_finished(self) -> bool:
@@ -84,7 +103,10 @@ class RunDir:
         return final is not None and final["status"] == "finished"
 
     def has_checkpoint(self) -> bool:
-        return self.file("checkpoint.pt").exists()
+        return self.checkpoint_path.exists()
+
+    def has_model(self) -> bool:
+        return self.model_path.exists()
 
     @contextlib.contextmanager
     def lock(self):
@@ -115,43 +137,57 @@ class RunDir:
         """Remove this run's own files and what was derived from them (for --overwrite); anything else
         in the folder is kept."""
         if self.writable:
-            for name in RUN_FILES:
-                self.file(name).unlink(missing_ok=True)
+            for path in self._own_files():
+                path.unlink(missing_ok=True)
         self.clear_derived()
 
     def clear_derived(self) -> None:
         """Remove the analyses and evaluations of the weights about to change."""
-        for name in DERIVED if self.writable else ():
-            path = self.file(name)
+        for path in self._derived() if self.writable else ():
             try:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
             except OSError as error:
                 raise UserError(f"cannot remove {path}, which describes the old weights: {error.strerror}") from None
 
-    def write_json(self, name: str, data: dict) -> None:
+    # ---- records ------------------------------------------------------------------------------
+
+    def _write_json(self, path: Path, data: dict) -> None:
         if self.writable:
-            write_json(self.file(name), data)
+            write_json(path, data)
+
+    @staticmethod
+    def _read_mapping(path: Path) -> dict | None:
+        """A JSON mapping, or None when the file is absent; a damaged one is an error."""
+        return check_fields(read_json(path, "run record"), {}, path) if path.exists() else None
+
+    def write_meta(self, meta: dict) -> None:
+        self._write_json(self.meta_path, meta)
+
+    def write_final(self, final: dict) -> None:
+        self._write_json(self.final_path, final)
 
     def write_sweep_info(self, info: dict) -> None:
-        self.write_json("sweep.json", info)
+        self._write_json(self.sweep_info_path, info)
 
-    def read_optional(self, name: str) -> dict | None:
-        """A JSON mapping of the run folder, or None when it is absent; a damaged one is an error."""
-        if not self.file(name).exists():
-            return None
-        return check_fields(read_json(self.file(name), "run record"), {}, self.file(name))
+    def read_sweep_info(self) -> dict:
+        return self._read_mapping(self.sweep_info_path) or {}
+
+    def write_failure(self, failure: dict) -> None:
+        self._write_json(self.failure_path, failure)
+
+    def read_analysis(self) -> dict | None:
+        return self._read_mapping(self.analysis_path)
 
     def write_config(self, config: dict) -> None:
         if self.writable:
-            write_yaml(self.file("config.yaml"), config)
+            write_yaml(self.config_path, config)
 
     def read_config(self) -> dict:
-        path = self.file("config.yaml")
-        if not path.exists():
-            raise UserError(f"{self.path} has no config.yaml; is it a fixedhead run folder?")
-        tree = read_yaml(path, "run config")
+        if not self.config_path.exists():
+            raise UserError(f"{self.path} has no {self.config_path.name}; is it a fixedhead run folder?")
+        tree = read_yaml(self.config_path, "run config")
         if not isinstance(tree, dict):
-            raise UserError(f"{path} must hold a mapping of config keys")
+            raise UserError(f"{self.config_path} must hold a mapping of config keys")
         return tree
 
     def append_metrics(self, record: dict) -> None:
@@ -160,12 +196,12 @@ class RunDir:
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         if self.writable:
-            write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+            write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
 
     def read_metrics(self) -> list[dict]:
         """The epoch records of metrics.jsonl. A torn last line (killed mid-write) is dropped; a damaged
         line before it is an error naming the line, so no good record after it is lost unseen."""
-        path = self.file("metrics.jsonl")
+        path = self.metrics_path
         if not path.exists():
             return []
         lines = read_text(path, "metrics log", limit=256 << 20).splitlines()
@@ -182,12 +218,47 @@ class RunDir:
             records.append(record)
         return records
 
-    def save(self, name: str, state: dict) -> None:
-        if self.writable:
-            save_torch(self.file(name), state)
+    # ---- weights ------------------------------------------------------------------------------
 
-    def load(self, name: str) -> dict:
-        path = self.file(name)
+    def save_checkpoint(self, state: dict) -> None:
+        if self.writable:
+            save_torch(self.checkpoint_path, state)
+
+    def save_model(self, state: dict) -> None:
+        if self.writable:
+            save_torch(self.model_path, state)
+
+    def load_checkpoint(self) -> dict:
+        return self._load(self.checkpoint_path)
+
+    def load_model(self) -> dict:
+        return self._load(self.model_path)
+
+    def _load(self, path: Path) -> dict:
         if not path.exists():
             raise UserError(f"{path} does not exist; train the run first (fixedhead train --out {self.path})")
         return load_torch(path, "weights file")
+
+
+class SweepDir:
+    """The --out folder of a sweep: one run folder per planned run, the resolved experiment, the report."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.experiment_path = self.path / "experiment.yaml"
+        self.report_path = self.path / "report.md"
+        self.csv_path = self.path / "results.csv"
+        self.latex_path = self.path / "tables.tex"
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def runs(self) -> list[RunDir]:
+        """Its run folders (those with a config), by name."""
+        return [RunDir(p) for p in sorted(self.path.iterdir()) if RunDir(p).is_run()]
+
+    def figure(self, metric: str) -> Path:
+        return self.path / f"figure_{metric}"
+
+    def write_experiment(self, experiment: dict) -> None:
+        write_yaml(self.experiment_path, experiment)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MAX_SEED, make_config
+from .devices import resolve_device
 from .errors import UserError, reason, shown
-from .evaluate import resolve_device
-from .files import read_yaml, write_json, write_yaml
-from .runs import RunDir, RunInUse
+from .files import read_yaml
+from .runs import RunDir, RunInUse, SweepDir
 
 EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "evaluate", "report", "paper",
                    "source"}  # source: where the sweep read it (in the copy it leaves in --out)
@@ -150,9 +150,9 @@ def _after(run_dir: Path, experiment: dict, log) -> None:
     from .robustness import evaluate_suite
 
     run = RunDir(run_dir)
-    if "analyze" in experiment.get("after", []) and not (run.file("analysis") / "analysis.json").exists():
+    if "analyze" in experiment.get("after", []) and not run.analysis_path.exists():
         analyze(run_dir)
-    if "evaluate" in experiment.get("after", []) and not run.file("evaluation.json").exists():
+    if "evaluate" in experiment.get("after", []) and not run.evaluation_path.exists():
         options = experiment.get("evaluate") or {}
         evaluate_suite(run_dir, **{k: v for k, v in options.items() if k in {"corruptions", "severities", "preset",
                                                                                "seed", "generalization"}})
@@ -172,10 +172,10 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
             log(f"{run.name}  {run.overrides}")
         return summary
     _check_devices({make_config(experiment["base"], run.overrides).train.device for run in planned})
-    out = Path(out)
-    write_yaml(out / "experiment.yaml", {**experiment, "source": str(path)})
+    sweep_dir = SweepDir(out)
+    sweep_dir.write_experiment({**experiment, "source": str(path)})
     for number, run in enumerate(planned, 1):
-        run_dir = RunDir(out / run.name)
+        run_dir = sweep_dir.run(run.name)
         try:
             if run_dir.is_finished():
                 summary["skipped"].append(run.name)
@@ -191,7 +191,7 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
         except (UserError, RuntimeError, ValueError) as error:  # one run's failure does not stop the sweep
             message = reason(error, 500)
             log(f"{run.name} failed: {message}")
-            write_json(run_dir.file("failure.json"), {"error": message, "traceback": traceback.format_exc()})
+            run_dir.write_failure({"error": message, "traceback": traceback.format_exc()})
             summary["failed"].append(run.name)
     return summary
 

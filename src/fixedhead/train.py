@@ -16,8 +16,9 @@ from tqdm import tqdm
 from . import config as config_mod
 from . import distributed
 from .data.loaders import prepare
+from .devices import autocast, resolve_device
 from .errors import UserError, reason, shown
-from .evaluate import autocast, predict, resolve_device, summarise
+from .evaluate import predict, scores
 from .files import check_fields
 from .lookahead import Lookahead
 from .models import build_model
@@ -173,12 +174,12 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
 
 
 def _checkpoint(run: RunDir, config) -> dict:
-    checkpoint = run.load("checkpoint.pt")
+    checkpoint = run.load_checkpoint()
     fields = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "train_time_s": float,
               "torch_rng": torch.Tensor}
-    check_fields(checkpoint, fields, run.file("checkpoint.pt"))
+    check_fields(checkpoint, fields, run.checkpoint_path)
     if not 0 <= checkpoint["epoch"] <= config.train.epochs:
-        raise UserError(f"{run.file('checkpoint.pt')} says {checkpoint['epoch']} epochs were done, outside "
+        raise UserError(f"{run.checkpoint_path} says {checkpoint['epoch']} epochs were done, outside "
                         f"0..{config.train.epochs}")
     return checkpoint
 
@@ -239,7 +240,7 @@ def _after_step(lookahead, average, model):
 
 def _evaluate(model, loader, tc, prefix: str) -> dict:
     predictions = predict(model, loader, tc.bf16, tta=tc.tta)
-    return {f"{prefix}_{k}": v for k, v in summarise(predictions).items() if k != "count"}
+    return {f"{prefix}_{k}": v for k, v in scores(predictions).items() if k != "count"}
 
 
 def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True) -> dict:
@@ -296,7 +297,7 @@ def _fit_locked(run: RunDir, config, ctx, device, resume: bool, overwrite: bool,
         run.rewrite_metrics([])
         run_meta = describe_environment(config.seed, str(device))
         run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
-        run.write_json("meta.json", run_meta)
+        run.write_meta(run_meta)
     if verbose and 0 < steps < 100:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
@@ -314,13 +315,13 @@ def _fit_locked(run: RunDir, config, ctx, device, resume: bool, overwrite: bool,
                                           progress, partial, stop, ctx, on_step))
             partial = None
             if "partial" in record:
-                run.save("checkpoint.pt", state(epoch, {**record["partial"], "lr": record["lr"]}))
+                run.save_checkpoint(state(epoch, {**record["partial"], "lr": record["lr"]}))
                 raise Interrupted(f"stopped by {stop.received} in epoch {epoch + 1} after step "
                                   f"{record['partial']['step']} of {len(data['train'])}; checkpoint written; "
                                   f"continue with: fixedhead train --out {run.path} --resume")
             best = _end_epoch(run, record, evaluated, data, plateau, tc, best, config)
             train_time_s += record["epoch_time_s"]
-            run.save("checkpoint.pt", state(epoch + 1))
+            run.save_checkpoint(state(epoch + 1))
             if verbose:
                 print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
     return _finish(run, config, evaluated, data, best, train_time_s)
@@ -365,7 +366,7 @@ def _epoch_line(record: dict, epochs: int) -> str:
 def _fail(run: RunDir, record: dict, config) -> None:
     message = (f"training diverged: loss is {record['train_loss']} in epoch {record['epoch']} at learning rate "
                f"{record['lr']:.4g}; try a lower --lr, a longer warm-up or no bf16")
-    run.write_json("final.json", {"status": "failed", "error": message, "epochs": record["epoch"] - 1,
+    run.write_final({"status": "failed", "error": message, "epochs": record["epoch"] - 1,
                                         "seed": config.seed})
     raise UserError(message)
 
@@ -377,7 +378,7 @@ def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict
     test = _evaluate(model, data["test"], config.train, "test")
     test_time_s = time.perf_counter() - start
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
-    run.save("model.pt", {"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
+    run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
         "status": "finished", **test, "train_time_s": train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": config.train.epochs,
@@ -386,5 +387,5 @@ def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict
     }
     if best is not None:
         final["val_acc"] = best["val_acc"]
-    run.write_json("final.json", final)
+    run.write_final(final)
     return final

@@ -151,6 +151,11 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
                     list(arrays["classes"]))
 
 
+def load_split(data_cfg, split: str) -> ImageSet:
+    """One split of the dataset a run's data config names (name, folder, image size, variant)."""
+    return load(data_cfg.name, data_cfg.data_dir, split, data_cfg.image_size, data_cfg.variant)
+
+
 def load_folder_onto(path, classes: list[str], image_size: int | None = None) -> ImageSet:
     """A test-only folder `PATH/<class name>/<images>` whose class names are mapped onto `classes`
     (a training set's). Classes missing from the folder are allowed; unknown ones are an error."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from . import DATASETS, load
+from . import DATASETS, load_split
 from .pipeline import BatchLoader, channel_stats, split_validation
 
 
@@ -13,7 +13,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     `image_size`. Normalisation statistics come from the training images after the validation hold-out.
     `val` is carved from train with `data_cfg.val_fraction` (0.1 when that is 0 and `with_val`).
     """
-    train = load(data_cfg.name, data_cfg.data_dir, "train", data_cfg.image_size, data_cfg.variant)
+    train = load_split(data_cfg, "train")
     if len(train.classes) < 2:
         raise UserError(f"dataset {data_cfg.name!r} has {len(train.classes)} class; a classifier needs two or more")
     fraction = data_cfg.val_fraction or (0.1 if with_val else 0.0)
@@ -37,6 +37,6 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
                                **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)
-    test = load(data_cfg.name, data_cfg.data_dir, "test", data_cfg.image_size, data_cfg.variant)
+    test = load_split(data_cfg, "test")
     out["test"] = BatchLoader(test.images, test.labels, eval_batch_size, **common)
     return out

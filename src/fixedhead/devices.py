@@ -1,0 +1,35 @@
+"""Which device a run uses and how it computes there: the one place train, evaluation and sweeps ask."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import UserError, shown
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N; anything else, or a device this
+    machine lacks, is one error saying what is accepted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or device.type == "cpu" and device.index:
+        raise UserError(f"unknown device {shown(name)}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s); use cuda:N with N below that, or cuda")
+    return device
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device` when asked, else nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
