@@ -65,10 +65,10 @@ def test_compiled_bf16_channels_last_run_on_the_gpu(tmp_path):
     assert abs(on_cpu["acc"] - final["test_acc"]) <= 0.01
 
 
-def test_whitening_tta_alternating_flip_and_ema_run_on_the_gpu(tmp_path):
+def test_whitening_tta_alternating_flip_and_lookahead_run_on_the_gpu(tmp_path):
     config = make_config(TINY, {"train.bf16": True, "train.channels_last": True, "train.epochs": 4,
                                 "model.whiten": "frozen", "data.alternating_flip": True, "data.flip": True,
-                                "train.tta": "flip-shift", "train.ema": 0.9})
+                                "train.tta": "flip-shift", "train.lookahead": 5})
     final = fit(config, tmp_path / "run", verbose=False)
     assert final["status"] == "finished" and final["test_acc"] > 0.85 and final["tta"] == "flip-shift"
     on_cpu = evaluate_run(tmp_path / "run", device="cpu")

@@ -168,44 +168,9 @@ def test_bad_tta_and_whiten_settings_are_one_line_errors():
         make_config(TINY, {"model.whiten": "pca"})
 
 
-def test_weight_average_follows_the_ema_recursion_over_every_step():
-    config = make_config(TINY, {"train.ema": 0.8, "train.epochs": 1})
-    data = prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")
-    model = build_model(config.model, 0, 10, 1, 8)
-    optimizer = make_optimizer(model, config.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    average = train_mod._weight_average(model, config.train)
-    snapshots = []
-
-    def on_step():
-        average.update_parameters(model)
-        snapshots.append({k: v.detach().double().clone() for k, v in model.state_dict().items()})
-
-    with tqdm(disable=True) as progress:
-        train_mod.train_epoch(model, data["train"], optimizer, scheduler, config.train, 0, 0, progress, on_step=on_step)
-    assert len(snapshots) == len(data["train"]) > 3
-    for name, value in average.module.state_dict().items():
-        if not value.is_floating_point():
-            continue
-        expected = snapshots[0][name]  # the average starts at the weights after the first step
-        for snapshot in snapshots[1:]:
-            expected = 0.8 * expected + 0.2 * snapshot[name]
-        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6, msg=name)
-    assert not torch.equal(average.module.state_dict()["encoder.body.0.weight"], model.state_dict()["encoder.body.0.weight"])
-
-
-def test_fit_with_ema_evaluates_and_saves_the_average_and_resumes_exactly(tmp_path, monkeypatch):
-    config = make_config(TINY, {"train.ema": 0.9, "train.epochs": 3, "data.val_fraction": 0.1})
-    final = fit(config, tmp_path / "whole", verbose=False)
-    checkpoint = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
-    saved = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
-    for name, value in saved.items():
-        assert torch.equal(value, checkpoint["ema"][f"module.{name}"]), name
-    assert not torch.equal(saved["encoder.body.0.weight"], checkpoint["model"]["encoder.body.0.weight"])
-    assert evaluate_run(tmp_path / "whole", device="cpu")["acc"] == pytest.approx(final["test_acc"], abs=1e-9)
-    fit_interrupted(config, tmp_path / "cut", 2, monkeypatch)
-    fit(config, tmp_path / "cut", resume=True, verbose=False)
-    assert same_result(tmp_path / "whole", tmp_path / "cut")
+def test_the_removed_weight_average_key_says_why():
+    with pytest.raises(UserError, match="train.ema' was removed: the weight average measured no gain"):
+        make_config(TINY, {"train.ema": 0.9})
 
 
 def test_lookahead_follows_its_recursion_and_ends_on_the_slow_weights():

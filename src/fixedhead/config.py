@@ -64,7 +64,6 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
-    ema: float = 0.0  # per-step decay of a moving average of the weights that is evaluated and saved; 0: off
     select: str = "last"  # which weights are final: the last epoch's, or the best on validation
     bf16: bool = False
     channels_last: bool = False
@@ -136,7 +135,6 @@ RANGES = {
     "train.head_weight_decay": _within(0, 1, optional=True),
     "train.warmup_epochs": _within(0, 100_000),
     "train.label_smoothing": _within(0, 1, high_open=True),
-    "train.ema": _within(0, 1, high_open=True, note=" (0: off)"),
     "train.lookahead": _count(0, 1_000_000, note=" (0: off)"),
 }
 
@@ -169,7 +167,15 @@ def _coerce(key: str, value, kind):
     raise UserError(f"{key} must be {name}{' or null' if optional else ''}, got {shown(value)}")
 
 
+# Keys that existed once: a config that still sets one gets a line saying why it went.
+REMOVED = {
+    "train.ema": "the weight average measured no gain on the CPU recipe (docs/speed.md) and no config used it",
+}
+
+
 def _section(config: Config, key: str):
+    if key in REMOVED:
+        raise UserError(f"config key {key!r} was removed: {REMOVED[key]}; delete it from the config")
     parts = key.split(".")
     target = config
     for part in parts[:-1]:

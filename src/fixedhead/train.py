@@ -7,10 +7,10 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import config as config_mod
@@ -95,13 +95,12 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
     the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
     If `stop` receives a signal, the epoch ends after the current step with record["partial"] set.
-    `on_step` is called after every optimizer step (lookahead, weight average).
+    `on_step` is called after every optimizer step (lookahead).
     """
     model.train()
     device = loader.labels.device
     partial = partial or {"step": 0, "per_rank": [[0.0, 0, 0]] * ctx.world, "elapsed": 0.0}
-    per_rank = partial.get("per_rank") or [[float(partial["loss_sum"]), float(partial["correct"]), partial["seen"]]]
-    mine = _partial_sums(per_rank, ctx)
+    mine = _partial_sums(partial["per_rank"], ctx)
     loss_sum = torch.tensor(mine[0], dtype=torch.float32, device=device)
     correct = torch.tensor(int(mine[1]), dtype=torch.int64, device=device)
     seen, start = int(mine[2]), time.perf_counter() - partial["elapsed"]
@@ -178,6 +177,9 @@ def _checkpoint(run: RunDir, config) -> dict:
     fields = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "train_time_s": float,
               "torch_rng": torch.Tensor}
     check_fields(checkpoint, fields, run.checkpoint_path)
+    if checkpoint.get("partial") is not None and "per_rank" not in checkpoint["partial"]:
+        raise UserError(f"{run.checkpoint_path} was interrupted mid-epoch by an older fixedhead whose partial epochs "
+                        "this one cannot continue; restart with --overwrite")
     if not 0 <= checkpoint["epoch"] <= config.train.epochs:
         raise UserError(f"{run.checkpoint_path} says {checkpoint['epoch']} epochs were done, outside "
                         f"0..{config.train.epochs}")
@@ -189,53 +191,52 @@ def _data_meta(data: dict) -> dict:
     return {k: data[k] for k in ("classes", "in_channels", "image_size", "mean", "std")}
 
 
-def _state(model, optimizer, scheduler, extras, epoch, best, train_time_s, config, data, partial=None) -> dict:
-    """Everything needed to continue exactly: `epoch` epochs done, plus `partial` steps of the next.
-    `extras`: optional stateful helpers by name (plateau schedule, weight average), None when unused."""
-    return {
-        "partial": partial,
-        "config": config_mod.to_dict(config), "data": _data_meta(data), "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        **{name: extra.state_dict() if extra is not None else None for name, extra in extras.items()},
-        "epoch": epoch, "best": best, "train_time_s": train_time_s, "torch_rng": torch.get_rng_state(),
-    }
+@dataclass
+class Training:
+    """What one run trains with, and where it stands: `epoch` epochs done (plus `partial` steps of the
+    next after an interruption), the best weights so far (train.select=best_val) and the time spent."""
 
+    config: object
+    data: dict  # loaders train / val / test and the data meta (see data.loaders.prepare)
+    model: torch.nn.Module
+    stepped: torch.nn.Module  # what the training steps call: the model, wrapped by DDP / torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plateau: object = None  # ReduceLROnPlateau for schedule=plateau
+    lookahead: Lookahead | None = None
+    epoch: int = 0
+    best: dict | None = None
+    train_time_s: float = 0.0
+    partial: dict | None = None
 
-def _restore(checkpoint, model, optimizer, scheduler, extras):
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        for name, extra in extras.items():
-            if extra is not None:
-                extra.load_state_dict(checkpoint[name])
-        torch.set_rng_state(checkpoint["torch_rng"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        raise UserError(f"the checkpoint does not fit this run's model and optimizer ({reason(error)}); "
-                        "restart with --overwrite") from None
-    return checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"], checkpoint.get("partial")
+    def state(self, partial: dict | None = None) -> dict:
+        """Everything needed to continue exactly (the checkpoint)."""
+        return {
+            "partial": partial, "config": config_mod.to_dict(self.config), "data": _data_meta(self.data),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **{name: part.state_dict() if part is not None else None for name, part in self._optional().items()},
+            "epoch": self.epoch, "best": self.best, "train_time_s": self.train_time_s,
+            "torch_rng": torch.get_rng_state(),
+        }
 
+    def restore(self, checkpoint: dict) -> None:
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            for name, part in self._optional().items():
+                if part is not None:
+                    part.load_state_dict(checkpoint[name])
+            torch.set_rng_state(checkpoint["torch_rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            raise UserError(f"the checkpoint does not fit this run's model and optimizer ({reason(error)}); "
+                            "restart with --overwrite") from None
+        self.epoch, self.best, self.train_time_s = checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"]
+        self.partial = checkpoint.get("partial")
 
-def _weight_average(model, tc):
-    """An exponential moving average of the weights and batch-norm statistics (torch's AveragedModel),
-    updated after every step; None when train.ema is 0."""
-    if not tc.ema:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
-
-
-def _after_step(lookahead, average, model):
-    """What runs after every optimizer step: the lookahead sync, then the weight average (of the synced
-    weights); None when neither is on."""
-    if lookahead is None and average is None:
-        return None
-
-    def after_step():
-        if lookahead is not None:
-            lookahead.step()
-        if average is not None:
-            average.update_parameters(model)
-    return after_step
+    def _optional(self) -> dict:
+        return {"plateau": self.plateau, "lookahead": self.lookahead}
 
 
 def _evaluate(model, loader, tc, prefix: str) -> dict:
@@ -249,14 +250,18 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     The test split is evaluated once, at the end, on the weights chosen by `train.select`.
     """
     ctx, device = distributed.setup(resolve_device(config.train.device))
-    verbose = verbose and ctx.is_main  # under torchrun only rank 0 prints progress
     run = RunDir(run_dir, writable=ctx.is_main)
     with run.lock():
-        return _fit_locked(run, config, ctx, device, resume, overwrite, verbose)
+        config, checkpoint = _open_run(run, config, resume, overwrite)
+        training = _build(config, ctx, device, whiten=checkpoint is None)
+        _start(run, training, checkpoint, overwrite, device)
+        _loop(run, training, ctx, verbose=verbose and ctx.is_main)  # under torchrun only rank 0 prints
+        return _finish(run, training)
 
 
-def _fit_locked(run: RunDir, config, ctx, device, resume: bool, overwrite: bool, verbose: bool) -> dict:
-    config, checkpoint = _open_run(run, config, resume, overwrite)
+def _build(config, ctx, device, whiten: bool) -> Training:
+    """Data, model, optimizer and schedules; `whiten` computes patch-whitening filters (on resume the
+    checkpoint holds them)."""
     tc = config.train
     if tc.batch_size % ctx.world:
         raise UserError(f"train.batch_size {tc.batch_size} must be a multiple of the {ctx.world} processes")
@@ -265,66 +270,69 @@ def _fit_locked(run: RunDir, config, ctx, device, resume: bool, overwrite: bool,
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                    device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
-    if config.model.whiten != "none" and checkpoint is None:  # on resume the checkpoint holds the filters
+    if config.model.whiten != "none" and whiten:
         whiten_first_conv(model.encoder, data["train"].sample(MAX_IMAGES))
     if config.model.whiten == "frozen":
         first_conv(model.encoder).weight.requires_grad_(False)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
-    train_model = _wrap(model, tc, ctx, device)
     optimizer = make_optimizer(model, tc)
     steps, warmup = tc.epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
-    average = _weight_average(model, tc)
-    evaluated = model if average is None else average.module  # the weights validated, tested and saved
-    lookahead = Lookahead(model, tc.lookahead, steps) if tc.lookahead else None
-    extras = {"plateau": plateau, "ema": average, "lookahead": lookahead}
-    start_epoch, best, train_time_s, partial = 0, None, 0.0, None
+    return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
+                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None)
+
+
+def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: bool, device) -> None:
+    """Restore the checkpoint, or write the new run's config and meta. Only now, with the data read, the
+    model built and the checkpoint restored, is anything removed: the old run with --overwrite, and in
+    any case what described the weights about to change."""
     if checkpoint is not None:
-        start_epoch, best, train_time_s, partial = _restore(checkpoint, model, optimizer, scheduler, extras)
-        logged = [r for r in run.read_metrics() if r["epoch"] <= start_epoch]
-    # Only now, with the data read, the model built and the checkpoint restored, is anything removed:
-    # the old run with --overwrite, and in any case what described the weights about to change.
+        training.restore(checkpoint)
+        logged = [r for r in run.read_metrics() if r["epoch"] <= training.epoch]
     if overwrite:
         run.clear()
     else:
         run.clear_derived()
     if checkpoint is not None:
         run.rewrite_metrics(logged)
-    else:
-        run.write_config(config_mod.to_dict(config))
-        run.rewrite_metrics([])
-        run_meta = describe_environment(config.seed, str(device))
-        run_meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=data["classes"])
-        run.write_meta(run_meta)
+        return
+    config, model = training.config, training.model
+    run.write_config(config_mod.to_dict(config))
+    run.rewrite_metrics([])
+    meta = describe_environment(config.seed, str(device))
+    meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=training.data["classes"])
+    run.write_meta(meta)
+
+
+def _loop(run: RunDir, training: Training, ctx, verbose: bool) -> None:
+    """The epochs still to train; a stop signal ends the current step, writes a checkpoint and raises."""
+    config, data, tc = training.config, training.data, training.config.train
+    steps = tc.epochs * len(data["train"])
     if verbose and 0 < steps < 100:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
-    state = lambda epoch, part=None: _state(model, optimizer, scheduler, extras, epoch, best, train_time_s,
-                                            config, data, part)
-    on_step = _after_step(lookahead, average, model)
+    on_step = training.lookahead.step if training.lookahead is not None else None
     with StopSignals() as stop:
-        for epoch in range(start_epoch, tc.epochs):
+        for epoch in range(training.epoch, tc.epochs):
             with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
                       disable=None if verbose else True, file=sys.stderr) as progress:
-                lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
-                record = {"epoch": epoch + 1, "lr": lr}
-                record.update(train_epoch(train_model, data["train"], optimizer, scheduler, tc, config.seed, epoch,
-                                          progress, partial, stop, ctx, on_step))
-            partial = None
+                partial, training.partial = training.partial, None
+                record = {"epoch": epoch + 1, "lr": partial["lr"] if partial else training.optimizer.param_groups[0]["lr"]}
+                record.update(train_epoch(training.stepped, data["train"], training.optimizer, training.scheduler, tc,
+                                          config.seed, epoch, progress, partial, stop, ctx, on_step))
             if "partial" in record:
-                run.save_checkpoint(state(epoch, {**record["partial"], "lr": record["lr"]}))
+                run.save_checkpoint(training.state({**record["partial"], "lr": record["lr"]}))
                 raise Interrupted(f"stopped by {stop.received} in epoch {epoch + 1} after step "
                                   f"{record['partial']['step']} of {len(data['train'])}; checkpoint written; "
                                   f"continue with: fixedhead train --out {run.path} --resume")
-            best = _end_epoch(run, record, evaluated, data, plateau, tc, best, config)
-            train_time_s += record["epoch_time_s"]
-            run.save_checkpoint(state(epoch + 1))
+            training.best = _end_epoch(run, record, training.model, data, training.plateau, tc, training.best, config)
+            training.epoch, training.train_time_s = epoch + 1, training.train_time_s + record["epoch_time_s"]
+            run.save_checkpoint(training.state())
             if verbose:
                 print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
-    return _finish(run, config, evaluated, data, best, train_time_s)
 
 
 def _wrap(model, tc, ctx, device):
@@ -371,7 +379,8 @@ def _fail(run: RunDir, record: dict, config) -> None:
     raise UserError(message)
 
 
-def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict:
+def _finish(run: RunDir, training: Training) -> dict:
+    config, model, data, best = training.config, training.model, training.data, training.best
     if best is not None:
         model.load_state_dict(best["model"])
     start = time.perf_counter()
@@ -380,7 +389,7 @@ def _finish(run: RunDir, config, model, data, best, train_time_s: float) -> dict
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
     run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
-        "status": "finished", **test, "train_time_s": train_time_s, "test_time_s": test_time_s,
+        "status": "finished", **test, "train_time_s": training.train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": config.train.epochs,
         "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
