@@ -24,7 +24,7 @@ def test_train_then_eval_end_to_end_in_a_real_process(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "test accuracy" in done.stdout
     final = json.loads((out / "final.json").read_text())
-    done = subprocess.run([sys.executable, "-m", "fixedhead", "eval", str(out), "--json"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "fixedhead", "score", str(out), "--json"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["acc"] == pytest.approx(final["test_acc"], abs=1e-12)
@@ -76,12 +76,12 @@ def test_checkpoint_class_count_mismatch(tmp_path, capsys):
                            "--out", tmp_path / "r", *FAST)
     assert code == 0, err
     two = write_image_folder(tmp_path / "two", classes=("cat", "dog"))
-    code, _, err = run_cli(capsys, "eval", tmp_path / "r", "--data-dir", two)
+    code, _, err = run_cli(capsys, "score", tmp_path / "r", "--data-dir", two)
     assert code == 2 and "head has 3 classes but dataset 'imagefolder' has 2" in err
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "eval", tmp_path)
+    code, _, err = run_cli(capsys, "score", tmp_path)
     assert code == 2 and "model.pt does not exist" in err
 
 

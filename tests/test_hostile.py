@@ -314,7 +314,7 @@ def _wrong_shape_checkpoint(c: Case):
 
 def _rgb_folder_for_grey_run(c: Case):
     write_image_folder(c.tmp / "colour", classes=("0", "1"), splits=("test",), size=16)
-    return ["evaluate", str(c.run()), "--corruptions", "none", "--generalization", f"folder:{c.tmp / 'colour' / 'test'}",
+    return ["robustness", str(c.run()), "--corruptions", "none", "--generalization", f"folder:{c.tmp / 'colour' / 'test'}",
             "--device", "cpu"]
 
 
@@ -376,7 +376,11 @@ VALUE_CASES = {
     "experiment variant that is text": lambda c: _sweep_file(c, "variants: {a: text}\n"),
     "experiment seeds in words": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nseeds: many\n"),
     "experiment after that is text": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nafter: analyze\n"),
-    "experiment evaluate that is text": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nevaluate: all\n"),
+    "experiment robustness section that is text": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nrobustness: all\n"),
+    "experiment after that is a number": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nafter: 3\n"),
+    "experiment with the old word evaluate": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nafter: [evaluate]\n"),
+    "the old command name eval": lambda c: ["eval", str(c.run())],
+    "the old command name evaluate": lambda c: ["evaluate", str(c.run())],
     "experiment report rows that are a number": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nreport: {rows: 3}\n"),
     "experiment that is a list": lambda c: _sweep_file(c, "- grid\n"),
     "colour images for a grey run": _rgb_folder_for_grey_run,

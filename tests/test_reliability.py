@@ -149,7 +149,7 @@ def test_overwrite_and_retraining_remove_what_described_the_old_weights(tmp_path
     out = tmp_path / "run"
     assert main(["train", *FAST_RUN, "--out", str(out)]) == 0
     assert main(["analyze", str(out), "--device", "cpu"]) == 0
-    assert main(["evaluate", str(out), "--corruptions", "none", "--device", "cpu"]) == 0
+    assert main(["robustness", str(out), "--corruptions", "none", "--device", "cpu"]) == 0
     old = json.loads((out / "analysis" / "analysis.json").read_text())
     (out / "failure.json").write_text("{}")
     (out / "notes.txt").write_text("mine")

@@ -23,7 +23,7 @@ def run(tmp_path_factory):
 
 
 def test_evaluate_writes_accuracy_per_corruption_and_severity(run, capsys):
-    assert main(["evaluate", str(run / "run"), "--severities", "1,5", "--generalization",
+    assert main(["robustness", str(run / "run"), "--severities", "1,5", "--generalization",
                  f"folder:{run / 'images' / 'test'}"]) == 0
     out = capsys.readouterr().out
     assert "| impulse_noise |" in out and "| defocus_blur |" in out
@@ -68,7 +68,7 @@ def test_cifar101_maps_onto_cifar10_classes(tmp_path, capsys):
     images, labels = write_cifar101(tmp_path / "c101", n=9)
     fit(make_config(TINY, {"data.name": "cifar10", "data.data_dir": str(tmp_path / "data")}), tmp_path / "r",
         verbose=False)
-    assert main(["evaluate", str(tmp_path / "r"), "--corruptions", "none",
+    assert main(["robustness", str(tmp_path / "r"), "--corruptions", "none",
                  "--generalization", f"cifar10.1@{tmp_path / 'c101'}"]) == 0
     result = json.loads((tmp_path / "r" / "evaluation.json").read_text())
     assert result["generalization"][f"cifar10.1@{tmp_path / 'c101'}"]["num_images"] == 9
@@ -95,14 +95,14 @@ def test_export_cifar10c_layout(tmp_path, capsys):
     (["--generalization", "svhn"], "unknown generalisation set 'svhn'"),
 ])
 def test_bad_input(run, capsys, args, match):
-    code = main(["evaluate", str(run / "run"), *args])
+    code = main(["robustness", str(run / "run"), *args])
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1
 
 
 def test_grayscale_dataset_cannot_be_corrupted(tmp_path, capsys):
     fit(make_config(TINY, {"data.name": "digits"}), tmp_path / "d", verbose=False)
-    code = main(["evaluate", str(tmp_path / "d"), "--corruptions", "impulse_noise"])
+    code = main(["robustness", str(tmp_path / "d"), "--corruptions", "impulse_noise"])
     assert code == 2 and "corruptions need RGB images" in capsys.readouterr().err
 
 

@@ -146,9 +146,9 @@ def test_fit_reports_tta_accuracy_and_evaluate_agrees(tmp_path, capsys):
     assert (by_hand == data["test"].labels).double().mean().item() == pytest.approx(final["test_acc"], abs=1e-9)
     plain = (predict(model, data["test"])["logits"].argmax(1) == data["test"].labels).double().mean().item()
     assert evaluate_run(tmp_path / "run", device="cpu", tta="none")["acc"] == pytest.approx(plain, abs=1e-9)
-    code, out, err = _cli(capsys, "eval", tmp_path / "run", "--tta", "flip")
+    code, out, err = _cli(capsys, "score", tmp_path / "run", "--tta", "flip")
     assert code == 2 and not out and len(err.strip().splitlines()) == 1 and "without flips" in err
-    code, out, _ = _cli(capsys, "eval", tmp_path / "run", "--tta", "none")
+    code, out, _ = _cli(capsys, "score", tmp_path / "run", "--tta", "none")
     assert code == 0 and f"{plain:.4f}" in out and "augmentation" not in out
 
 

@@ -25,25 +25,32 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+# What each train flag means; its choices, accepted range and default come from the config itself.
+TRAIN_HELP = {
+    "data": "dataset", "data_dir": "folder holding the dataset", "arch": "encoder",
+    "head": "similarity of features and class vectors", "fixed": "freeze the class vectors at their random draw",
+    "scale": "cosine scale S", "learn_scale": "learn S", "init": "how class vectors are drawn",
+    "epochs": "epochs", "batch_size": "global batch size", "lr": "peak learning rate", "seed": "seed of everything",
+    "device": "auto, cpu, cuda or cuda:N", "bf16": "bf16 autocast", "channels_last": "channels-last memory format",
+    "sync_bn": "torchrun: batch norm over the global batch", "compile": "torch.compile the model",
+}
+
+
 def _add_train(sub):
+    from .config import CHOICES, RANGES, Config, flat
+
+    defaults = flat(Config())
     p = sub.add_parser("train", help="train one run into --out")
-    p.add_argument("--data", help="dataset: digits, imagefolder, cifar10, cifar100, stl10, tinyimagenet")
-    p.add_argument("--data-dir", help="folder holding the dataset")
-    p.add_argument("--arch", help="encoder name (resnet18, resnet20, vgg16, mobilenetv2, fastnet, fastnet-small)")
-    p.add_argument("--head", help="dot or cosine")
-    p.add_argument("--fixed", action="store_true", default=None, help="freeze random class vectors")
-    p.add_argument("--scale", type=float, help="cosine scale S (> 0)")
-    p.add_argument("--learn-scale", action="store_true", default=None, help="learn S")
-    p.add_argument("--init", help="class vectors: random, uniform-int, orthogonal, hadamard, simplex")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
-    p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--sync-bn", action="store_true", default=None, help="torchrun: batch norm over the global batch")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    for dest, key in TRAIN_FLAGS.items():
+        text, default = TRAIN_HELP[dest], defaults[key]
+        text += f": {', '.join(map(str, CHOICES[key]))}" if key in CHOICES else ""
+        text += f"; {RANGES[key][1]}" if key in RANGES else ""
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=f"{text} (default: {'on' if default else 'off'})")
+        else:
+            kind = type(default) if isinstance(default, (int, float)) else str
+            p.add_argument(flag, type=kind, help=f"{text} (default: {default})")
     p.add_argument("--config", help="YAML file of config overrides")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--out", required=True, help="run folder")
@@ -75,7 +82,7 @@ def _train(args) -> int:
     return 0
 
 
-def _eval(args) -> int:
+def _score(args) -> int:
     from .evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, device=args.device, tta=args.tta)
@@ -174,7 +181,7 @@ def _corruption_names(text: str) -> list[str]:
     return names
 
 
-def _evaluate(args) -> int:
+def _robustness(args) -> int:
     from .robustness import evaluate_suite, table
 
     result = evaluate_suite(args.run_dir, _corruption_names(args.corruptions), _severities(args.severities),
@@ -193,7 +200,7 @@ def _corrupt(args) -> int:
 
 
 def _add_robustness(sub):
-    p = sub.add_parser("evaluate", help="clean, corrupted and generalisation accuracy of a run")
+    p = sub.add_parser("robustness", help="clean, corrupted and generalisation accuracy of a run (the paper's Section 4)")
     p.add_argument("run_dir")
     p.add_argument("--corruptions", default="all", help="all, none, or a comma list of corruption names")
     p.add_argument("--severities", default="1-5")
@@ -273,10 +280,13 @@ def _add_data(sub):
 
 
 def build_parser() -> Parser:
+    from . import __version__
+
     parser = Parser(prog="fixedhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fixedhead {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_train(sub)
-    p = sub.add_parser("eval", help="re-evaluate a run's final weights")
+    p = sub.add_parser("score", help="accuracy of a run's final weights on a split again (another --tta, a moved dataset)")
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--data-dir", help="where the dataset lives now, if it moved")
@@ -298,12 +308,16 @@ def build_parser() -> Parser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
-            "evaluate": _evaluate, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
+COMMANDS = {"train": _train, "score": _score, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
+            "robustness": _robustness, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
+RENAMED = {"eval": "score", "evaluate": "robustness"}  # old command -> new name
 
 
 def main(argv=None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
+        if argv and argv[0] in RENAMED:
+            raise UserError(f"'fixedhead {argv[0]}' was renamed 'fixedhead {RENAMED[argv[0]]}'; the options are the same")
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as error:

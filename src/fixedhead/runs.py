@@ -8,7 +8,7 @@ RUN_DIR/checkpoint.pt   latest training state (for --resume)
 RUN_DIR/model.pt        the selected final weights with their config and class names
 RUN_DIR/final.json      final metrics and status
 RUN_DIR/analysis/       analysis.json and figures (fixedhead analyze)
-RUN_DIR/evaluation.json clean / corrupted / generalisation accuracy (fixedhead evaluate)
+RUN_DIR/evaluation.json clean / corrupted / generalisation accuracy (fixedhead robustness)
 RUN_DIR/sweep.json      the variant and overrides a sweep gave this run
 RUN_DIR/failure.json    why a sweep's run failed
 """

@@ -5,8 +5,8 @@ An experiment file (YAML) holds:
   grid:      key -> list of values; every combination is run
   variants:  name -> overrides (optional): e.g. the paper's four heads, each with its own lr
   seeds:     a count n (seeds 0..n-1) or a list
-  after:     [analyze, evaluate]: measurements made once a run has finished
-  evaluate:  options of `fixedhead evaluate` (corruptions, severities, preset, generalization)
+  after:     [analyze, robustness]: measurements made once a run has finished
+  robustness: options of `fixedhead robustness` (corruptions, severities, preset, generalization)
   report:    rows / columns / metrics / compare (see report.py)
 """
 
@@ -28,9 +28,10 @@ from .errors import UserError, reason, shown
 from .files import read_yaml
 from .runs import RunDir, RunInUse, SweepDir
 
-EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "evaluate", "report", "paper",
+EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "robustness", "report", "paper",
                    "source"}  # source: where the sweep read it (in the copy it leaves in --out)
-AFTER = ("analyze", "evaluate")
+AFTER = ("analyze", "robustness")
+RENAMED = {"evaluate": "robustness"}  # old experiment-file word -> new one
 MAX_SEEDS = 10_000
 
 
@@ -41,7 +42,7 @@ class PlannedRun:
     variant: str = ""
 
 
-EVALUATE_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
+ROBUSTNESS_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
 REPORT_OPTIONS = {"rows": list, "columns": list, "metrics": list, "compare": list, "select": dict}
 
 
@@ -55,12 +56,16 @@ def check_experiment(tree, path) -> dict:
     """An experiment file's sections with the types the sweep and the report read; else one error."""
     if not isinstance(tree, dict):
         raise UserError(f"{path} must hold a mapping (base, grid, variants, seeds, ...)")
+    after = tree.get("after") if isinstance(tree.get("after"), list) else []
+    old = [word for word in RENAMED if word in tree or word in after]
+    if old:
+        raise UserError(f"{path}: '{old[0]}' was renamed '{RENAMED[old[0]]}' (in after: and as a section)")
     unknown = sorted(str(k) for k in set(tree) - EXPERIMENT_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key {shown(unknown[0])}; an experiment file has: "
                         f"{', '.join(sorted(EXPERIMENT_KEYS))}")
     sections = {"name": str, "description": str, "source": str, "base": dict, "grid": dict, "variants": dict,
-                "after": list, "evaluate": dict, "report": dict, "paper": dict}
+                "after": list, "robustness": dict, "report": dict, "paper": dict}
     for key, kind in sections.items():
         _check_section(tree.get(key), kind, f"{path}: {key}")
     grid = tree.get("grid") or {}
@@ -71,7 +76,7 @@ def check_experiment(tree, path) -> dict:
     bad_after = [a for a in tree.get("after") or [] if a not in AFTER]
     if bad_after:
         raise UserError(f"{path}: unknown step {shown(bad_after[0])} in after; choose from: {', '.join(AFTER)}")
-    for section, options in (("evaluate", EVALUATE_OPTIONS), ("report", REPORT_OPTIONS)):
+    for section, options in (("robustness", ROBUSTNESS_OPTIONS), ("report", REPORT_OPTIONS)):
         for key, value in (tree.get(section) or {}).items():
             if key not in options:
                 raise UserError(f"{path}: unknown key {shown(key)} in {section}; accepted: {', '.join(options)}")
@@ -152,8 +157,8 @@ def _after(run_dir: Path, experiment: dict, log) -> None:
     run = RunDir(run_dir)
     if "analyze" in experiment.get("after", []) and not run.analysis_path.exists():
         analyze(run_dir)
-    if "evaluate" in experiment.get("after", []) and not run.evaluation_path.exists():
-        options = experiment.get("evaluate") or {}
+    if "robustness" in experiment.get("after", []) and not run.evaluation_path.exists():
+        options = experiment.get("robustness") or {}
         evaluate_suite(run_dir, **{k: v for k, v in options.items() if k in {"corruptions", "severities", "preset",
                                                                                "seed", "generalization"}})
 
