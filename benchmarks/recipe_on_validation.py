@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="digits, 2 epochs: a check of the script")
     args = parser.parse_args()
     overrides = {"data.name": args.data, "data.data_dir": args.data_dir, "data.val_fraction": 0.1,
-                 "model.arch": args.arch, "model.head": "cosine", "model.fixed": True, "model.scale": 16.0,
+                 "model.arch": args.arch, "model.similarity": "cosine", "model.fixed": True, "model.scale": 16.0,
                  "train.epochs": args.epochs, "train.batch_size": 256, "train.lr": 0.2,
                  "train.label_smoothing": 0.2, "train.bf16": True, "train.channels_last": True, "seed": args.seed}
     modes = TTA_MODES

@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--data", default="imagefolder")
     parser.add_argument("--data-dir")
     parser.add_argument("--arch", default="fastnet")
-    parser.add_argument("--head", default="cosine")
+    parser.add_argument("--similarity", default="cosine")
     parser.add_argument("--scale", type=float, default=16.0)
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -37,18 +37,18 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="digits, 3 epochs: a check of the script")
     args = parser.parse_args()
     overrides = {"data.name": args.data, "data.data_dir": args.data_dir, "model.arch": args.arch,
-                 "model.head": args.head, "model.fixed": True, "train.epochs": args.epochs,
+                 "model.similarity": args.similarity, "model.fixed": True, "train.epochs": args.epochs,
                  "train.batch_size": args.batch_size, "train.lr": args.lr, "train.bf16": True,
                  "train.channels_last": True, "train.log_test": True, "train.device": args.device,
                  "train.weight_decay": 5e-4}
-    if args.head == "cosine":
+    if args.similarity == "cosine":
         overrides["model.scale"] = args.scale
     if args.tiny:
         overrides.update({"data.name": "digits", "data.data_dir": None, "model.arch": "fastnet-small",
                           "train.epochs": 3, "train.batch_size": 64, "train.lr": 0.05})
     config = make_config(overrides, parse_overrides(args.set))
     print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"{config.model.arch} + fixed {config.model.head} head on {config.data.name}, {config.train.epochs} epochs, "
+          f"{config.model.arch} + fixed {config.model.similarity} head on {config.data.name}, {config.train.epochs} epochs, "
           f"device {config.train.device}; train settings {config.train}")
     with tempfile.TemporaryDirectory() as tmp:
         final = fit(config, Path(tmp) / "run", verbose=False)

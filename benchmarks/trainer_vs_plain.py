@@ -69,7 +69,7 @@ def plain(root: Path, arch: str, epochs: int, batch: int, workers: int, low_prec
 
 def ours(root: Path, arch: str, epochs: int, batch: int, run_dir: Path) -> float:
     config = make_config({"data.name": "imagefolder", "data.data_dir": str(root), "model.arch": arch,
-                          "model.head": "cosine", "model.fixed": True, "model.scale": 16.0, "train.epochs": epochs,
+                          "model.similarity": "cosine", "model.fixed": True, "model.scale": 16.0, "train.epochs": epochs,
                           "train.batch_size": batch, "train.lr": 0.2, "train.bf16": True, "train.channels_last": True})
     start = time.perf_counter()
     fit(config, run_dir, verbose=False)  # includes the first decode of the JPEGs and the final test

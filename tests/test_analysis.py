@@ -42,7 +42,7 @@ def test_compare_puts_runs_side_by_side(two_runs, tmp_path, capsys):
 
 
 def test_two_dimensional_features_are_drawn_with_rays(tmp_path):
-    fit(make_config(TINY, {"model.feature_dim": 2, "model.fixed": True}), tmp_path / "r", verbose=False)
+    fit(make_config(TINY, {"model.num_features": 2, "model.fixed": True}), tmp_path / "r", verbose=False)
     result = analyze(tmp_path / "r")
     assert "features_2d.png" in result["figures"] and result["head"]["num_features"] == 2
 

@@ -18,7 +18,7 @@ def run_cli(capsys, *args):
 
 def test_train_then_eval_end_to_end_in_a_real_process(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fixedhead", "train", "--data", "digits", "--head", "cosine", "--fixed",
+    cmd = [sys.executable, "-m", "fixedhead", "train", "--data", "digits", "--similarity", "cosine", "--fixed",
            "--epochs", "2", "--out", str(out), *FAST]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -32,7 +32,7 @@ def test_train_then_eval_end_to_end_in_a_real_process(tmp_path):
 
 def test_config_file_and_set_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: {head: cosine, scale: 4}\ntrain: {epochs: 5}\n")
+    cfg.write_text("model: {similarity: cosine, scale: 4}\ntrain: {epochs: 5}\n")
     code, _, err = run_cli(capsys, "train", "--config", cfg, "--epochs", "1", "--set", "model.init=simplex",
                            "--out", tmp_path / "r", *FAST)
     assert code == 0, err
@@ -44,8 +44,8 @@ def test_config_file_and_set_overrides(tmp_path, capsys):
     (["--data", "imagenet"], "unknown dataset 'imagenet' (data.name); choose one of: digits, imagefolder"),
     (["--arch", "resnet1000"], "unknown arch 'resnet1000' (model.arch); choose one of: resnet18"),
     (["--init", "xavier"], "choose one of: random, uniform-int, orthogonal, hadamard, simplex"),
-    (["--head", "euclid"], "choose one of: dot, cosine"),
-    (["--head", "cosine", "--scale", "0"], "model.scale must be a number in (0, 10_000], got 0.0"),
+    (["--similarity", "euclid"], "choose one of: dot, cosine"),
+    (["--similarity", "cosine", "--scale", "0"], "model.scale must be a number in (0, 10_000], got 0.0"),
     (["--epochs", "-1"], "train.epochs must be an integer in [0, 100_000], got -1"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     (["--data", "imagefolder"], "needs --data-dir"),
@@ -137,3 +137,29 @@ def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(download_mod.DOWNLOADERS, "cifar10", offline)
     code, _, err = run_cli(capsys, "data", "download", "cifar10", "--data-dir", tmp_path / "d")
     assert code == 2 and err.count("\n") == 1 and "cannot download cifar10" in err
+
+
+def test_a_run_written_under_the_old_names_still_scores_and_resumes(tmp_path, capsys):
+    """Run folders and weights saved before model.head / feature_dim / onecycle were renamed."""
+    import torch
+    import yaml
+
+    out = tmp_path / "r"
+    code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--similarity", "cosine",
+                           "--out", out, *FAST)
+    assert code == 0, err
+    old = yaml.safe_load((out / "config.yaml").read_text())
+    old["model"]["head"] = old["model"].pop("similarity")
+    old["model"]["feature_dim"] = old["model"].pop("num_features")
+    old["train"]["schedule"] = "onecycle"
+    (out / "config.yaml").write_text(yaml.safe_dump(old))
+    for name in ("model.pt", "checkpoint.pt"):
+        state = torch.load(out / name, weights_only=True)
+        state["config"] = old
+        torch.save(state, out / name)
+    code, printed, err = run_cli(capsys, "score", out, "--json")
+    assert code == 0, err
+    assert json.loads(printed)["acc"] == pytest.approx(json.loads((out / "final.json").read_text())["test_acc"])
+    (out / "final.json").unlink()
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--quiet")
+    assert code == 0, err

@@ -17,18 +17,18 @@ def test_layers_apply_in_order_and_coerce_strings():
 
 def test_yaml_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("seed: 4\nmodel:\n  head: cosine\n  scale: 16\n")
+    path.write_text("seed: 4\nmodel:\n  similarity: cosine\n  scale: 16\n")
     config = make_config(read_yaml(path))
-    assert (config.seed, config.model.head, config.model.scale) == (4, "cosine", 16.0)
+    assert (config.seed, config.model.similarity, config.model.scale) == (4, "cosine", 16.0)
 
 
 @pytest.mark.parametrize("layer,match", [
     ({"train.lrr": 1}, "unknown config key 'train.lrr'; valid keys: seed, data.name"),
-    ({"model": {"head": "euclid"}}, "choose one of: dot, cosine"),
+    ({"model": {"similarity": "euclid"}}, "choose one of: dot, cosine"),
     ({"model.arch": "resnet1000"}, "choose one of: resnet18"),
     ({"data.name": "mnist2"}, "choose one of: digits, imagefolder"),
     ({"model.init": "zeros"}, "random, uniform-int, orthogonal, hadamard, simplex"),
-    ({"model.head": "cosine", "model.scale": 0}, r"model.scale must be a number in \(0, 10_000\]"),
+    ({"model.similarity": "cosine", "model.scale": 0}, r"model.scale must be a number in \(0, 10_000\]"),
     ({"train.epochs": -1}, r"train.epochs must be an integer in \[0, 100_000\]"),
     ({"train.epochs": 2.5}, "train.epochs must be an integer"),
     ({"model.fixed": "maybe"}, "model.fixed must be true or false"),
@@ -91,3 +91,22 @@ def test_any_value_for_any_key_is_accepted_within_range_or_one_line(key, value):
 @given(key=st.sampled_from(all_keys()), value=HOSTILE_VALUES)
 def test_any_value_given_as_text_with_set_is_accepted_within_range_or_one_line(key, value):
     _check_accepted_or_one_line(parse_overrides([f"{key}={value}"]))
+
+
+@pytest.mark.parametrize("layer,match", [
+    ({"model.head": "cosine"}, "config key 'model.head' is now 'model.similarity'"),
+    ({"model": {"feature_dim": 2}}, "config key 'model.feature_dim' is now 'model.num_features'"),
+    ({"train.schedule": "onecycle"}, "train.schedule 'onecycle' is now 'linear'"),
+    ({"train.ema": 0.9}, "'train.ema' was removed"),
+])
+def test_old_names_in_user_configs_name_the_new_ones(layer, match):
+    with pytest.raises(UserError, match=match):
+        make_config(layer)
+
+
+def test_configs_saved_under_old_names_are_read_with_the_new_ones():
+    from fixedhead.config import saved_config
+
+    config = saved_config({"model": {"head": "cosine", "feature_dim": 2, "scale": 4},
+                           "train": {"schedule": "onecycle"}})
+    assert (config.model.similarity, config.model.num_features, config.train.schedule) == ("cosine", 2, "linear")

@@ -13,7 +13,7 @@ import torch
 
 from interrupts import same_result, wait_for
 
-ARGS = ["train", "--data", "digits", "--arch", "fastnet-small", "--head", "cosine", "--fixed", "--epochs", "3",
+ARGS = ["train", "--data", "digits", "--arch", "fastnet-small", "--similarity", "cosine", "--fixed", "--epochs", "3",
         "--batch-size", "64", "--lr", "0.05", "--quiet"]
 
 

@@ -21,7 +21,7 @@ from interrupts import fit_interrupted
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TINY = {"data.name": "digits", "model.arch": "fastnet-small", "model.head": "cosine", "model.fixed": True,
+TINY = {"data.name": "digits", "model.arch": "fastnet-small", "model.similarity": "cosine", "model.fixed": True,
         "model.scale": 16.0, "train.epochs": 3, "train.batch_size": 64, "train.lr": 0.05, "train.device": "cuda"}
 
 
@@ -92,7 +92,7 @@ def test_torchrun_on_one_gpu_uses_nccl_ddp_and_sync_bn(tmp_path):
     out = tmp_path / "ddp"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29531",
-         "-m", "fixedhead", "train", "--data", "digits", "--arch", "fastnet-small", "--head", "cosine", "--fixed",
+         "-m", "fixedhead", "train", "--data", "digits", "--arch", "fastnet-small", "--similarity", "cosine", "--fixed",
          "--scale", "16", "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--device", "cuda", "--sync-bn",
          "--bf16", "--quiet", "--out", str(out)],
         capture_output=True, text=True, timeout=300)

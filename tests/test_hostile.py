@@ -208,7 +208,7 @@ RESULT_CASES = {
     "--resume with a flag that contradicts the saved config": lambda c: [
         "train", "--out", str(_unfinished(c)), "--resume", "--lr", "0.5", "--quiet"],
     "--resume with a --set that contradicts the saved config": lambda c: [
-        "train", "--out", str(_unfinished(c)), "--resume", "--set", "model.head=cosine", "--quiet"],
+        "train", "--out", str(_unfinished(c)), "--resume", "--set", "model.similarity=cosine", "--quiet"],
     "a damaged line in the middle of metrics.jsonl": _middle_line,
     "--overwrite with data that is not there keeps the old run": lambda c: [
         "train", "--out", str(c.run()), "--overwrite", "--data", "imagefolder", "--data-dir", str(c.tmp / "none"), *FAST],
@@ -338,10 +338,10 @@ VALUE_CASES = {
     "--seed beyond 2^31": lambda c: ["train", "--data", "digits", "--seed", str(2 ** 40), "--out", str(c.tmp / "o"), *FAST],
     "epochs 1e400": lambda c: _train_set(c, "train.epochs=1e400"),
     "float field given 10^400": lambda c: _train_set(c, f"train.lr={10 ** 400}"),
-    "feature size 1e10": lambda c: _train_set(c, "model.feature_dim=10000000000"),
+    "feature size 1e10": lambda c: _train_set(c, "model.num_features=10000000000"),
     "images of 100000 pixels a side": lambda c: _train_set(c, "data.image_size=100000"),
     "batch size 10^12": lambda c: _train_set(c, f"train.batch_size={10 ** 12}"),
-    "cosine scale 1e308": lambda c: _train_set(c, "model.head=cosine", "model.scale=1e308"),
+    "cosine scale 1e308": lambda c: _train_set(c, "model.similarity=cosine", "model.scale=1e308"),
     "images too small for the authors' 4x4 pool": lambda c: _train_set(c, "model.arch=resnet18", "model.pool=authors"),
     "device tpu": lambda c: ["train", "--data", "digits", "--device", "tpu", "--out", str(c.tmp / "o"), *FAST],
     "device meta": lambda c: ["train", "--data", "digits", "--device", "meta", "--out", str(c.tmp / "o"), *FAST],

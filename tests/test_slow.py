@@ -65,7 +65,7 @@ def test_digits_demo_at_full_size(tmp_path, capsys):
 
 @pytest.mark.skipif(not FASHION.exists(), reason=f"{FASHION} is absent (apt-get install dataset-fashion-mnist)")
 def test_one_short_real_fashion_mnist_run(tmp_path):
-    config = make_config({"data.name": "fashion-mnist", "model.arch": "fastnet-small", "model.head": "cosine",
+    config = make_config({"data.name": "fashion-mnist", "model.arch": "fastnet-small", "model.similarity": "cosine",
                           "model.fixed": True, "train.epochs": 1, "train.batch_size": 256, "train.lr": 0.05,
                           "train.bf16": True, "train.channels_last": True})
     final = fit(config, tmp_path / "run", verbose=False)

@@ -18,7 +18,7 @@ from fixedhead.sweep import expand, load_experiment, parse_shard, shard
 EXPERIMENT = {
     "name": "t",
     "base": {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128},
-    "variants": {"dot-learned": {"model.head": "dot"}, "dot-fixed": {"model.head": "dot", "model.fixed": True}},
+    "variants": {"dot-learned": {"model.similarity": "dot"}, "dot-fixed": {"model.similarity": "dot", "model.fixed": True}},
     "grid": {"train.lr": [0.05, 0.1]},
     "seeds": 2,
 }
@@ -36,7 +36,7 @@ def test_grid_expansion_and_names(tmp_path):
     assert len(runs) == 2 * 2 * 2 and names == sorted(names) and len(set(names)) == 8
     assert "dot-fixed__lr=0.05__seed=1" in names
     run = next(r for r in runs if r.name == "dot-fixed__lr=0.1__seed=0")
-    assert run.overrides == {"model.head": "dot", "model.fixed": True, "train.lr": 0.1, "seed": 0}
+    assert run.overrides == {"model.similarity": "dot", "model.fixed": True, "train.lr": 0.1, "seed": 0}
     assert names == [r.name for r in expand(load_experiment(write(tmp_path, EXPERIMENT, "again.yaml")))]
     assert len(expand(load_experiment(write(tmp_path, EXPERIMENT), seeds=3))) == 12
 

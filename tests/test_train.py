@@ -15,7 +15,7 @@ TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3,
 
 
 def test_fit_writes_a_self_describing_run(tmp_path):
-    config = make_config(TINY, {"model.head": "cosine", "model.fixed": True, "seed": 3})
+    config = make_config(TINY, {"model.similarity": "cosine", "model.fixed": True, "seed": 3})
     final = fit(config, tmp_path / "run", verbose=False)
     run = tmp_path / "run"
     for name in ("config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "final.json"):
@@ -45,7 +45,7 @@ def test_optimizer_never_sees_fixed_vectors_and_decays_learned_ones_as_told():
 
 
 def test_lr_schedules():
-    assert [train_mod.lr_factor(s, 10, 2, "onecycle") for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, 0.5]
+    assert [train_mod.lr_factor(s, 10, 2, "linear") for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, 0.5]
     assert train_mod.lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
     assert [train_mod.lr_factor(s, 10, 0, "step") for s in (4, 5, 8)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
 

@@ -12,7 +12,7 @@ from .runs import RunDir, SweepDir
 
 # flag dest -> config key; a flag left unset does not override the config file.
 TRAIN_FLAGS = {
-    "data": "data.name", "data_dir": "data.data_dir", "arch": "model.arch", "head": "model.head",
+    "data": "data.name", "data_dir": "data.data_dir", "arch": "model.arch", "similarity": "model.similarity",
     "fixed": "model.fixed", "scale": "model.scale", "learn_scale": "model.learn_scale", "init": "model.init",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "seed",
     "device": "train.device", "bf16": "train.bf16", "channels_last": "train.channels_last",
@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 # What each train flag means; its choices, accepted range and default come from the config itself.
 TRAIN_HELP = {
     "data": "dataset", "data_dir": "folder holding the dataset", "arch": "encoder",
-    "head": "similarity of features and class vectors", "fixed": "freeze the class vectors at their random draw",
+    "similarity": "how features meet class vectors", "fixed": "freeze the class vectors at their random draw",
     "scale": "cosine scale S", "learn_scale": "learn S", "init": "how class vectors are drawn",
     "epochs": "epochs", "batch_size": "global batch size", "lr": "peak learning rate", "seed": "seed of everything",
     "device": "auto, cpu, cuda or cuda:N", "bf16": "bf16 autocast", "channels_last": "channels-last memory format",
@@ -60,14 +60,14 @@ def _add_train(sub):
 
 
 def _train(args) -> int:
-    from .config import make_config, parse_overrides, read_yaml
+    from .config import make_config, parse_overrides, read_yaml, upgrade
     from .train import fit
 
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     file_layer = read_yaml(args.config) if args.config else {}
     run = RunDir(args.out)
     # --resume continues the saved config; flags on top of it must agree with it (fit checks).
-    saved = run.read_config() if args.resume and run.has_checkpoint() else {}
+    saved = upgrade(run.read_config()) if args.resume and run.has_checkpoint() else {}
     config = make_config(saved, file_layer, flags, parse_overrides(args.set))
     from .distributed import teardown
 

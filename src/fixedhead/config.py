@@ -17,7 +17,7 @@ from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES, check_scale
 from .models import ENCODERS
 
-SCHEDULES = ("onecycle", "cosine", "step", "constant", "plateau")
+SCHEDULES = ("linear", "cosine", "step", "constant", "plateau")
 SELECTIONS = ("last", "best_val")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")  # views: evaluate.tta_views
 WHITEN = ("none", "init", "frozen")
@@ -39,14 +39,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "fastnet"
-    head: str = "dot"
+    similarity: str = "dot"  # dot or cosine: how features meet class vectors (the paper's word)
     fixed: bool = False
     scale: float = 1.0
     learn_scale: bool = False
     init: str = "random"
     bias: bool = False
     head_seed: Optional[int] = None  # None: the run's seed
-    feature_dim: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
+    num_features: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
     pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
     whiten: str = "none"  # first convolution: "init" patch-whitening filters of the training images, "frozen" too
 
@@ -60,7 +60,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     head_weight_decay: Optional[float] = None  # learned class vectors; None: same as weight_decay
-    schedule: str = "onecycle"
+    schedule: str = "linear"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
@@ -87,7 +87,7 @@ class Config:
 CHOICES = {
     "data.name": tuple(DATASETS),
     "model.arch": tuple(ENCODERS),
-    "model.head": SIMILARITIES,
+    "model.similarity": SIMILARITIES,
     "model.init": tuple(INITS),
     "model.pool": ("avg", "authors"),
     "train.schedule": SCHEDULES,
@@ -125,7 +125,7 @@ RANGES = {
     "data.crop_padding": _count(0, 256, optional=True),
     "model.scale": _within(0, 10_000, low_open=True),
     "model.head_seed": _count(0, MAX_SEED, optional=True),
-    "model.feature_dim": _count(1, 65536, optional=True),
+    "model.num_features": _count(1, 65536, optional=True),
     "train.epochs": _count(0, 100_000),
     "train.batch_size": _count(1, 1 << 20),
     "train.eval_batch_size": _count(1, 1 << 20),
@@ -173,9 +173,31 @@ REMOVED = {
 }
 
 
+# Renamed keys and values: a config that still uses an old name gets a line naming the new one, while
+# configs saved by earlier versions (run folders, checkpoints) are read with the new names (upgrade).
+RENAMED = {"model.head": "model.similarity", "model.feature_dim": "model.num_features"}
+RENAMED_VALUES = {"train.schedule": {"onecycle": "linear"}}
+
+
+def upgrade(tree: dict) -> dict:
+    """A saved config (nested or dotted) in today's names, as a dotted mapping."""
+    flat_tree = {RENAMED.get(key, key): value for key, value in flatten(tree).items()}
+    for key, renames in RENAMED_VALUES.items():
+        if isinstance(flat_tree.get(key), str) and flat_tree[key] in renames:
+            flat_tree[key] = renames[flat_tree[key]]
+    return flat_tree
+
+
+def saved_config(tree: dict) -> Config:
+    """The Config of a run folder or checkpoint, whichever version of fixedhead wrote it."""
+    return make_config(upgrade(tree))
+
+
 def _section(config: Config, key: str):
     if key in REMOVED:
         raise UserError(f"config key {key!r} was removed: {REMOVED[key]}; delete it from the config")
+    if key in RENAMED:
+        raise UserError(f"config key {key!r} is now {RENAMED[key]!r}; rename it in the config")
     parts = key.split(".")
     target = config
     for part in parts[:-1]:
@@ -248,6 +270,8 @@ def make_config(*layers: dict) -> Config:
 def validate(config: Config) -> None:
     values = flat(config)
     for key, choices in CHOICES.items():
+        if values[key] in RENAMED_VALUES.get(key, {}):
+            raise UserError(f"{key} {values[key]!r} is now {RENAMED_VALUES[key][values[key]]!r}")
         if values[key] not in choices:
             noun = "dataset" if key == "data.name" else key.split(".")[-1]
             raise UserError(f"unknown {noun} {shown(values[key])} ({key}); choose one of: {', '.join(choices)}")
@@ -258,7 +282,7 @@ def validate(config: Config) -> None:
     if "flip" in config.train.tta and not flips:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
-    check_scale(config.model.head, config.model.scale, config.model.learn_scale)
+    check_scale(config.model.similarity, config.model.scale, config.model.learn_scale)
 
 
 def to_dict(config: Config) -> dict:

@@ -21,10 +21,10 @@ from .runs import RunDir
 from .train import fit
 
 MODELS = {
-    "dot-learned": {"model.head": "dot", "model.fixed": False},
-    "dot-fixed": {"model.head": "dot", "model.fixed": True},
-    "cosine-learned": {"model.head": "cosine", "model.fixed": False, "model.scale": 1.0},
-    "cosine-fixed": {"model.head": "cosine", "model.fixed": True, "model.scale": 1.0},
+    "dot-learned": {"model.similarity": "dot", "model.fixed": False},
+    "dot-fixed": {"model.similarity": "dot", "model.fixed": True},
+    "cosine-learned": {"model.similarity": "cosine", "model.fixed": False, "model.scale": 1.0},
+    "cosine-fixed": {"model.similarity": "cosine", "model.fixed": True, "model.scale": 1.0},
 }
 
 SETTINGS = {

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data, metrics
-from .config import TTA_MODES, make_config
+from .config import TTA_MODES, make_config, saved_config, upgrade
 from .data.pipeline import BatchLoader
 from .devices import autocast, resolve_device
 from .errors import UserError, reason
@@ -98,7 +98,7 @@ def load_run_model(run_dir, device="cpu", allow_unfinished: bool = False) -> tup
         payload = {"model": checkpoint["model"], "config": checkpoint["config"], **checkpoint["data"],
                    "source": f"{path.name} (unfinished run, epoch {checkpoint['epoch']})", "unfinished": True}
     check_fields(payload, PAYLOAD_FIELDS, path)
-    config = make_config(payload["config"])
+    config = saved_config(payload["config"])
     model = build_model(config.model, config.seed, len(payload["classes"]), payload["in_channels"], payload["image_size"])
     try:
         model.load_state_dict(payload["model"])
@@ -122,7 +122,7 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
     (e.g. train.tta) and are validated like any config."""
     device = resolve_device(device)
     model, payload = load_run_model(run_dir, device, allow_unfinished)
-    config = make_config(payload["config"], {"data.data_dir": str(data_dir)} if data_dir else {}, overrides or {})
+    config = make_config(upgrade(payload["config"]), {"data.data_dir": str(data_dir)} if data_dir else {}, overrides or {})
     images = data.load_split(config.data, split)
     check_classes(model.head.num_classes, images.classes, f"dataset {config.data.name!r}")
     return model, payload, config, eval_loader(images.images, images.labels, payload, config, device)

@@ -123,7 +123,7 @@ def class_vectors(num_classes: int, num_features: int, init: str = "random", see
 def check_scale(similarity: str, scale: float, learn_scale: bool) -> None:
     """A scale S (fixed or learned) belongs to cosine heads only: a dot head's logits have no S."""
     if similarity == "dot" and (scale != 1.0 or learn_scale):
-        raise UserError("scale and learn_scale apply to cosine heads only; use the cosine similarity (--head cosine)")
+        raise UserError("scale and learn_scale apply to cosine heads only; use the cosine similarity (--similarity cosine)")
 
 class ClassHead(nn.Module):
     """Maps features (B, D) to logits (B, C) by dot product or scaled cosine with class vectors.

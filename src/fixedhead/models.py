@@ -32,12 +32,12 @@ def build_encoder(name: str, in_channels: int = 3, image_size: int = 32, pool: s
 
 
 class Projected(nn.Module):
-    """An encoder followed by a linear map to `feature_dim` features (2 gives the paper's Fig. 3 and 5)."""
+    """An encoder followed by a linear map to `num_features` features (2 gives the paper's Fig. 3 and 5)."""
 
-    def __init__(self, encoder: nn.Module, feature_dim: int):
+    def __init__(self, encoder: nn.Module, num_features: int):
         super().__init__()
-        self.encoder, self.project = encoder, nn.Linear(encoder.num_features, feature_dim)
-        self.num_features = feature_dim
+        self.encoder, self.project = encoder, nn.Linear(encoder.num_features, num_features)
+        self.num_features = num_features
 
     def forward(self, x):
         return self.project(self.encoder(x))
@@ -95,10 +95,10 @@ def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_
     the class vectors from their own generator (model_cfg.head_seed, else `seed`)."""
     torch.manual_seed(seed)
     encoder = build_encoder(model_cfg.arch, in_channels, image_size, model_cfg.pool)
-    if model_cfg.feature_dim is not None:
-        encoder = Projected(encoder, model_cfg.feature_dim)
+    if model_cfg.num_features is not None:
+        encoder = Projected(encoder, model_cfg.num_features)
     head = ClassHead(
-        encoder.num_features, num_classes, similarity=model_cfg.head, fixed=model_cfg.fixed,
+        encoder.num_features, num_classes, similarity=model_cfg.similarity, fixed=model_cfg.fixed,
         scale=model_cfg.scale, learn_scale=model_cfg.learn_scale, init=model_cfg.init, bias=model_cfg.bias,
         seed=seed if model_cfg.head_seed is None else model_cfg.head_seed,
     )

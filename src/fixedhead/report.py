@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .config import flatten
+from .config import upgrade
 from .errors import UserError
 from .files import read_yaml, write_text
 from .robustness import read_evaluation
@@ -38,7 +38,7 @@ def collect(root) -> list[dict]:
     records = []
     for run in SweepDir(root).runs():
         final = run.final() or {}
-        record = {"run": run.path.name, "status": final.get("status", "unfinished"), **flatten(run.read_config())}
+        record = {"run": run.path.name, "status": final.get("status", "unfinished"), **upgrade(run.read_config())}
         record["variant"] = str(run.read_sweep_info().get("variant", ""))
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
         analysis = run.read_analysis() or {}

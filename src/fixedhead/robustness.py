@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import data, metrics, plots
-from .config import make_config
+from .config import saved_config
 from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
 from .devices import resolve_device
@@ -84,7 +84,7 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
     """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json."""
     device = resolve_device(device)
     model, payload = load_run_model(run_dir, device)
-    config = make_config(payload["config"])
+    config = saved_config(payload["config"])
     test = data.load_split(config.data, "test")
     clean = accuracy(model, test.images, test.labels, payload, config, device)
     result = {"run": str(run_dir), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,

@@ -56,7 +56,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "onecycle":
+    if schedule == "linear":
         return max(1.0 - progress, 0.0)
     if schedule == "step":
         return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
@@ -163,7 +163,7 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
     if not (resume and run.has_checkpoint()):
         return config, None
-    saved = config_mod.make_config(run.read_config())
+    saved = config_mod.saved_config(run.read_config())
     changed = [key for key in config_mod.differences(saved, config) if key not in RESUMABLE]
     if changed:
         old, new = config_mod.flat(saved)[changed[0]], config_mod.flat(config)[changed[0]]
