@@ -33,3 +33,11 @@ def test_only_runs_py_spells_a_run_folder_file_name():
         for text in _string_constants(ast.parse(path.read_text())):
             offenders += [f"{path.relative_to(SRC)}: {name} in {text!r}" for name in names if name in text]
     assert not offenders, offenders
+
+
+def test_the_config_reference_in_the_docs_is_the_generated_one():
+    from fixedhead.config import reference_table
+
+    text = (SRC.parents[1] / "docs" / "config.md").read_text()
+    generated = text.split("<!-- generated: config reference -->\n", 1)[1].split("\n<!-- end generated -->", 1)[0]
+    assert generated == reference_table(), "regenerate docs/config.md's table with fixedhead.config.reference_table()"

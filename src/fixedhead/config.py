@@ -4,7 +4,9 @@ Unknown keys and bad values raise UserError naming the key and the accepted valu
 """
 
 import dataclasses
+import inspect
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
@@ -25,12 +27,12 @@ WHITEN = ("none", "init", "frozen")
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    data_dir: Optional[str] = None
+    name: str = "digits"  # the dataset (README: Datasets)
+    data_dir: Optional[str] = None  # folder holding it (--data-dir)
     variant: Optional[str] = None  # cifar100: fine | coarse; cifar10.1: v6 | v4; None: the dataset's default
     image_size: Optional[int] = None  # resize every image to this side (imagefolder); None keeps the size
     val_fraction: float = 0.0  # held out of train; 0.1 is used when the schedule or selection needs one
-    augment: bool = True
+    augment: bool = True  # random crops (and flips) of the training images
     crop_padding: Optional[int] = None  # None: image side // 8 (4 at 32 px)
     flip: Optional[bool] = None  # None: the dataset's default (no flips for digits)
     alternating_flip: bool = False  # mirror each image in every other epoch instead of at random
@@ -38,13 +40,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "fastnet"
+    arch: str = "fastnet"  # the encoder (README: Encoders)
     similarity: str = "dot"  # dot or cosine: how features meet class vectors (the paper's word)
-    fixed: bool = False
-    scale: float = 1.0
-    learn_scale: bool = False
-    init: str = "random"
-    bias: bool = False
+    fixed: bool = False  # class vectors frozen at their random draw (a buffer, never trained)
+    scale: float = 1.0  # S of a cosine head: logits = S cos(f, w)
+    learn_scale: bool = False  # learn S (cosine heads)
+    init: str = "random"  # how class vectors are drawn (README: Heads in any model)
+    bias: bool = False  # a learned bias per class
     head_seed: Optional[int] = None  # None: the run's seed
     num_features: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
     pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
@@ -53,32 +55,32 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 128  # the global batch (split across torchrun processes)
+    lr: float = 0.1  # peak learning rate of SGD
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum
+    weight_decay: float = 5e-4  # on encoder parameters; none on the head's bias or scale
     head_weight_decay: Optional[float] = None  # learned class vectors; None: same as weight_decay
-    schedule: str = "linear"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
+    schedule: str = "linear"  # linear: warm-up then decay to 0; plateau: x0.2 after 3 epochs without better val loss
+    warmup_epochs: float = 1.0  # linear warm-up length (not for plateau)
+    label_smoothing: float = 0.0  # of the cross-entropy
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
     select: str = "last"  # which weights are final: the last epoch's, or the best on validation
-    bf16: bool = False
-    channels_last: bool = False
-    device: str = "auto"
-    deterministic: bool = True
+    bf16: bool = False  # bf16 autocast
+    channels_last: bool = False  # channels-last memory format (faster convolutions with bf16)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    deterministic: bool = True  # cuDNN deterministic, no autotuning: runs and resumes repeat exactly
     sync_bn: bool = False  # torchrun: batch-norm statistics over the global batch
     compile: bool = False  # torch.compile the model for training
     log_test: bool = False  # also log test accuracy per epoch (learning curves, benchmarks); never used for selection
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # batch of validation and test passes
     tta: str = "none"  # test-time augmentation of every reported accuracy: none, flip, shift, flip-shift
 
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # seeds the encoder, the data order and augmentation, and (unless head_seed) the class vectors
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -287,6 +289,29 @@ def validate(config: Config) -> None:
 
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
+
+
+def _field_notes() -> dict:
+    """The comment beside each field in this file's dataclasses: {"data.variant": "cifar100: ..."}."""
+    notes = {}
+    for prefix, cls in (("", Config), ("data.", DataConfig), ("model.", ModelConfig), ("train.", TrainConfig)):
+        for line in inspect.getsource(cls).splitlines():
+            match = re.match(r"\s+(\w+):[^#]*#\s*(.*)", line)
+            if match:
+                notes[f"{prefix}{match[1]}"] = match[2]
+    return notes
+
+
+def reference_table() -> str:
+    """Every config key with its default, what it accepts and its note, as Markdown (docs/config.md)."""
+    from .tables import markdown_table
+
+    notes, rows = _field_notes(), []
+    for key, default in flat(Config()).items():
+        accepted = (", ".join(map(str, CHOICES[key])) if key in CHOICES else RANGES[key][1] if key in RANGES
+                    else "true, false" if isinstance(default, bool) else "")
+        rows.append([f"`{key}`", f"`{default}`", accepted, notes.get(key, "")])
+    return markdown_table(["key", "default", "accepted", "note"], rows)
 
 
 def flat(config: Config) -> dict:
