@@ -215,3 +215,29 @@ def test_a_device_the_machine_lacks_is_one_error_before_any_run(tmp_path, capsys
         assert main(["sweep", str(experiment), "--out", str(tmp_path / "out"), *extra]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
         assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_a_select_key_missing_from_a_run_is_one_line_not_an_empty_table():
+    from fixedhead.report import build_tables
+
+    records = [{"run": "r0", "status": "finished", "data.name": "a", "variant": "v", "model.scale": 1.0,
+                "test_acc": 0.9}]
+    layout = {"rows": ["data.name"], "columns": ["variant"], "metrics": ["test_acc"],
+              "select": {"key": "model.scale", "by": "val_acc"}}
+    with pytest.raises(UserError, match="lack it .*r0.*data.val_fraction"):
+        build_tables(records, layout)
+
+
+def test_final_json_holds_the_final_weights_validation_scores_under_select_last(tmp_path):
+    from fixedhead.config import make_config
+    from fixedhead.data.loaders import prepare
+    from fixedhead.evaluate import load_run_model, predict, scores
+    from fixedhead.train import fit
+
+    config = make_config({"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 1,
+                          "train.batch_size": 128, "data.val_fraction": 0.2})
+    final = fit(config, tmp_path / "run", verbose=False)
+    model, _ = load_run_model(tmp_path / "run")
+    data = prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")
+    again = scores(predict(model, data["val"]))
+    assert final["val_acc"] == again["acc"] and final["val_loss"] == pytest.approx(again["loss"])

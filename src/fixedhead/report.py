@@ -85,15 +85,19 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
     if not choice:
         return records
     key, by = choice["key"], choice["by"]
+    missing = [r["run"] for r in records if not isinstance(r.get(by), (int, float))]
+    if missing:
+        raise UserError(f"report.select chooses {key} by {by!r}, but {len(missing)} finished run(s) lack it "
+                        f"(e.g. {missing[0]}); train them with a validation split (data.val_fraction) or choose "
+                        "another 'by'")
     groups: dict = {}
     for record in records:
         cell = (_label(record, layout["rows"]), _label(record, layout["columns"]))
         groups.setdefault(cell, {}).setdefault(record.get(key), []).append(record)
     kept = []
     for candidates in groups.values():
-        scored = {v: np.mean([r[by] for r in rs]) for v, rs in candidates.items() if all(by in r for r in rs)}
-        if scored:
-            kept += candidates[max(scored, key=scored.get)]
+        scored = {v: np.mean([r[by] for r in rs]) for v, rs in candidates.items()}
+        kept += candidates[max(scored, key=scored.get)]
     return kept
 
 

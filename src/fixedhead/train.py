@@ -394,7 +394,7 @@ def _finish(run: RunDir, training: Training) -> dict:
         "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
     }
-    if best is not None:
-        final["val_acc"] = best["val_acc"]
+    if "val" in data:  # the final (selected) weights on validation, whatever train.select chose them by
+        final.update(_evaluate(model, data["val"], config.train, "val"))
     run.write_final(final)
     return final
