@@ -84,11 +84,11 @@ def test_report_of_a_folder_without_finished_runs(tmp_path, capsys):
     assert "holds no finished runs" in capsys.readouterr().err
 
 
-def fixture_run(root, name, variant, dataset, seed, acc):
+def fixture_run(root, name, variant, dataset, seed, acc, status="finished"):
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "data": {"name": dataset}}))
-    (folder / "final.json").write_text(json.dumps({"status": "finished", "test_acc": acc, "seed": seed}))
+    (folder / "final.json").write_text(json.dumps({"status": status, "test_acc": acc, "seed": seed}))
     (folder / "sweep.json").write_text(json.dumps({"variant": variant}))
 
 
@@ -241,3 +241,27 @@ def test_final_json_holds_the_final_weights_validation_scores_under_select_last(
     data = prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")
     again = scores(predict(model, data["val"]))
     assert final["val_acc"] == again["acc"] and final["val_loss"] == pytest.approx(again["loss"])
+
+
+def test_diverged_runs_are_counted_in_their_cell_and_kept_in_the_csv(tmp_path):
+    for seed, status in enumerate(["finished", "finished", "diverged"]):
+        fixture_run(tmp_path, f"lr-a-{seed}", "v", "a", seed, [0.9, 0.8, 0.137][seed], status)
+    for seed in range(2):
+        fixture_run(tmp_path, f"lr-b-{seed}", "v", "b", seed, 0.1, "diverged")
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "lr", "grid": {"data.name": ["a", "b"]},
+                                                              "variants": {"v": {}}}))
+    result = write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| a | 85.00 ± 7.07 (n=2) [1/3 diverged] |" in text  # the two that trained; the third counted
+    assert "| b | - [2/2 diverged] |" in text
+    assert "3 diverged" in text and "higher in the last epoch than in the first" in text
+    assert result["counts"]["diverged"] == 3
+    csv_text = (tmp_path / "results.csv").read_text()
+    assert "diverged" in csv_text and "0.137" in csv_text  # the diverged run's accuracy stays visible
+
+
+def test_the_divergence_rule():
+    from fixedhead.train import diverged
+
+    assert not diverged(None) and not diverged((2.3, 0.4))
+    assert diverged((2.3, 404.0)) and diverged((2.3, float("nan"))) and diverged((float("inf"),) * 2)

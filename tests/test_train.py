@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     config = make_config(TINY, {"train.epochs": 2, "train.lr": 1000, "train.warmup_epochs": 0})
     with pytest.raises(UserError, match="training diverged: loss is nan in epoch [12] "):
         fit(config, tmp_path / "run", verbose=False)
-    assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "diverged"
 
 
 def test_imagefolder_training_learns_colour_classes(image_folder, tmp_path):

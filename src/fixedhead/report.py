@@ -26,6 +26,7 @@ from .files import read_yaml, write_text
 from .robustness import read_evaluation
 from .runs import SweepDir
 from .tables import markdown_table
+from .train import DIVERGENCE_RULE
 
 
 def _is_percent(metric: str) -> bool:
@@ -102,8 +103,14 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
 
 
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
-    """Per metric: cells[row][column] = summary of the finished runs' values (seeds pooled)."""
+    """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
+    with `diverged`, the number of the cell's runs that diverged (their values are not in the summary)."""
     finished = select_runs([r for r in records if r["status"] == "finished"], layout)
+    diverged: dict = {}
+    for record in records:
+        if record["status"] == "diverged":
+            cell = (_label(record, layout["rows"]), _label(record, layout["columns"]))
+            diverged[cell] = diverged.get(cell, 0) + 1
     tables = []
     for metric in layout["metrics"]:
         cells: dict = {}
@@ -111,9 +118,12 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
             if isinstance(record.get(metric), (int, float)):
                 row, column = _label(record, layout["rows"]), _label(record, layout["columns"])
                 cells.setdefault(row, {}).setdefault(column, []).append(record[metric])
-        if not cells:
+        if not cells and not diverged:
             continue
-        summary = {row: {col: summarise(v) for col, v in columns.items()} for row, columns in cells.items()}
+        summary = {row: {col: {**summarise(v), "diverged": diverged.get((row, col), 0)} for col, v in columns.items()}
+                   for row, columns in cells.items()}
+        for (row, col), count in diverged.items():  # cells where every run diverged still show
+            summary.setdefault(row, {}).setdefault(col, {"n": 0, "diverged": count})
         columns = sorted({c for row in summary.values() for c in row})
         diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
                                 if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
@@ -129,9 +139,12 @@ def _fmt(metric: str, value: float) -> str:
 def _cell(metric: str, s: dict | None, paper_value=None) -> str:
     if s is None:
         return "-"
-    std = "" if math.isnan(s["std"]) else f" ± {_fmt(metric, s['std'])}"
     paper = "" if paper_value is None else f" [paper {paper_value}]"
-    return f"{_fmt(metric, s['mean'])}{std} (n={s['n']}){paper}"
+    diverged = f" [{s['diverged']}/{s['n'] + s['diverged']} diverged]" if s["diverged"] else ""
+    if s["n"] == 0:
+        return f"-{diverged}{paper}"
+    std = "" if math.isnan(s["std"]) else f" ± {_fmt(metric, s['std'])}"
+    return f"{_fmt(metric, s['mean'])}{std} (n={s['n']}){diverged}{paper}"
 
 
 def markdown(table: dict) -> str:
@@ -156,7 +169,7 @@ def latex(table: dict) -> str:
         cells = []
         for c in table["columns"]:
             s = table["cells"][row].get(c)
-            cells.append("-" if s is None else f"${_fmt(metric, s['mean'])}" + (
+            cells.append("-" if s is None or not s["n"] else f"${_fmt(metric, s['mean'])}" + (
                 "" if math.isnan(s["std"]) else rf" \pm {_fmt(metric, s['std'])}") + "$")
         body.append(" & ".join([row.replace("_", r"\_"), *cells]) + r" \\")
     spec = "l" + "c" * len(table["columns"])
@@ -192,10 +205,12 @@ def write_report(root) -> dict:
         experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
     layout = default_layout(records, experiment)
     tables = build_tables(records, layout, experiment.get("paper"))
-    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "failed", "unfinished")}
+    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "diverged", "failed", "unfinished")}
     header = [f"# Report: {experiment.get('name', root.name)}", "",
-              f"{len(records)} runs: {counts['finished']} finished, {counts['failed']} failed, "
-              f"{counts['unfinished']} unfinished. Cells: mean ± sample std over seeds (n = runs). "
+              f"{len(records)} runs: {counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} "
+              f"failed, {counts['unfinished']} unfinished. Cells: mean ± sample std over the seeds that trained "
+              f"(n = runs); 'k/m diverged' counts the cell's runs that diverged ({DIVERGENCE_RULE}); their "
+              "accuracies are in results.csv. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     text = "\n".join(header + [markdown(t) + "\n" for t in tables])
     write_text(sweep_dir.report_path, text)

@@ -99,8 +99,9 @@ class RunDir:
         return final
 
     def is_finished(self) -> bool:
+        """Trained to its end (or stopped by divergence): a result, not to be trained again."""
         final = self.final()
-        return final is not None and final["status"] == "finished"
+        return final is not None and final["status"] in ("finished", "diverged")
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()

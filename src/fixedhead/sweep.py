@@ -155,6 +155,8 @@ def _after(run_dir: Path, experiment: dict, log) -> None:
     from .robustness import evaluate_suite
 
     run = RunDir(run_dir)
+    if not run.has_model():  # stopped by a non-finite loss: nothing to measure
+        return
     if "analyze" in experiment.get("after", []) and not run.analysis_path.exists():
         analyze(run_dir)
     if "robustness" in experiment.get("after", []) and not run.evaluation_path.exists():

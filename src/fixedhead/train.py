@@ -158,7 +158,8 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     if overwrite:
         return config, None
     if run.is_finished():
-        raise UserError(f"{run.path} already holds a finished run; choose another --out or pass --overwrite")
+        raise UserError(f"{run.path} already holds a finished run (or a diverged one); choose another --out or "
+                        "pass --overwrite")
     elif run.has_checkpoint() and not resume:
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
     if not (resume and run.has_checkpoint()):
@@ -208,6 +209,8 @@ class Training:
     best: dict | None = None
     train_time_s: float = 0.0
     partial: dict | None = None
+    losses: tuple | None = None  # (first epoch's, last epoch's) mean training loss: the divergence rule
+
 
     def state(self, partial: dict | None = None) -> dict:
         """Everything needed to continue exactly (the checkpoint)."""
@@ -217,7 +220,7 @@ class Training:
             "scheduler": self.scheduler.state_dict(),
             **{name: part.state_dict() if part is not None else None for name, part in self._optional().items()},
             "epoch": self.epoch, "best": self.best, "train_time_s": self.train_time_s,
-            "torch_rng": torch.get_rng_state(),
+            "losses": self.losses, "torch_rng": torch.get_rng_state(),
         }
 
     def restore(self, checkpoint: dict) -> None:
@@ -233,7 +236,7 @@ class Training:
             raise UserError(f"the checkpoint does not fit this run's model and optimizer ({reason(error)}); "
                             "restart with --overwrite") from None
         self.epoch, self.best, self.train_time_s = checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"]
-        self.partial = checkpoint.get("partial")
+        self.partial, self.losses = checkpoint.get("partial"), checkpoint.get("losses")
 
     def _optional(self) -> dict:
         return {"plateau": self.plateau, "lookahead": self.lookahead}
@@ -330,6 +333,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool) -> None:
                                   f"continue with: fixedhead train --out {run.path} --resume")
             training.best = _end_epoch(run, record, training.model, data, training.plateau, tc, training.best, config)
             training.epoch, training.train_time_s = epoch + 1, training.train_time_s + record["epoch_time_s"]
+            training.losses = (training.losses or (record["train_loss"],))[:1] + (record["train_loss"],)
             run.save_checkpoint(training.state())
             if verbose:
                 print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
@@ -371,10 +375,19 @@ def _epoch_line(record: dict, epochs: int) -> str:
             f"{val}  lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s")
 
 
+def diverged(losses: tuple | None) -> bool:
+    """The divergence rule: a non-finite training loss (the run stops there), or a mean training loss in
+    the last epoch above the first epoch's (a blow-up that stayed finite)."""
+    return losses is not None and (not all(map(math.isfinite, losses)) or losses[-1] > losses[0])
+
+
+DIVERGENCE_RULE = "training loss non-finite, or higher in the last epoch than in the first"
+
+
 def _fail(run: RunDir, record: dict, config) -> None:
     message = (f"training diverged: loss is {record['train_loss']} in epoch {record['epoch']} at learning rate "
                f"{record['lr']:.4g}; try a lower --lr, a longer warm-up or no bf16")
-    run.write_final({"status": "failed", "error": message, "epochs": record["epoch"] - 1,
+    run.write_final({"status": "diverged", "error": message, "epochs": record["epoch"] - 1,
                                         "seed": config.seed})
     raise UserError(message)
 
@@ -389,7 +402,8 @@ def _finish(run: RunDir, training: Training) -> dict:
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
     run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
-        "status": "finished", **test, "train_time_s": training.train_time_s, "test_time_s": test_time_s,
+        "status": "diverged" if diverged(training.losses) else "finished", **test,
+        "train_losses": list(training.losses or ()), "train_time_s": training.train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": config.train.epochs,
         "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
