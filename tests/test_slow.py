@@ -11,6 +11,7 @@ from fixedhead.cli import main
 from fixedhead.config import make_config
 from fixedhead.data import info
 from fixedhead.data.idx import SYSTEM_DIR
+from fixedhead.devices import native_bf16
 
 pytestmark = pytest.mark.slow
 FASHION = SYSTEM_DIR / "fashion-mnist"
@@ -49,7 +50,7 @@ def test_cifar10_jpeg_full_set_reads_as_the_readme_says(tmp_path):
 
 def test_cifar10_jpeg_trains_through_imagefolder(cifar_subset, tmp_path):
     config = make_config({"data.name": "imagefolder", "data.data_dir": str(cifar_subset), "model.arch": "fastnet-small",
-                          "train.epochs": 6, "train.batch_size": 64, "train.lr": 0.05, "train.bf16": True,
+                          "train.epochs": 6, "train.batch_size": 64, "train.lr": 0.05, "train.bf16": native_bf16("cpu"),
                           "train.channels_last": True})
     final = fit(config, tmp_path / "run", verbose=False)
     assert final["num_test"] == 1000
@@ -67,6 +68,6 @@ def test_digits_demo_at_full_size(tmp_path, capsys):
 def test_one_short_real_fashion_mnist_run(tmp_path):
     config = make_config({"data.name": "fashion-mnist", "model.arch": "fastnet-small", "model.similarity": "cosine",
                           "model.fixed": True, "train.epochs": 1, "train.batch_size": 256, "train.lr": 0.05,
-                          "train.bf16": True, "train.channels_last": True})
+                          "train.bf16": native_bf16("cpu"), "train.channels_last": True})
     final = fit(config, tmp_path / "run", verbose=False)
     assert final["num_test"] == 10000 and final["test_acc"] > 0.7  # chance 0.1; about 0.85 after one epoch

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from . import config as config_mod
 from . import distributed
 from .data.loaders import prepare
-from .devices import autocast, resolve_device
+from .devices import autocast, native_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .evaluate import predict, scores
 from .files import check_fields
@@ -317,6 +317,9 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool) -> None:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
+    if verbose and tc.bf16 and not native_bf16(next(training.model.parameters()).device):
+        print("note: this CPU has no bf16 instructions, so bf16 autocast is emulated and several times slower "
+              "than float32 here; drop --bf16", file=sys.stderr)
     on_step = training.lookahead.step if training.lookahead is not None else None
     with StopSignals() as stop:
         for epoch in range(training.epoch, tc.epochs):
