@@ -79,6 +79,10 @@ def _train(args) -> int:
         return 0
     print(f"test accuracy {final['test_acc']:.4f} ({final['num_test']} images, epoch {final['selected_epoch']}, "
           f"{final['train_time_s']:.0f} s training) -> {args.out}")
+    if final["status"] == "diverged":
+        losses = final["train_losses"]
+        print(f"note: the run diverged: its training loss ended at {losses[-1]:.4g}, above the first epoch's "
+              f"{losses[0]:.4g}; reports count it as diverged", file=sys.stderr)
     return 0
 
 
