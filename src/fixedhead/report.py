@@ -210,7 +210,7 @@ def write_report(root) -> dict:
               f"{len(records)} runs: {counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} "
               f"failed, {counts['unfinished']} unfinished. Cells: mean ± sample std over the seeds that trained "
               f"(n = runs); 'k/m diverged' counts the cell's runs that diverged ({DIVERGENCE_RULE}); their "
-              "accuracies are in results.csv. "
+              f"accuracies are in {sweep_dir.csv_path.name}. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     text = "\n".join(header + [markdown(t) + "\n" for t in tables])
     write_text(sweep_dir.report_path, text)
