@@ -3,6 +3,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from fixedhead import class_vectors, metrics
@@ -84,3 +86,33 @@ def test_two_hundred_classes_ten_thousand_images_take_seconds():
     metrics.similarity_confusion_spearman(metrics.cosine_matrix(weight), metrics.confusion_matrix(labels, predicted, 200))
     metrics.cluster_order(metrics.cosine_matrix(weight))
     assert time.perf_counter() - start < 30  # seconds, not minutes (about 1 s here)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dim=st.integers(2, 64), nonnegative=st.booleans())
+def test_no_feature_in_the_orthant_passes_the_cosine_ceiling(seed, dim, nonnegative):
+    """The bound itself: every feature (non-negative, as after ReLU and pooling, or of any signs) has
+    cos(f, w) <= the ceiling computed for it; the ceiling is reached by the agreeing part of w."""
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal((16, dim))
+    f = np.abs(f) if nonnegative else f
+    w = rng.standard_normal((3, dim))
+    classes = rng.integers(0, 3, 16)
+    cos = (f * w[classes]).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(w[classes], axis=1)
+    for b in range(16):  # per image: the ceiling of that image alone
+        one = metrics.cosine_ceiling(torch.tensor(f[b:b + 1]), torch.tensor(w), torch.tensor(classes[b:b + 1]))
+        assert cos[b] <= one + 1e-9
+        agreeing = np.where(np.sign(np.where(f[b] >= 0, 1, -1)) == np.sign(w[classes[b]]), w[classes[b]], 0)
+        if not agreeing.any():  # no coordinate of w agrees in sign: nothing in the orthant points its way
+            assert one == 0
+            continue
+        reached = agreeing @ w[classes[b]] / np.linalg.norm(agreeing) / np.linalg.norm(w[classes[b]])
+        assert reached == pytest.approx(one, abs=1e-9)  # and the agreeing part of w attains it
+
+
+def test_the_ceiling_of_non_negative_features_is_about_one_over_root_two_for_random_vectors():
+    weight = torch.tensor(np.random.default_rng(0).standard_normal((10, 512)))
+    features = torch.rand(100, 512)
+    ceiling = metrics.cosine_ceiling(features, weight, torch.arange(100) % 10)
+    expected = np.mean([np.linalg.norm(np.clip(w, 0, None)) / np.linalg.norm(w) for w in weight.numpy()])
+    assert ceiling == pytest.approx(expected) and abs(ceiling - 2 ** -0.5) < 0.03

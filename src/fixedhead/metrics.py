@@ -89,10 +89,24 @@ def separability(weight: torch.Tensor, features: torch.Tensor, labels: torch.Ten
     }
 
 
+def cosine_ceiling(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> float:
+    """Mean over images of the largest cos(f', w_c) that any f' in the closed orthant of f can reach
+    (c = classes[b]): the norm of w_c's part that agrees in sign with f, over ||w_c||. With ReLU-then-pool
+    features (all >= 0) it is ||w_c+|| / ||w_c||, about 1/sqrt(2) for a random unit vector: no training
+    can push mean cos(f, w_pred) past it. Proof: cos(f', w) = <f', w> / (|f'||w|) <= <f', w+> / (|f'||w|)
+    <= |w+| / |w| by Cauchy-Schwarz, with w+ the agreeing part."""
+    signs = torch.where(features >= 0, 1.0, -1.0).double()  # (B, D): the orthant each feature lies in
+    rows = weight[classes].double()  # (B, D)
+    return ((signs * rows).clamp_min(0).norm(dim=1) / rows.norm(dim=1)).mean().item()
+
+
 def compactness(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> dict:
-    """Mean cos(f(x), w) to the predicted and the true class, overall and for right / wrong images."""
+    """Mean cos(f(x), w) to the predicted and the true class, overall and for right / wrong images, with
+    the ceiling the features' signs allow (cosine_ceiling) and the fraction of negative feature entries."""
     correct = predicted == labels
     out = {"mean_cos_to_predicted": mean_cos_to_class(features, weight, predicted),
+           "cos_ceiling_predicted": cosine_ceiling(features, weight, predicted),
+           "negative_feature_fraction": (features < 0).double().mean().item(),
            "mean_cos_to_true": mean_cos_to_class(features, weight, labels)}
     for name, mask in (("correct", correct), ("wrong", ~correct)):
         value = mean_cos_to_class(features[mask], weight, predicted[mask]) if mask.any() else float("nan")
