@@ -99,3 +99,12 @@ def test_interrupted_epoch_sums_follow_each_rank_or_fall_to_rank_zero():
     assert _partial_sums(per_rank, Context(1, 2)) == [2.5, 12, 32]  # same world: each rank its own
     assert _partial_sums(per_rank, Context(0, 1)) == [4.0, 22, 64]  # fewer processes: rank 0 the totals
     assert _partial_sums(per_rank, Context(3, 4)) == [0.0, 0, 0]  # more processes: the others start at zero
+
+
+@pytest.mark.parametrize("watched,mode,pick", [("acc", "max", max), ("loss", "min", min)])
+def test_the_plateau_schedule_watches_the_validation_metric_asked_for(tmp_path, watched, mode, pick):
+    config = make_config(TINY, {"train.epochs": 3, "train.schedule": "plateau", "train.plateau_on": watched})
+    fit(config, tmp_path / "run", verbose=False)
+    plateau = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["plateau"]
+    logged = [json.loads(line)[f"val_{watched}"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert plateau["mode"] == mode and plateau["best"] == pick(logged)

@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 5e-4  # on encoder parameters; none on the head's bias or scale
     head_weight_decay: Optional[float] = None  # learned class vectors; None: same as weight_decay
     schedule: str = "linear"  # linear: warm-up then decay to 0; plateau: x0.2 after 3 epochs without better val loss
+    plateau_on: str = "loss"  # what the plateau schedule watches on validation: loss (min) or acc (max, the authors')
     warmup_epochs: float = 1.0  # linear warm-up length (not for plateau)
     label_smoothing: float = 0.0  # of the cross-entropy
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
@@ -94,6 +95,7 @@ CHOICES = {
     "model.pool": ("avg", "authors"),
     "train.schedule": SCHEDULES,
     "train.select": SELECTIONS,
+    "train.plateau_on": ("loss", "acc"),
     "train.tta": TTA_MODES,
     "model.whiten": WHITEN,
 }

@@ -281,7 +281,8 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     optimizer = make_optimizer(model, tc)
     steps, warmup = tc.epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
-    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=3)
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if tc.plateau_on == "loss" else "max",
+                                                          factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
     return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
                     Lookahead(model, tc.lookahead, steps) if tc.lookahead else None)
@@ -362,7 +363,7 @@ def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config
     if "val" in data:
         record.update(_evaluate(model, data["val"], tc, "val"))
         if plateau is not None:
-            plateau.step(record["val_loss"])
+            plateau.step(record[f"val_{tc.plateau_on}"])
         if tc.select == "best_val" and (best is None or record["val_acc"] > best["val_acc"]):
             best = {"epoch": record["epoch"], "val_acc": record["val_acc"],
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
