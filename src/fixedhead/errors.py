@@ -9,9 +9,7 @@ def shown(value, limit: int = 60) -> str:
     """repr(value) cut to about `limit` characters, for messages: a hostile value may be huge (or an
     alias bomb whose full repr never ends), so nothing is formatted whole into an error.
     Containers are walked only as far as the limit needs."""
-    text = _short_repr(value, limit + 1)
-    text = " ".join(text.split())  # one line, whatever the value holds
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(_short_repr(value, limit + 1), limit)
 
 
 def _short_repr(value, budget: int) -> str:
