@@ -172,3 +172,17 @@ def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch
     code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", tmp_path / "r", *FAST)
     assert code == 0 and "the run diverged" in err
     assert json.loads((tmp_path / "r" / "final.json").read_text())["status"] == "diverged"
+
+
+def test_an_interrupted_demo_continues_when_run_again(tmp_path, capsys, monkeypatch):
+    from fixedhead.config import make_config
+    from fixedhead.demo import MODELS, SETTINGS
+    from interrupts import fit_interrupted
+
+    args = ["--set", "train.epochs=2", "--set", "model.arch=fastnet-small"]
+    config = make_config(SETTINGS["digits"], {"seed": 0, "data.data_dir": None}, MODELS["dot-learned"],
+                         {"train.epochs": "2", "model.arch": "fastnet-small"})
+    fit_interrupted(config, tmp_path / "demo" / "dot-learned", 1, monkeypatch)  # as Ctrl-C in the second epoch
+    code, out, err = run_cli(capsys, "demo", "--data", "digits", "--out", tmp_path / "demo", *args)
+    assert code == 0, err
+    assert "| dot-learned |" in out

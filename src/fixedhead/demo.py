@@ -69,7 +69,7 @@ def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
         log(f"{name}: reusing the finished run in {run.path}")
     else:
         log(f"{name}: training ({config.train.epochs} epochs of {config.model.arch} on {config.data.name})")
-        fit(config, run.path, overwrite=overwrite, verbose=False)
+        fit(config, run.path, resume=True, overwrite=overwrite, verbose=False)  # an interrupted demo continues
     return analyze(run.path, device=config.train.device)
 
 
