@@ -261,7 +261,7 @@ def test_diverged_runs_are_counted_in_their_cell_and_kept_in_the_csv(tmp_path):
 
 
 def test_the_divergence_rule():
-    from fixedhead.train import diverged
+    from fixedhead.runs import diverged
 
     assert not diverged(None) and not diverged((2.3, 0.4))
     assert diverged((2.3, 404.0)) and diverged((2.3, float("nan"))) and diverged((float("inf"),) * 2)

@@ -24,9 +24,8 @@ from .config import upgrade
 from .errors import UserError
 from .files import read_yaml, write_text
 from .robustness import read_evaluation
-from .runs import SweepDir
+from .runs import DIVERGENCE_RULE, SweepDir
 from .tables import markdown_table
-from .train import DIVERGENCE_RULE
 
 
 def _is_percent(metric: str) -> bool:

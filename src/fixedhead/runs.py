@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -28,6 +29,15 @@ import torch
 
 from .errors import UserError
 from .files import check_fields, load_torch, read_json, read_text, read_yaml, save_torch, write_json, write_text, write_yaml
+
+
+def diverged(losses: tuple | None) -> bool:
+    """The divergence rule: a non-finite training loss (the run stops there), or a mean training loss in
+    the last epoch above the first epoch's (a blow-up that stayed finite)."""
+    return losses is not None and (not all(map(math.isfinite, losses)) or losses[-1] > losses[0])
+
+
+DIVERGENCE_RULE = "training loss non-finite, or higher in the last epoch than in the first"
 
 
 class RunInUse(UserError):

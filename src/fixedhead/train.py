@@ -22,7 +22,7 @@ from .evaluate import predict, scores
 from .files import check_fields
 from .lookahead import Lookahead
 from .models import build_model
-from .runs import RunDir, describe_environment
+from .runs import RunDir, describe_environment, diverged
 from .whitening import MAX_IMAGES, first_conv, whiten_first_conv
 
 
@@ -377,15 +377,6 @@ def _epoch_line(record: dict, epochs: int) -> str:
     val = f"  val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
     return (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  train_acc {record['train_acc']:.4f}"
             f"{val}  lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s")
-
-
-def diverged(losses: tuple | None) -> bool:
-    """The divergence rule: a non-finite training loss (the run stops there), or a mean training loss in
-    the last epoch above the first epoch's (a blow-up that stayed finite)."""
-    return losses is not None and (not all(map(math.isfinite, losses)) or losses[-1] > losses[0])
-
-
-DIVERGENCE_RULE = "training loss non-finite, or higher in the last epoch than in the first"
 
 
 def _fail(run: RunDir, record: dict, config) -> None:
