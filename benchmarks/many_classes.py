@@ -21,11 +21,11 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from fixedhead import ClassHead
 from fixedhead.devices import resolve_device
 from fixedhead.errors import UserError
+from fixedhead.many_classes import ManyClassHead
 
 MODES = ("learned-float32", "fixed-bf16-blockwise", "fixed-regenerated-blockwise")
 
@@ -34,8 +34,8 @@ def one(mode: str, num_classes: int, steps: int, device: str, batch: int = 256, 
     torch.manual_seed(0)
     fixed = mode != "learned-float32"
     bf16 = mode == "fixed-bf16-blockwise"
-    head = ClassHead(num_features, num_classes, "cosine", fixed=fixed, scale=16.0,
-                     weight_dtype=torch.bfloat16 if bf16 else None, regenerate=mode == "fixed-regenerated-blockwise")
+    head = (ManyClassHead(num_features, num_classes, "cosine", scale=16.0, vectors="bf16" if bf16 else "regenerate")
+            if fixed else ClassHead(num_features, num_classes, "cosine", scale=16.0))
     head = head.to(device)
     params = list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9) if params else None
@@ -52,7 +52,7 @@ def one(mode: str, num_classes: int, steps: int, device: str, batch: int = 256, 
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        loss = head.blockwise_loss(features, labels) if fixed else F.cross_entropy(head(features), labels)
+        loss = head.loss_and_predictions(features, labels)[0]
         if optimizer:
             optimizer.zero_grad(set_to_none=True)
         features.grad = None

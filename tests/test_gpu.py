@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixedhead import ClassHead, fit
+from fixedhead import fit
 from fixedhead.config import make_config
 from fixedhead.data.pipeline import BatchLoader
 from fixedhead.devices import resolve_device
 from fixedhead.errors import UserError
 from fixedhead.evaluate import evaluate_run
+from fixedhead.many_classes import ManyClassHead
 from interrupts import fit_interrupted
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,10 +40,10 @@ def test_loader_on_the_gpu_gives_the_cpu_batches():
 
 
 def test_blockwise_loss_of_a_bf16_head_on_the_gpu_is_exact():
-    head = ClassHead(64, 50_000, "cosine", fixed=True, scale=16.0, seed=1, weight_dtype=torch.bfloat16).cuda()
+    head = ManyClassHead(64, 50_000, "cosine", scale=16.0, seed=1, vectors="bf16", block_size=4096).cuda()
     features = torch.randn(32, 64, device="cuda", requires_grad=True)
     labels = torch.randint(0, 50_000, (32,), device="cuda")
-    loss = head.blockwise_loss(features, labels, block_size=4096)
+    loss, _ = head.loss_and_predictions(features, labels)
     loss.backward()
     # Oracle: plain float64 cross-entropy over all logits, on the CPU, from the same bf16 vectors.
     f64 = features.detach().cpu().double().requires_grad_()

@@ -21,6 +21,10 @@ TSNE_MAX_POINTS = 3000
 def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
     """Features, logits and labels of a run on one split, with the head's class vectors."""
     model, payload, config, loader = open_split(run_dir, split, device, allow_unfinished=True)
+    if getattr(model.head, "blockwise", False):
+        raise UserError(f"the analysis compares every pair of classes (C x C matrices), which a run with "
+                        f"model.vectors={config.model.vectors} ({model.head.num_classes} classes) is made to avoid; "
+                        "fixedhead score gives its accuracy")
     out = predict(model, loader, config.train.bf16, with_features=True)
     head = model.head
     out.update(weight=head.vectors().cpu(), classes=payload["classes"], source=payload["source"],

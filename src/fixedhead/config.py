@@ -17,6 +17,7 @@ from . import files
 from .data import DATASETS
 from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES, check_scale
+from .many_classes import VECTORS
 from .models import ENCODERS
 
 SCHEDULES = ("linear", "cosine", "step", "constant", "plateau")
@@ -50,6 +51,7 @@ class ModelConfig:
     head_seed: Optional[int] = None  # None: the run's seed
     num_features: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
     pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
+    vectors: str = "stored"  # fixed heads with very many classes: bf16 or regenerate (from the seed), blockwise loss
     whiten: str = "none"  # first convolution: "init" patch-whitening filters of the training images, "frozen" too
 
 
@@ -98,6 +100,7 @@ CHOICES = {
     "train.plateau_on": ("loss", "acc"),
     "train.tta": TTA_MODES,
     "model.whiten": WHITEN,
+    "model.vectors": VECTORS,
 }
 
 MAX_SEED = 2**31 - 1
@@ -287,6 +290,21 @@ def validate(config: Config) -> None:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
     check_scale(config.model.similarity, config.model.scale, config.model.learn_scale)
+    _check_vectors(config)
+
+
+def _check_vectors(config: Config) -> None:
+    """model.vectors bf16/regenerate: a fixed head whose logits are never formed whole (many_classes.py)."""
+    model, train = config.model, config.train
+    if model.vectors == "stored":
+        return
+    conflicts = [text for text, bad in (
+        ("model.fixed=true", not model.fixed), ("model.bias=false", model.bias),
+        ("model.learn_scale=false", model.learn_scale), ("train.label_smoothing=0", train.label_smoothing),
+        ("train.tta=none", train.tta != "none"),
+        ("model.init=random", model.vectors == "regenerate" and model.init != "random")) if bad]
+    if conflicts:
+        raise UserError(f"model.vectors={model.vectors} (fixed vectors, blockwise loss) needs {', '.join(conflicts)}")
 
 
 def to_dict(config: Config) -> dict:

@@ -79,26 +79,6 @@ def _simplex(num_classes: int, num_features: int, generator: torch.Generator) ->
     return (basis @ centred).T  # (C, D)
 
 
-REGENERATION_ROWS = 4096  # a regenerated head draws its vectors in blocks of this many classes
-
-
-def regenerated_vectors(start: int, stop: int, num_features: int, seed: int, device="cpu") -> torch.Tensor:
-    """Unit-norm rows start..stop-1 (float32) of a regenerated head's class vectors.
-
-    Block k (classes k*REGENERATION_ROWS onwards) is a Gaussian draw from a CPU generator seeded by
-    (seed, k) alone, so any rows are recomputed without the blocks before them, bit for bit on every
-    device (drawn on the CPU, then moved)."""
-    out = torch.empty(stop - start, num_features)
-    first_block, last_block = start // REGENERATION_ROWS, (stop - 1) // REGENERATION_ROWS
-    for block in range(first_block, last_block + 1):
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + block)
-        rows = torch.randn(REGENERATION_ROWS, num_features, generator=generator)
-        lo, hi = max(start, block * REGENERATION_ROWS), min(stop, (block + 1) * REGENERATION_ROWS)
-        piece = rows[lo - block * REGENERATION_ROWS:hi - block * REGENERATION_ROWS]
-        out[lo - start:hi - start] = piece / piece.norm(dim=1, keepdim=True)
-    return out.to(device)
-
-
 INITS = {
     "random": _gaussian,
     "uniform-int": _uniform_int,
@@ -119,11 +99,11 @@ def class_vectors(num_classes: int, num_features: int, init: str = "random", see
     return weight.div_(weight.norm(dim=1, keepdim=True)).float()  # in place: one (C, D) copy at most
 
 
-
 def check_scale(similarity: str, scale: float, learn_scale: bool) -> None:
     """A scale S (fixed or learned) belongs to cosine heads only: a dot head's logits have no S."""
     if similarity == "dot" and (scale != 1.0 or learn_scale):
         raise UserError("scale and learn_scale apply to cosine heads only; use the cosine similarity (--similarity cosine)")
+
 
 class ClassHead(nn.Module):
     """Maps features (B, D) to logits (B, C) by dot product or scaled cosine with class vectors.
@@ -143,8 +123,6 @@ class ClassHead(nn.Module):
         init: str = "random",
         bias: bool = False,
         seed: int = 0,
-        weight_dtype: torch.dtype | None = None,
-        regenerate: bool = False,
     ):
         super().__init__()
         if similarity not in SIMILARITIES:
@@ -154,23 +132,11 @@ class ClassHead(nn.Module):
         check_scale(similarity, scale, learn_scale)
         self.num_features, self.num_classes = int(num_features), int(num_classes)
         self.similarity, self.fixed, self.init, self.seed = similarity, bool(fixed), init, int(seed)
-        self.regenerate = bool(regenerate)
-        if weight_dtype is not None and not self.fixed:
-            raise UserError("weight_dtype is for fixed heads (their vectors take no gradient steps)")
-        if self.regenerate and not (self.fixed and init == "random" and weight_dtype is None):
-            raise UserError("regenerate is for fixed heads with init 'random' (and no weight_dtype): their "
-                            "vectors are recomputed block by block from the seed instead of being stored")
-        if self.regenerate:
-            # Nothing of size C x D is stored: blocks of rows are redrawn from (seed, block) when needed,
-            # so they are not the vectors of a stored head with the same seed (both uniform on the sphere).
-            self.weight = None
+        weight = class_vectors(self.num_classes, self.num_features, init, seed)
+        if self.fixed:
+            self.register_buffer("weight", weight)
         else:
-            weight = class_vectors(self.num_classes, self.num_features, init, seed)
-            if self.fixed:
-                # bf16 halves the memory of a very large fixed head; blockwise_loss computes in float32.
-                self.register_buffer("weight", weight.to(weight_dtype or weight.dtype))
-            else:
-                self.weight = nn.Parameter(weight)
+            self.weight = nn.Parameter(weight)
         # S = exp(log_scale) keeps a learned scale positive.
         log_scale = torch.tensor(math.log(scale))
         self.log_scale = nn.Parameter(log_scale) if learn_scale else None
@@ -187,87 +153,29 @@ class ClassHead(nn.Module):
         return self.weight if self.fixed else F.normalize(self.weight, dim=1)
 
     def vectors(self) -> torch.Tensor:
-        """All class vectors (C, D) as a float32 tensor (a regenerated head builds them: C x D memory)."""
-        if self.regenerate:
-            return regenerated_vectors(0, self.num_classes, self.num_features, self.seed, self.scale.device)
+        """All class vectors (C, D), float32, detached."""
         return self.weight.detach().float()
 
     def identity(self) -> torch.Tensor:
         """A tensor that is equal on two heads exactly when their class vectors are (checked across ranks)."""
-        if self.regenerate:
-            return torch.tensor([self.seed, self.num_classes, self.num_features])
         return self.weight
 
-    def weight_blocks(self, block_size: int, device):
-        """(start, float32 block of rows) over all classes; a regenerated head recomputes each block."""
-        for start in range(0, self.num_classes, block_size):
-            stop = min(start + block_size, self.num_classes)
-            if self.regenerate:
-                yield start, regenerated_vectors(start, stop, self.num_features, self.seed, device)
-            else:
-                yield start, self.weight[start:stop].float()
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.regenerate:  # logits block by block; for training at very large C use blockwise_loss
-            inputs = F.normalize(features, dim=1) if self.similarity == "cosine" else features
-            logits = torch.cat([inputs @ block.to(inputs.dtype).T
-                                for _, block in self.weight_blocks(65536, features.device)], 1)
-        elif self.similarity == "dot":
+        if self.similarity == "dot":
             return F.linear(features, self.weight, self.bias)  # (B, D) @ (D, C) -> (B, C)
-        else:
-            # Fixed rows are already unit-norm, so the (C, D) normalisation is skipped for them.
-            logits = F.linear(F.normalize(features, dim=1), self.unit_weight())  # (B, C), in [-1, 1]
-        if self.similarity == "cosine":
-            logits = logits * self.scale.to(logits.dtype)
+        # Fixed rows are already unit-norm, so the (C, D) normalisation is skipped for them.
+        logits = F.linear(F.normalize(features, dim=1), self.unit_weight())  # (B, C), in [-1, 1]
+        logits = logits * self.scale.to(logits.dtype)
         return logits if self.bias is None else logits + self.bias
 
-    def blockwise_loss(self, features: torch.Tensor, labels: torch.Tensor, block_size: int = 65536) -> torch.Tensor:
-        """Mean cross-entropy of a fixed head without forming the (B, C) logits: classes are visited in
-        blocks of `block_size`, in float32, twice (forward and backward). Exact: the same loss and
-        feature gradient as F.cross_entropy(self(features), labels), up to float rounding."""
-        if not self.fixed or self.bias is not None or self.log_scale is not None:
-            raise UserError("blockwise_loss is for fixed heads without bias or learned scale")
-        if self.similarity == "cosine":
-            features, scale = F.normalize(features, dim=1), self.scale.item()
-        else:
-            scale = 1.0
-        return _BlockwiseCrossEntropy.apply(features.float(), labels, scale, self.weight_blocks, block_size)
+    def loss_and_predictions(self, features: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
+        """Mean cross-entropy (float32) and arg-max classes: what a training step needs."""
+        logits = self(features)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing), logits.argmax(1)
 
     def extra_repr(self) -> str:
         scale = f", scale={self.scale.item():.4g}" if self.similarity == "cosine" else ""
         return (
             f"num_features={self.num_features}, num_classes={self.num_classes}, similarity={self.similarity}, "
             f"fixed={self.fixed}, init={self.init}, seed={self.seed}{scale}, bias={self.bias is not None}"
-            + (", regenerate=True" if self.regenerate else "")
         )
-
-
-class _BlockwiseCrossEntropy(torch.autograd.Function):
-    """mean_b [logsumexp_c(s f_b . w_c) - s f_b . w_y], visiting (block, D) slices of the class vectors
-    that `blocks(block_size, device)` yields as (start, float32 block)."""
-
-    @staticmethod
-    def forward(ctx, features, labels, scale, blocks, block_size):
-        batch = len(features)
-        lse = torch.full((batch,), float("-inf"), device=features.device)
-        target = torch.zeros(batch, device=features.device)
-        for start, block in blocks(block_size, features.device):
-            logits = scale * features @ block.T  # (B, block)
-            lse = torch.logaddexp(lse, logits.logsumexp(1))
-            inside = (labels >= start) & (labels < start + logits.shape[1])
-            target[inside] = logits[inside, labels[inside] - start]
-        ctx.save_for_backward(features, labels, lse)
-        ctx.scale, ctx.blocks, ctx.block_size = scale, blocks, block_size
-        return (lse - target).mean()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        features, labels, lse = ctx.saved_tensors
-        grad = torch.zeros_like(features)
-        rows = torch.arange(len(features), device=features.device)
-        for start, block in ctx.blocks(ctx.block_size, features.device):
-            probs = (ctx.scale * features @ block.T - lse[:, None]).exp_()  # softmax restricted to the block
-            inside = (labels >= start) & (labels < start + len(block))
-            probs[rows[inside], labels[inside] - start] -= 1
-            grad += probs @ block
-        return grad * (ctx.scale * grad_output / len(features)), None, None, None, None

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from scipy import stats
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of rows of logits (N, C) whose argmax is the label (N,)."""
-    return (logits.argmax(1) == labels).double().mean().item()
+def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images classified as their label (N,): `outputs` are logits (N, C), whose arg-max
+    is the class, or the predicted classes (N,)."""
+    predicted = outputs.argmax(1) if outputs.dim() == 2 else outputs
+    return (predicted == labels).double().mean().item()
 
 
 def cosine_matrix(weight: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch import nn
 from . import encoders
 from .errors import UserError
 from .heads import ClassHead
+from .many_classes import ManyClassHead
 
 ENCODERS = {
     "resnet18": encoders.resnet18,  # CIFAR ResNet-18, 512-d (the paper's encoder)
@@ -44,17 +45,21 @@ class Projected(nn.Module):
 
 
 class Classifier(nn.Module):
-    """An encoder followed by a ClassHead: features(x) (B, D), forward(x) logits (B, C)."""
+    """An encoder followed by a ClassHead (or ManyClassHead): features(x) (B, D), forward(x) logits (B, C)."""
 
-    def __init__(self, encoder: nn.Module, head: ClassHead):
+    def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        """Logits (B, C); with `labels`, (mean cross-entropy, arg-max classes) instead, which the head may
+        compute without forming the logits (ManyClassHead). Both go through forward, as DDP needs."""
+        if labels is None:
+            return self.head(self.encoder(x))
+        return self.head.loss_and_predictions(self.encoder(x), labels, label_smoothing)
 
 
 def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
@@ -97,9 +102,14 @@ def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_
     encoder = build_encoder(model_cfg.arch, in_channels, image_size, model_cfg.pool)
     if model_cfg.num_features is not None:
         encoder = Projected(encoder, model_cfg.num_features)
-    head = ClassHead(
-        encoder.num_features, num_classes, similarity=model_cfg.similarity, fixed=model_cfg.fixed,
-        scale=model_cfg.scale, learn_scale=model_cfg.learn_scale, init=model_cfg.init, bias=model_cfg.bias,
-        seed=seed if model_cfg.head_seed is None else model_cfg.head_seed,
-    )
+    head_seed = seed if model_cfg.head_seed is None else model_cfg.head_seed
+    if model_cfg.vectors != "stored":
+        head = ManyClassHead(encoder.num_features, num_classes, similarity=model_cfg.similarity, scale=model_cfg.scale,
+                             init=model_cfg.init, seed=head_seed, vectors=model_cfg.vectors)
+    else:
+        head = ClassHead(
+            encoder.num_features, num_classes, similarity=model_cfg.similarity, fixed=model_cfg.fixed,
+            scale=model_cfg.scale, learn_scale=model_cfg.learn_scale, init=model_cfg.init, bias=model_cfg.bias,
+            seed=head_seed,
+        )
     return Classifier(encoder, head)

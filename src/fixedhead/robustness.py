@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, metrics, plots
+from . import data, plots
 from .config import saved_config
 from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
 from .devices import resolve_device
 from .errors import UserError, shown
-from .evaluate import eval_loader, load_run_model, predict
+from .evaluate import eval_loader, load_run_model, predict, scores
 from .files import atomic_write, check_fields, read_json, write_json
 from .runs import RunDir
 from .tables import markdown_table
@@ -31,7 +31,7 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, payload: dict, c
     """The run's accuracy on these images, with its own normalisation and test-time augmentation."""
     out = predict(model, eval_loader(images, labels, payload, config, device), config.train.bf16,
                   tta=config.train.tta)
-    return metrics.accuracy(out["logits"], out["labels"])
+    return scores(out)["acc"]
 
 
 def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, seed: int) -> torch.Tensor:

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import config as config_mod
@@ -109,8 +108,7 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
         if step < partial["step"]:
             continue
         with autocast(device, train_cfg.bf16):
-            logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=train_cfg.label_smoothing)
+            loss, predicted = model(images, labels, train_cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -118,7 +116,7 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
         if on_step is not None:
             on_step()
         loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
+        correct += (predicted == labels).sum()
         seen += len(labels)
         if step % 10 == 0 or step == len(loader) - 1:
             rate = seen / (time.perf_counter() - start)
