@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from . import cache, formats, idx
+from . import cache, formats, idx, mini
 from .imagefolder import decode_images, list_classes, list_images
 
 SPLITS = ("train", "test")
@@ -82,6 +82,7 @@ DATASETS = {
                                  howto="get it with: apt-get install dataset-fashion-mnist (it lands in "
                                        "/usr/share/datasets/fashion-mnist/), or fixedhead data download "
                                        "fashion-mnist --data-dir DIR"),
+    mini.NAME: DatasetSpec(lambda f, s, v: mini.read_split(s), None),
     "mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, [str(d) for d in range(10)]),
                          lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
                          flip=False, locate=lambda root: idx.locate("mnist", root)),

@@ -17,9 +17,14 @@ SYSTEM_DIR = Path("/usr/share/datasets")  # where Debian's dataset-fashion-mnist
 TORCHVISION_DIR = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
 
 
+def idx_name(split: str, kind: str) -> str:
+    """The usual file name of a split's images or labels, without the .gz."""
+    return f"{PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+
+
 def idx_file(folder: Path, split: str, kind: str) -> Path:
     """The images or labels file of a split, gzipped or not (the .gz wins when both exist)."""
-    name = f"{PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+    name = idx_name(split, kind)
     return folder / f"{name}.gz" if (folder / f"{name}.gz").exists() else folder / name
 
 
