@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fixedhead import fit
-from fixedhead import train as train_mod
+from fixedhead import fit, steps
 from fixedhead.cli import main
 from fixedhead.config import make_config
 from fixedhead.data.loaders import prepare
@@ -17,7 +16,7 @@ from fixedhead.errors import UserError
 from fixedhead.evaluate import evaluate_run, predict
 from fixedhead.lookahead import Lookahead
 from fixedhead.models import build_model
-from fixedhead.train import make_optimizer
+from fixedhead.steps import make_optimizer
 from fixedhead.whitening import first_conv, patch_covariance, whiten_first_conv, whitening_filters
 from interrupts import fit_interrupted, same_result
 
@@ -196,7 +195,7 @@ def test_lookahead_follows_its_recursion_and_ends_on_the_slow_weights():
         lookahead.step()
 
     with tqdm(disable=True) as progress:
-        train_mod.train_epoch(model, data["train"], optimizer, scheduler, config.train, 0, 0, progress, on_step=on_step)
+        steps.train_epoch(model, data["train"], optimizer, scheduler, config.train, 0, 0, progress, on_step=on_step)
     assert len(before) == total
     synced = 0
     for name in names:

@@ -8,5 +8,5 @@ from .many_classes import ManyClassHead  # noqa: E402
 from .models import ENCODERS, Classifier, build_encoder, swap_head  # noqa: E402
 from .train import fit  # noqa: E402
 
-__all__ = ["ClassHead", "ManyClassHead", "class_vectors", "Classifier", "ENCODERS", "build_encoder", "swap_head", "fit", "analyze",
-           "__version__"]
+__all__ = ["ClassHead", "ManyClassHead", "class_vectors", "Classifier", "ENCODERS", "build_encoder", "swap_head", "fit",
+           "analyze", "__version__"]

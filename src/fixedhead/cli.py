@@ -332,7 +332,7 @@ def main(argv=None) -> int:
         print(f"fixedhead: error: {error.strerror or type(error).__name__}{where}", file=sys.stderr)
         return 2
     except Exception as error:
-        from .train import Interrupted
+        from .steps import Interrupted
 
         if not isinstance(error, Interrupted):
             raise
