@@ -101,16 +101,6 @@ def test_demo_with_one_epoch(tmp_path, capsys):
     assert code == 0 and "reusing" in err
 
 
-def test_demo_auto_falls_back_to_digits_with_one_line(tmp_path, monkeypatch):
-    from fixedhead.data import idx
-    from fixedhead.demo import choose_dataset
-
-    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "none")
-    messages = []
-    assert choose_dataset("auto", None, messages.append) == "digits"
-    assert len(messages) == 1 and "apt-get install dataset-fashion-mnist" in messages[0]
-
-
 def test_data_info_and_offline_download(tmp_path, capsys):
     from formats import write_stl10
 

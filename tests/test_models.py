@@ -90,3 +90,25 @@ def test_global_max_pool_backward_survives_compiled_bf16():
     assert torch.isfinite(x.grad).all()
     # The gradient reaches exactly one position per (image, channel): the one max(dim) recorded.
     assert ((x.grad != 0).flatten(2).sum(2) == 1).all()
+
+
+def test_the_bn_neck_gives_signed_features_that_can_pass_the_nonnegative_ceiling():
+    from fixedhead import metrics
+    from fixedhead.config import make_config
+    from fixedhead.models import Neck, build_model
+
+    config = make_config({"model.arch": "fastnet-small", "model.neck": "bn", "model.similarity": "cosine",
+                          "model.fixed": True})
+    model = build_model(config.model, 0, 10, 1, 16)
+    assert isinstance(model.encoder, Neck) and model.head.num_features == 128
+    model.train()
+    features = model.features(torch.rand(64, 1, 16, 16)).detach()
+    assert 0.3 < (features < 0).double().mean() < 0.7  # centred per feature: about half negative
+    plain = build_model(make_config({"model.arch": "fastnet-small"}).model, 0, 10, 1, 16)
+    assert (plain.features(torch.rand(8, 1, 16, 16)) < -0.2).sum() == 0  # GELU's minimum is -0.17
+    # A feature along w itself is signed and reaches cos 1, which no non-negative feature can.
+    w = model.head.vectors()
+    classes = torch.arange(10)
+    assert metrics.mean_cos_to_class(w.clone(), w, classes) == pytest.approx(1.0)
+    assert metrics.cosine_ceiling(w.clone(), w, classes) == pytest.approx(1.0)
+    assert metrics.cosine_ceiling(w.clamp_min(0), w, classes) < 0.8

@@ -57,11 +57,22 @@ def test_cifar10_jpeg_trains_through_imagefolder(cifar_subset, tmp_path):
     assert final["test_acc"] > 0.3  # chance is 0.1; 3,000 training images, 6 epochs
 
 
-def test_digits_demo_at_full_size(tmp_path, capsys):
-    assert main(["demo", "--data", "digits", "--out", str(tmp_path / "demo")]) == 0
+def test_the_main_job_on_a_fresh_machine_uses_the_embedded_subset_and_shows_the_effect(tmp_path, capsys, monkeypatch):
+    """`fixedhead demo` as the README's first command runs it where the full Fashion-MNIST is absent. The
+    thresholds are issue 16's criteria, which held for each of 3 seeds at the shipped size (docs/results.md)."""
+    from fixedhead.data import idx, mini
+
+    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "nowhere")
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out, err = capsys.readouterr()
+    assert mini.NAME in err and "apt-get install dataset-fashion-mnist" in err
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert all(r["acc"] > 0.9 for r in summary["results"].values())  # digits: every variant learns it
-    assert summary["results"]["dot-fixed"]["class_vector_cos_max"] < 0.5
+    r = summary["results"]
+    assert summary["dataset"] == mini.NAME and r["dot-learned"]["num_images"] == 10 * mini.PER_CLASS["test"]
+    assert min(r["dot-learned"]["spearman_rho"], r["cosine-learned"]["spearman_rho"]) > 0.4
+    assert max(abs(r["dot-fixed"]["spearman_rho"]), abs(r["cosine-fixed"]["spearman_rho"])) <= 0.3
+    assert r["cosine-fixed"]["acc"] > r["cosine-learned"]["acc"]
+    assert "demonstration" in out and f"{100 * (r['cosine-fixed']['acc'] - r['cosine-learned']['acc']):+.1f} points" in out
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason=f"{FASHION} is absent (apt-get install dataset-fashion-mnist)")

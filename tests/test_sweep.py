@@ -265,3 +265,30 @@ def test_the_divergence_rule():
 
     assert not diverged(None) and not diverged((2.3, 0.4))
     assert diverged((2.3, 404.0)) and diverged((2.3, float("nan"))) and diverged((float("inf"),) * 2)
+
+
+def test_retained_accuracy_and_its_ci_against_scipy(tmp_path):
+    """Robustness is judged both ways: absolute corrupted accuracy and retained = corrupted / clean."""
+    clean = {"fixed": [0.90, 0.92, 0.91], "learned": [0.80, 0.84, 0.82]}
+    noisy = {"fixed": [0.60, 0.66, 0.61], "learned": [0.58, 0.62, 0.57]}
+    for variant in clean:
+        for seed in range(3):
+            fixture_run(tmp_path, f"{variant}-{seed}", variant, "a", seed, clean[variant][seed])
+            (tmp_path / f"{variant}-{seed}" / "evaluation.json").write_text(json.dumps({
+                "clean_acc": clean[variant][seed], "num_test": 100, "generalization": {},
+                "corruptions": {"impulse_noise": {"acc": {"1": noisy[variant][seed]}, "mean_acc": noisy[variant][seed],
+                                                  "relative_drop": 0.0}}}))
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({
+        "name": "rob", "variants": {"fixed": {}, "learned": {}},
+        "report": {"rows": ["data.name"], "compare": [["fixed", "learned"]],
+                   "metrics": ["impulse_noise_mean_acc", "impulse_noise_retained"]}}))
+    tables = {t["metric"]: t for t in write_report(tmp_path)["tables"]}
+    ratio = {v: np.divide(noisy[v], clean[v]) for v in clean}
+    assert tables["impulse_noise_retained"]["cells"]["a"]["fixed"]["mean"] == pytest.approx(ratio["fixed"].mean())
+    for metric, values in (("impulse_noise_mean_acc", noisy), ("impulse_noise_retained", ratio)):
+        ci = stats.ttest_ind(values["fixed"], values["learned"], equal_var=False).confidence_interval(0.95)
+        d = tables[metric]["diffs"]["fixed - learned"]["a"]
+        assert (d["low"], d["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # Here the fixed head is ahead on absolute accuracy but behind on retained accuracy.
+    assert tables["impulse_noise_mean_acc"]["diffs"]["fixed - learned"]["a"]["diff"] > 0
+    assert tables["impulse_noise_retained"]["diffs"]["fixed - learned"]["a"]["diff"] < 0

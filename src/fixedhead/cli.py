@@ -102,7 +102,7 @@ def _demo(args) -> int:
 
     summary = demo(args.out, data=args.data, data_dir=args.data_dir, seed=args.seed,
                    overrides=parse_overrides(args.set), overwrite=args.overwrite)
-    print(f"\nThe paper's four models on {summary['dataset']} (seed {args.seed}, n=1 run each; test split):\n")
+    print(f"\n{summary['title']}:\n")
     print(markdown_table(summary["results"]))
     print("\n" + "\n".join(summary["reading"]))
     print(f"\nruns, summary.json and demo.md in {args.out}")
@@ -301,10 +301,12 @@ def build_parser() -> Parser:
     _add_analysis(sub)
     _add_robustness(sub)
     _add_sweep(sub)
-    p = sub.add_parser("demo", help="the paper's four models side by side (Fashion-MNIST if here, else digits)")
+    p = sub.add_parser("demo", help="the paper's four models side by side (Fashion-MNIST: the full set if here, "
+                       "else the embedded subset)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data", default="auto", help="auto (Fashion-MNIST when found, never downloads), "
-                   "fashion-mnist (downloads if missing) or digits")
+    p.add_argument("--data", default="auto", help="auto (the full Fashion-MNIST when found, else the embedded "
+                   "fashion-mnist-mini; never downloads), fashion-mnist (downloads if missing), fashion-mnist-mini "
+                   "or digits")
     p.add_argument("--data-dir", help="where to look for (or download) Fashion-MNIST")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -18,7 +18,7 @@ from .data import DATASETS
 from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES, check_scale
 from .many_classes import VECTORS
-from .models import ENCODERS
+from .models import ENCODERS, NECKS
 
 SCHEDULES = ("linear", "cosine", "step", "constant", "plateau")
 SELECTIONS = ("last", "best_val")
@@ -51,6 +51,7 @@ class ModelConfig:
     head_seed: Optional[int] = None  # None: the run's seed
     num_features: Optional[int] = None  # a linear layer to this many features after the encoder (2: the paper's pictures)
     pool: str = "avg"  # resnets only: "authors" is the reference code's fixed 4x4 average pool
+    neck: str = "none"  # bn: batch norm after the encoder, so features take both signs (lifts the cosine ceiling)
     vectors: str = "stored"  # fixed heads with very many classes: bf16 or regenerate (from the seed), blockwise loss
     whiten: str = "none"  # first convolution: "init" patch-whitening filters of the training images, "frozen" too
 
@@ -101,6 +102,7 @@ CHOICES = {
     "train.tta": TTA_MODES,
     "model.whiten": WHITEN,
     "model.vectors": VECTORS,
+    "model.neck": NECKS,
 }
 
 MAX_SEED = 2**31 - 1

@@ -44,6 +44,23 @@ class Projected(nn.Module):
         return self.project(self.encoder(x))
 
 
+NECKS = ("none", "bn")  # model.neck
+
+
+class Neck(nn.Module):
+    """An encoder followed by batch norm over its features (affine), so they take both signs before the
+    head. Pooled ReLU/GELU features are (almost) all >= 0, which caps cos(f, w) at ||w+||, about 0.71
+    for random unit w (docs/results.md, compactness); centred features are not capped."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder, self.norm = encoder, nn.BatchNorm1d(encoder.num_features)
+        self.num_features = encoder.num_features
+
+    def forward(self, x):
+        return self.norm(self.encoder(x))
+
+
 class Classifier(nn.Module):
     """An encoder followed by a ClassHead (or ManyClassHead): features(x) (B, D), forward(x) logits (B, C)."""
 
@@ -102,6 +119,8 @@ def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_
     encoder = build_encoder(model_cfg.arch, in_channels, image_size, model_cfg.pool)
     if model_cfg.num_features is not None:
         encoder = Projected(encoder, model_cfg.num_features)
+    if model_cfg.neck == "bn":
+        encoder = Neck(encoder)
     head_seed = seed if model_cfg.head_seed is None else model_cfg.head_seed
     if model_cfg.vectors != "stored":
         head = ManyClassHead(encoder.num_features, num_classes, similarity=model_cfg.similarity, scale=model_cfg.scale,

@@ -45,11 +45,23 @@ def collect(root) -> list[dict]:
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
         evaluation = read_evaluation(run.evaluation_path) if run.evaluation_path.exists() else {}
         if evaluation:
-            record["clean_acc"] = evaluation["clean_acc"]
-            record.update({f"{c}_mean_acc": e["mean_acc"] for c, e in evaluation["corruptions"].items()})
-            record.update({f"gen_acc[{g}]": e["acc"] for g, e in evaluation["generalization"].items()})
+            record.update(_robustness_metrics(evaluation))
         records.append(record)
     return records
+
+
+def _robustness_metrics(evaluation: dict) -> dict:
+    """Clean accuracy, and per corruption (mean over severities) and generalisation set both the absolute
+    accuracy and the retained accuracy (that accuracy / clean accuracy): a head can lose on one and win
+    on the other."""
+    clean = evaluation["clean_acc"]
+    retained = (lambda acc: acc / clean) if clean else (lambda acc: float("nan"))
+    out = {"clean_acc": clean}
+    for name, entry in evaluation["corruptions"].items():
+        out[f"{name}_mean_acc"], out[f"{name}_retained"] = entry["mean_acc"], retained(entry["mean_acc"])
+    for spec, entry in evaluation["generalization"].items():
+        out[f"gen_acc[{spec}]"], out[f"gen_retained[{spec}]"] = entry["acc"], retained(entry["acc"])
+    return out
 
 
 def summarise(values: list[float]) -> dict:

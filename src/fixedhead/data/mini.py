@@ -27,6 +27,11 @@ IMAGES_SEEN = 24_000  # the demo trains each model on this many images (epochs x
 SHA256 = {}  # file name -> SHA-256 of the shipped bytes (filled by scripts/fashion_mnist_mini.py build)
 
 
+def describe() -> str:
+    counts = " and ".join(f"{10 * n:,} {split}" for split, n in PER_CLASS.items())
+    return f"{counts} images, balanced over its 10 classes"
+
+
 def select(labels: np.ndarray, per_class: int, seed: int = SELECTION_SEED) -> np.ndarray:
     """Indices of `per_class` images of each class, the first ones of a seeded permutation (so a smaller
     subset is contained in a larger one), in class-interleaved order of that permutation."""
@@ -54,10 +59,10 @@ def file_name(split: str, kind: str) -> str:
     return idx.idx_name(split, kind) + ".gz"
 
 
-def verify(folder: Path = FOLDER) -> None:
+def verify() -> None:
     """Every shipped file is present and has its recorded SHA-256, else one line saying which is damaged."""
     for name, expected in SHA256.items():
-        path = folder / name
+        path = FOLDER / name
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as error:
@@ -68,6 +73,6 @@ def verify(folder: Path = FOLDER) -> None:
                             f"expected {expected[:16]}...; reinstall fixedhead (pip install --force-reinstall fixedhead)")
 
 
-def read_split(split: str, folder: Path = FOLDER) -> dict:
-    verify(folder)
-    return idx.read_split(folder, split, idx.FASHION_CLASSES)
+def read_split(split: str) -> dict:
+    verify()
+    return idx.read_split(FOLDER, split, idx.FASHION_CLASSES)
