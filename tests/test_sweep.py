@@ -292,3 +292,37 @@ def test_retained_accuracy_and_its_ci_against_scipy(tmp_path):
     # Here the fixed head is ahead on absolute accuracy but behind on retained accuracy.
     assert tables["impulse_noise_mean_acc"]["diffs"]["fixed - learned"]["a"]["diff"] > 0
     assert tables["impulse_noise_retained"]["diffs"]["fixed - learned"]["a"]["diff"] < 0
+
+
+def test_a_matched_selection_picks_one_value_per_row_by_the_mean_over_its_columns(tmp_path):
+    """select per: row chooses the learning rate on validation for both heads at once; per cell each head
+    gets its own. Two reports from one sweep, each under its title."""
+    val = {(False, 0.001): [0.80, 0.82], (True, 0.001): [0.60, 0.62], (False, 0.1): [0.70, 0.72], (True, 0.1): [0.90, 0.88]}
+    for (fixed, lr), values in val.items():
+        for seed, v in enumerate(values):
+            folder = tmp_path / f"{fixed}-{lr}-{seed}"
+            folder.mkdir()
+            (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "model": {"fixed": fixed},
+                                                                "train": {"lr": lr}}))
+            (folder / "final.json").write_text(json.dumps({"status": "finished", "seed": seed, "val_acc": v,
+                                                           "test_acc": v - 0.01}))
+    report = {"columns": ["model.fixed"], "rows": [], "metrics": ["test_acc", "train.lr"]}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "m", "grid": {"train.lr": [0.001, 0.1]}, "report": [
+        {**report, "title": "matched", "select": {"key": "train.lr", "by": "val_acc", "per": "row"}},
+        {**report, "title": "each its own", "select": {"key": "train.lr", "by": "val_acc"}}]}))
+    result = write_report(tmp_path)
+    matched, own = result["tables"][1], result["tables"][3]  # train.lr tables of each report
+    # Mean validation over both heads: lr 0.001 -> 0.71, lr 0.1 -> 0.80, so both heads at 0.1.
+    assert {c: matched["cells"]["all"][c]["mean"] for c in ("False", "True")} == {"False": 0.1, "True": 0.1}
+    assert {c: own["cells"]["all"][c]["mean"] for c in ("False", "True")} == {"False": 0.001, "True": 0.1}
+    text = result["markdown"]
+    assert text.index("## matched") < text.index("## each its own")
+
+
+def test_a_bad_report_list_is_one_error(tmp_path):
+    experiment = {**EXPERIMENT, "report": [{"rows": []}, "nope"]}
+    with pytest.raises(UserError, match="each report in the report list must be a mapping"):
+        load_experiment(write(tmp_path, experiment))
+    experiment["report"] = [{"select": {"key": "train.lr", "by": "val_acc", "per": "column"}}]
+    with pytest.raises(UserError, match="per: cell|row"):
+        load_experiment(write(tmp_path, experiment))

@@ -92,7 +92,9 @@ def _label(record: dict, keys: list[str]) -> str:
 
 def select_runs(records: list[dict], layout: dict) -> list[dict]:
     """With layout["select"] = {key, by}: in each table cell keep only the runs whose `key` value has
-    the best mean `by` (a validation metric), e.g. the scale S with the best validation accuracy."""
+    the best mean `by` (a validation metric), e.g. the scale S with the best validation accuracy. With
+    per: row, one value per row, by the mean over all its columns: e.g. one learning rate for both the
+    fixed and the learned head (a matched comparison)."""
     choice = layout.get("select")
     if not choice:
         return records
@@ -102,9 +104,10 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
         raise UserError(f"report.select chooses {key} by {by!r}, but {len(missing)} finished run(s) lack it "
                         f"(e.g. {missing[0]}); train them with a validation split (data.val_fraction) or choose "
                         "another 'by'")
+    per_row = choice.get("per", "cell") == "row"  # row: one value for the whole row (matched columns)
     groups: dict = {}
     for record in records:
-        cell = (_label(record, layout["rows"]), _label(record, layout["columns"]))
+        cell = (_label(record, layout["rows"]), "" if per_row else _label(record, layout["columns"]))
         groups.setdefault(cell, {}).setdefault(record.get(key), []).append(record)
     kept = []
     for candidates in groups.values():
@@ -190,13 +193,19 @@ def latex(table: dict) -> str:
                       rf"\caption{{{caption}: mean $\pm$ std over seeds.}}", r"\end{table}"])
 
 
-def default_layout(records: list[dict], experiment: dict) -> dict:
-    layout = dict((experiment.get("report") or {}))
+def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
+    """The experiment's report layouts (one or a list), with rows, columns and metrics filled in."""
+    from .sweep import report_layouts
+
     varying = [k for k in (experiment.get("grid") or {})]
-    layout.setdefault("columns", ["variant"] if experiment.get("variants") else [])
-    layout.setdefault("rows", [k for k in varying if k not in layout["columns"]])
-    layout.setdefault("metrics", ["test_acc"])
-    return layout
+    layouts = []
+    for given in report_layouts(experiment) or [{}]:
+        layout = dict(given)
+        layout.setdefault("columns", ["variant"] if experiment.get("variants") else [])
+        layout.setdefault("rows", [k for k in varying if k not in layout["columns"]])
+        layout.setdefault("metrics", ["test_acc"])
+        layouts.append(layout)
+    return layouts
 
 
 def write_report(root) -> dict:
@@ -214,8 +223,9 @@ def write_report(root) -> dict:
         from .sweep import check_experiment
 
         experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
-    layout = default_layout(records, experiment)
-    tables = build_tables(records, layout, experiment.get("paper"))
+    layouts = default_layouts(records, experiment)
+    sections = [(layout.get("title"), build_tables(records, layout, experiment.get("paper"))) for layout in layouts]
+    tables = [table for _, section in sections for table in section]
     counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "diverged", "failed", "unfinished")}
     header = [f"# Report: {experiment.get('name', root.name)}", "",
               f"{len(records)} runs: {counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} "
@@ -223,7 +233,11 @@ def write_report(root) -> dict:
               f"(n = runs); 'k/m diverged' counts the cell's runs that diverged ({DIVERGENCE_RULE}); their "
               f"accuracies are in {sweep_dir.csv_path.name}. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
-    text = "\n".join(header + [markdown(t) + "\n" for t in tables])
+    body = []
+    for title, section in sections:
+        body += [f"## {title}\n"] if title else []
+        body += [markdown(t) + "\n" for t in section]
+    text = "\n".join(header + body)
     write_text(sweep_dir.report_path, text)
     buffer = io.StringIO()
     keys = sorted({k for r in records for k in r})
@@ -234,5 +248,6 @@ def write_report(root) -> dict:
     write_text(sweep_dir.csv_path, buffer.getvalue())
     tex = "\n\n".join(latex(t) for t in tables) + "\n"
     write_text(sweep_dir.latex_path, tex)
-    figures = [plots.bars(t, sweep_dir.figure(t["metric"])) for t in tables]
+    figures = [plots.bars(t, sweep_dir.figure(t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"))
+               for k, (_, section) in enumerate(sections) for t in section]
     return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}

@@ -43,12 +43,14 @@ class PlannedRun:
 
 
 ROBUSTNESS_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
-REPORT_OPTIONS = {"rows": list, "columns": list, "metrics": list, "compare": list, "select": dict}
+REPORT_OPTIONS = {"title": str, "rows": list, "columns": list, "metrics": list, "compare": list, "select": dict}
 
 
 def _check_section(value, kind, where: str):
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-        raise UserError(f"{where} must be {'a mapping' if kind is dict else f'a {kind.__name__}'}, found {shown(value)}")
+        names = {dict: "a mapping", list: "a list"}
+        wanted = " or ".join(names.get(k, f"a {k.__name__}") for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise UserError(f"{where} must be {wanted}, found {shown(value)}")
     return value
 
 
@@ -65,9 +67,11 @@ def check_experiment(tree, path) -> dict:
         raise UserError(f"{path}: unknown key {shown(unknown[0])}; an experiment file has: "
                         f"{', '.join(sorted(EXPERIMENT_KEYS))}")
     sections = {"name": str, "description": str, "source": str, "base": dict, "grid": dict, "variants": dict,
-                "after": list, "robustness": dict, "report": dict, "paper": dict}
+                "after": list, "robustness": dict, "report": (dict, list), "paper": dict}
     for key, kind in sections.items():
         _check_section(tree.get(key), kind, f"{path}: {key}")
+    for report in report_layouts(tree):
+        _check_section(report, dict, f"{path}: each report in the report list")
     grid = tree.get("grid") or {}
     if any(not isinstance(v, list) or not v for v in grid.values()):
         raise UserError(f"{path}: grid must map config keys to non-empty lists of values")
@@ -76,17 +80,26 @@ def check_experiment(tree, path) -> dict:
     bad_after = [a for a in tree.get("after") or [] if a not in AFTER]
     if bad_after:
         raise UserError(f"{path}: unknown step {shown(bad_after[0])} in after; choose from: {', '.join(AFTER)}")
-    for section, options in (("robustness", ROBUSTNESS_OPTIONS), ("report", REPORT_OPTIONS)):
-        for key, value in (tree.get(section) or {}).items():
+    for section, tree_part, options in [("robustness", tree.get("robustness"), ROBUSTNESS_OPTIONS),
+                                        *(("report", r, REPORT_OPTIONS) for r in report_layouts(tree))]:
+        for key, value in (tree_part or {}).items():
             if key not in options:
                 raise UserError(f"{path}: unknown key {shown(key)} in {section}; accepted: {', '.join(options)}")
             _check_section(value, options[key], f"{path}: {section}.{key}")
-    report = tree.get("report") or {}
-    if any(not (isinstance(p, list) and len(p) == 2) for p in report.get("compare") or []):
-        raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
-    if report.get("select") is not None and set(report["select"]) != {"key", "by"}:
-        raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: VALIDATION_METRIC}}")
+    for report in report_layouts(tree):
+        if any(not (isinstance(p, list) and len(p) == 2) for p in report.get("compare") or []):
+            raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
+        select = report.get("select")
+        if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
+                                       and select.get("per", "cell") in ("cell", "row")):
+            raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: VALIDATION_METRIC[, per: cell|row]}}")
     return tree
+
+
+def report_layouts(tree: dict) -> list:
+    """The experiment's report section as a list of layouts (a single mapping is one layout)."""
+    report = tree.get("report")
+    return [] if report is None else report if isinstance(report, list) else [report]
 
 
 def load_experiment(path, seeds: int | None = None, sets: dict | None = None) -> dict:
