@@ -90,3 +90,20 @@ def test_the_demo_prefers_the_full_set_and_falls_back_to_the_subset_with_one_lin
     assert choose_dataset("auto", full, messages.append) == "fashion-mnist"
     assert len(messages) == 1 and str(full) in messages[0]
     assert choose_dataset(mini.NAME, None, messages.append) == mini.NAME and len(messages) == 1
+
+
+def test_the_demo_reads_its_own_numbers_and_calls_small_gaps_neither_way():
+    from fixedhead.demo import reading
+
+    def result(acc, rho):
+        return {"acc": acc, "spearman_rho": rho, "num_images": 2000}
+
+    results = {"dot-learned": result(0.824, 0.55), "dot-fixed": result(0.834, -0.25),
+               "cosine-learned": result(0.783, 0.57), "cosine-fixed": result(0.816, -0.14)}
+    lines = reading(results)
+    assert "held here, rho = 0.55 (dot) and 0.57 (cosine)" in lines[0] and "at most 0.25" in lines[0]
+    assert "held here, +3.3 points" in lines[1]
+    assert "too close to call" in lines[2] and "+1.0 points" in lines[2]
+    assert "2,000 test images" in lines[3] and "demonstration" in lines[3]
+    results["cosine-fixed"] = result(0.70, -0.14)
+    assert "did not hold here, -8.3 points" in reading(results)[1]

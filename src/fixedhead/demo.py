@@ -44,6 +44,8 @@ SETTINGS = {
 TITLES = {mini.NAME: f"{mini.NAME}, the embedded subset of Fashion-MNIST ({mini.describe()})",
           "fashion-mnist": "Fashion-MNIST"}
 
+SEED_NOISE_POINTS = 2.0  # accuracy gaps below this many points are not read from one seed
+
 COLUMNS = (("acc", "accuracy"), ("spearman_rho", "Spearman(cos, confusions)"),
            ("mean_cos_to_predicted", "mean cos(f(x), w_pred)"), ("class_vector_cos_max", "max cos(w_i, w_j)"))
 
@@ -93,13 +95,15 @@ def reading(results: dict) -> list[str]:
     cos_gain = 100 * (r["cosine-fixed"]["acc"] - r["cosine-learned"]["acc"])
     dot_gain = 100 * (r["dot-fixed"]["acc"] - r["dot-learned"]["acc"])
     held = lambda ok: "held" if ok else "did not hold"
+    # One seed moves accuracy by about a point (docs/results.md), so smaller gaps are called neither way.
+    gain = lambda points: held(points > 0) if abs(points) >= SEED_NOISE_POINTS else "too close to call with one seed"
     return [
         f"Learned class vectors encode class similarity (paper: Spearman 0.61-0.87): {held(learned_rho > fixed_rho + 0.2)} "
         f"here, rho = {r['dot-learned']['spearman_rho']:.2f} (dot) and {r['cosine-learned']['spearman_rho']:.2f} "
         f"(cosine) for learned heads against at most {fixed_rho:.2f} in size for fixed ones.",
         f"A fixed cosine head with S=1 trains better than a learned one (paper: up to +53 points): "
-        f"{held(cos_gain > 0)} here, {cos_gain:+.1f} points.",
-        f"Fixing dot-product class vectors raises accuracy (paper: up to +4 points): {held(dot_gain > 0)} here, "
+        f"{gain(cos_gain)} here, {cos_gain:+.1f} points.",
+        f"Fixing dot-product class vectors raises accuracy (paper: up to +4 points): {gain(dot_gain)} here, "
         f"{dot_gain:+.1f} points.",
         f"One seed per model on {r['dot-learned']['num_images']:,} test images: a demonstration, not a measurement; "
         "differences of a point or two are within seed noise (docs/results.md has 3 seeds with CIs).",
