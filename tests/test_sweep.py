@@ -326,3 +326,21 @@ def test_a_bad_report_list_is_one_error(tmp_path):
     experiment["report"] = [{"select": {"key": "train.lr", "by": "val_acc", "per": "column"}}]
     with pytest.raises(UserError, match="per: cell|row"):
         load_experiment(write(tmp_path, experiment))
+
+
+def test_an_edited_experiment_does_not_silently_reuse_runs_of_the_old_one(tmp_path, capsys):
+    experiment = {"name": "e", "base": {**EXPERIMENT["base"], "train.epochs": 1}, "grid": {"train.lr": [0.05]}, "seeds": 1}
+    path = write(tmp_path, experiment)
+    out = tmp_path / "o"
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    final = (out / "lr=0.05__seed=0" / "final.json").read_text()
+    # Same experiment again (data_dir is where, not what): reused.
+    assert main(["sweep", str(path), "--out", str(out), "--set", "data.data_dir=/elsewhere"]) == 0
+    capsys.readouterr()
+    experiment["base"]["train.epochs"] = 2
+    write(tmp_path, experiment)
+    assert main(["sweep", str(path), "--out", str(out)]) == 1
+    text = capsys.readouterr()
+    assert "another train.epochs" in text.err and "1 failed" in text.out
+    assert (out / "lr=0.05__seed=0" / "final.json").read_text() == final  # the old result is left as it was
+    assert not (out / "lr=0.05__seed=0" / "failure.json").exists()

@@ -106,6 +106,9 @@ CHOICES = {
 }
 
 MAX_SEED = 2**31 - 1
+# Keys that say where the data lives and which device trains, not what is trained: a resumed run, or a
+# finished run a sweep reuses, may differ in them.
+PLACE_KEYS = ("data.data_dir", "train.device")
 
 
 def _within(low, high, optional: bool = False, low_open: bool = False, high_open: bool = False, note: str = "",

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MAX_SEED, make_config
+from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
 from .devices import resolve_device
 from .errors import UserError, reason, shown
 from .files import read_yaml
@@ -197,12 +197,18 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     for number, run in enumerate(planned, 1):
         run_dir = sweep_dir.run(run.name)
         try:
+            config = make_config(experiment["base"], run.overrides)
             if run_dir.is_finished():
+                stale = _stale(run_dir, config)
+                if stale:  # not the run's failure: its folder is left as it is
+                    log(f"{run.name} failed: {stale}")
+                    summary["failed"].append(run.name)
+                    continue
                 summary["skipped"].append(run.name)
             else:
                 log(f"[{number}/{len(planned)}] {run.name}")
                 run_dir.write_sweep_info({"variant": run.variant, "overrides": run.overrides})
-                fit(make_config(experiment["base"], run.overrides), run_dir.path, resume=True, verbose=False)
+                fit(config, run_dir.path, resume=True, verbose=False)
                 summary["finished"].append(run.name)
             _after(run_dir.path, experiment, log)
         except RunInUse as error:  # another sweep or train is on it: not a failure of the run, leave it alone
@@ -214,6 +220,16 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
             run_dir.write_failure({"error": message, "traceback": traceback.format_exc()})
             summary["failed"].append(run.name)
     return summary
+
+
+def _stale(run_dir: RunDir, config) -> str | None:
+    """Why a finished run cannot stand for this experiment's run (trained with another config), or None:
+    an edited experiment file must not silently keep the results of the old one."""
+    changed = [k for k in differences(saved_config(run_dir.read_config()), config) if k not in PLACE_KEYS]
+    if not changed:
+        return None
+    return (f"{run_dir.path} holds a finished run trained with another {changed[0]} ({len(changed)} key(s) differ "
+            "from the experiment file); sweep into another --out, or delete that run folder")
 
 
 def _check_devices(devices) -> None:

@@ -23,9 +23,6 @@ from .runs import RunDir, describe_environment, diverged
 from .steps import Interrupted, StopSignals, lr_factor, make_optimizer, train_epoch
 from .whitening import MAX_IMAGES, first_conv, whiten_first_conv
 
-# Keys a resumed run may change: where the data lives and which device trains it, not what is trained.
-RESUMABLE = ("data.data_dir", "train.device")
-
 
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     """Decide between a fresh start and a resume; refuse to clobber a run unless told to, and refuse to
@@ -40,7 +37,7 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     if not (resume and run.has_checkpoint()):
         return config, None
     saved = config_mod.saved_config(run.read_config())
-    changed = [key for key in config_mod.differences(saved, config) if key not in RESUMABLE]
+    changed = [key for key in config_mod.differences(saved, config) if key not in config_mod.PLACE_KEYS]
     if changed:
         old, new = config_mod.flat(saved)[changed[0]], config_mod.flat(config)[changed[0]]
         raise UserError(f"--resume would train {run.path} with {changed[0]}={shown(new)}, but it was started with "
