@@ -98,12 +98,12 @@ def _score(args) -> int:
 
 def _demo(args) -> int:
     from .config import parse_overrides
-    from .demo import demo, markdown_table
+    from .demo import demo, results_table
 
     summary = demo(args.out, data=args.data, data_dir=args.data_dir, seed=args.seed,
                    overrides=parse_overrides(args.set), overwrite=args.overwrite)
     print(f"\n{summary['title']}:\n")
-    print(markdown_table(summary["results"]))
+    print(results_table(summary["results"]))
     print("\n" + "\n".join(summary["reading"]))
     print(f"\nruns, summary.json and demo.md in {args.out}")
     return 0

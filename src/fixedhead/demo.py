@@ -82,7 +82,7 @@ def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
     return analyze(run.path, device=config.train.device)
 
 
-def markdown_table(results: dict) -> str:
+def results_table(results: dict) -> str:
     rows = [[name, *(f"{r[key]:.3f}" for key, _ in COLUMNS)] for name, r in results.items()]
     return tables.markdown_table(["model", *(title for _, title in COLUMNS)], rows)
 
@@ -129,7 +129,7 @@ def demo(out="runs/demo", data: str = "auto", data_dir=None, seed: int = 0, over
     plots.heatmap_grid(panels, out / "class_vector_cosine")
     write_json(out / "summary.json", summary)
     text = (f"# {title}\n\n"
-            f"{markdown_table(summary['results'])}\n\n" + "\n".join(f"- {s}" for s in summary["reading"])
+            f"{results_table(summary['results'])}\n\n" + "\n".join(f"- {s}" for s in summary["reading"])
             + "\n\n![class-vector cosine of the four models](class_vector_cosine.png)\n")
     write_text(out / "demo.md", text)
     return summary
