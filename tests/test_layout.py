@@ -1,7 +1,10 @@
+
 """The run folder's layout has one owner: no module but runs.py spells a run or sweep folder's file name."""
 
 import ast
 from pathlib import Path
+
+import pytest
 
 from fixedhead.runs import RunDir, SweepDir
 
@@ -41,3 +44,17 @@ def test_the_config_reference_in_the_docs_is_the_generated_one():
     text = (SRC.parents[1] / "docs" / "config.md").read_text()
     generated = text.split("<!-- generated: config reference -->\n", 1)[1].split("\n<!-- end generated -->", 1)[0]
     assert generated == reference_table(), "regenerate docs/config.md's table with fixedhead.config.reference_table()"
+
+
+def test_the_version_has_one_source_the_package_metadata():
+    from importlib import metadata
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    import fixedhead
+    from fixedhead.version import VERSION
+
+    declared = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert fixedhead.__version__ == VERSION == metadata.version("fixedhead") == declared
+    sources = [p.name for p in SRC.rglob("*.py") if declared in p.read_text()]
+    assert not sources, f"the version is spelled out in {sources}; read it from fixedhead.version"

@@ -284,10 +284,10 @@ def _add_data(sub):
 
 
 def build_parser() -> Parser:
-    from . import __version__
+    from .version import VERSION
 
     parser = Parser(prog="fixedhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"fixedhead {__version__}")
+    parser.add_argument("--version", action="version", version=f"fixedhead {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_train(sub)
     p = sub.add_parser("score", help="accuracy of a run's final weights on a split again (another --tta, a moved dataset)")

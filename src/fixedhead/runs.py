@@ -29,6 +29,7 @@ import torch
 
 from .errors import UserError
 from .files import check_fields, load_torch, read_json, read_text, read_yaml, save_torch, write_json, write_text, write_yaml
+from .version import VERSION
 
 
 def diverged(losses: tuple | None) -> bool:
@@ -56,10 +57,8 @@ def _git_sha() -> str | None:
 def describe_environment(seed: int, device: str) -> dict:
     import numpy
 
-    from . import __version__
-
     return {
-        "fixedhead": __version__, "git_sha": _git_sha(), "seed": seed, "device": device,
+        "fixedhead": VERSION, "git_sha": _git_sha(), "seed": seed, "device": device,
         "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "threads": torch.get_num_threads(), "command": sys.argv,
         "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
