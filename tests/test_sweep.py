@@ -280,7 +280,7 @@ def test_retained_accuracy_and_its_ci_against_scipy(tmp_path):
                                                   "relative_drop": 0.0}}}))
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({
         "name": "rob", "variants": {"fixed": {}, "learned": {}},
-        "report": {"rows": ["data.name"], "compare": [["fixed", "learned"]],
+        "report": {"rows": ["data.name"], "compare": [["fixed", "learned"], ["other", "learned"]],
                    "metrics": ["impulse_noise_mean_acc", "impulse_noise_retained"]}}))
     tables = {t["metric"]: t for t in write_report(tmp_path)["tables"]}
     ratio = {v: np.divide(noisy[v], clean[v]) for v in clean}
@@ -292,6 +292,7 @@ def test_retained_accuracy_and_its_ci_against_scipy(tmp_path):
     # Here the fixed head is ahead on absolute accuracy but behind on retained accuracy.
     assert tables["impulse_noise_mean_acc"]["diffs"]["fixed - learned"]["a"]["diff"] > 0
     assert tables["impulse_noise_retained"]["diffs"]["fixed - learned"]["a"]["diff"] < 0
+    assert "other - learned" not in (tmp_path / "report.md").read_text()  # a pair without runs prints nothing
 
 
 def test_a_matched_selection_picks_one_value_per_row_by_the_mean_over_its_columns(tmp_path):

@@ -168,6 +168,8 @@ def markdown(table: dict) -> str:
             for row in table["rows"]]
     lines = [f"### {metric}{unit}", "", markdown_table(["", *table["columns"]], rows)]
     for name, per_row in table["diffs"].items():
+        if not per_row:  # neither column of the pair has runs in this table
+            continue
         lines += ["", f"{name}, mean difference with 95% CI (Welch):", ""]
         for row, d in per_row.items():
             ci = "" if math.isnan(d["low"]) else f" [{_fmt(metric, d['low'])}, {_fmt(metric, d['high'])}]"
