@@ -115,8 +115,10 @@ DOWNLOADERS = {
 
 def download(name: str, root) -> Path:
     """Download `name` into `root` (skipped when the files are already there and intact)."""
-    if name in ("digits", "fashion-mnist-mini"):
-        raise UserError(f"{name!r} ships with fixedhead (nothing to download); use it as --data {name}")
+    from . import DATASETS
+
+    if name in DATASETS and DATASETS[name].sources is None:  # read from the package or a library, no files
+        raise UserError(f"{name!r} needs no download (it ships with fixedhead or scikit-learn); use it as --data {name}")
     if name not in DOWNLOADERS:
         raise UserError(f"no downloader for {name!r}; downloadable: {', '.join(DOWNLOADERS)}")
     if root is None:
