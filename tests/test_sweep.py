@@ -176,7 +176,7 @@ def test_select_keeps_the_value_best_on_validation_not_test(tmp_path):
 def test_every_shipped_experiment_file_expands(tmp_path):
     from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    files = sorted((Path(__file__).resolve().parents[1] / "src" / "fixedhead" / "configs").rglob("*.yaml"))
     assert len(files) >= 10
     for path in files:
         runs = expand(load_experiment(path, sets={"data.data_dir": str(tmp_path)}))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics, plots
+from . import metrics
 from .errors import UserError
 from .evaluate import open_split, predict
 from .files import check_fields, write_json, write_text
@@ -52,6 +52,8 @@ def measure(outputs: dict) -> dict:
 
 
 def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bool) -> list[str]:
+    from . import plots  # matplotlib only when a figure is drawn
+
     classes, cosines = outputs["classes"], np.array(result["class_vector_cosine"])
     order = metrics.cluster_order(torch.tensor(cosines)) if cluster else list(range(len(classes)))
     files = plots.class_vector_heatmap(cosines[np.ix_(order, order)], [classes[k] for k in order],
@@ -64,16 +66,18 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
         return files + plots.feature_scatter(features.numpy(), labels, classes, folder / "features_2d",
                                              "2-d features and class vectors", rays=outputs["weight"].numpy())
     centred = features.double() - features.double().mean(0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    explained = (s[:2] ** 2 / (s**2).sum() * 100).tolist()
     files += plots.feature_scatter((centred @ v[:2].T).numpy(), labels, classes, folder / "features_pca",
-                                   "features, first two principal components")
+                                   "features, first two principal components",
+                                   axes=tuple(f"PC {k + 1} ({e:.0f}% of variance)" for k, e in enumerate(explained)))
     if tsne:
         from sklearn.manifold import TSNE
 
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:TSNE_MAX_POINTS]
         points = TSNE(n_components=2, init="pca", random_state=0).fit_transform(features[keep].numpy())
         files += plots.feature_scatter(points, labels[keep.numpy()], classes, folder / "features_tsne",
-                                       f"t-SNE of {len(keep)} test features")
+                                       f"t-SNE of {len(keep)} test features", axes=("t-SNE 1", "t-SNE 2"))
     return files
 
 
@@ -108,6 +112,8 @@ def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
 
 def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto") -> dict:
     """Several runs side by side: a Markdown table of their numbers and one figure of their heatmaps."""
+    from . import plots
+
     if len(run_dirs) < 1:
         raise UserError("compare needs at least one run folder")
     names = [Path(r).name for r in run_dirs]

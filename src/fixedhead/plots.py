@@ -1,27 +1,31 @@
-"""Figures only, no maths: every function takes computed arrays and writes PNG + PDF."""
+"""Figures only, no maths: every function takes computed arrays and writes PNG + PDF.
+
+Figures are matplotlib `Figure` objects, never pyplot: no backend is chosen or switched (a notebook
+that imports fixedhead keeps its own), no global figure list to leak into. Imported only when a
+figure is drawn, so `import fixedhead` does not load matplotlib."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .files import save_figure
 
-from .files import save_figure  # noqa: E402
+
+def _figure(figsize, rows: int = 1, columns: int = 1, **subplots):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, columns, **subplots)
 
 
 def _save(fig, stem: Path) -> list[str]:
     paths = []
-    try:
-        for suffix in (".png", ".pdf"):
-            path = stem.with_suffix(suffix)
-            save_figure(fig, path)
-            paths.append(path.name)
-    finally:
-        plt.close(fig)
+    for suffix in (".png", ".pdf"):
+        path = stem.with_suffix(suffix)
+        save_figure(fig, path)
+        paths.append(path.name)
     return paths
 
 
@@ -39,14 +43,14 @@ def _heatmap(ax, matrix: np.ndarray, classes: list[str], title: str):
 
 
 def class_vector_heatmap(matrix: np.ndarray, classes: list[str], stem: Path, title: str) -> list[str]:
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = _figure((5, 4.5))
     fig.colorbar(_heatmap(ax, matrix, classes, title), ax=ax, fraction=0.046, label="cos(w_i, w_j)")
     return _save(fig, stem)
 
 
 def heatmap_grid(panels: dict, stem: Path) -> list[str]:
     """panels: title -> (matrix, classes); one heatmap per run side by side."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    fig, axes = _figure((4.2 * len(panels), 4.2), 1, len(panels), squeeze=False)
     for k, (ax, (title, (matrix, classes))) in enumerate(zip(axes[0], panels.items())):
         image = _heatmap(ax, matrix, classes, title)
         if k > 0:
@@ -56,7 +60,7 @@ def heatmap_grid(panels: dict, stem: Path) -> list[str]:
 
 
 def similarity_confusion_scatter(cosines: np.ndarray, counts: np.ndarray, rho: float, stem: Path) -> list[str]:
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    fig, ax = _figure((4.5, 3.5))
     ax.scatter(cosines, counts, s=8, alpha=0.6)
     ax.set_xlabel("cos(w_i, w_j)")
     ax.set_ylabel("images of class i predicted as j")
@@ -65,10 +69,11 @@ def similarity_confusion_scatter(cosines: np.ndarray, counts: np.ndarray, rho: f
 
 
 def feature_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], stem: Path, title: str,
-                    rays: np.ndarray | None = None) -> list[str]:
-    """2-D points coloured by class; `rays` (C, 2) are drawn as class vectors from the origin."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+                    rays: np.ndarray | None = None, axes: tuple[str, str] = ("feature 1", "feature 2")) -> list[str]:
+    """2-D points coloured by class, equal aspect; `rays` (C, 2) are drawn as class vectors from the
+    origin; `axes` names the two coordinates (e.g. the principal components and their variance)."""
+    fig, ax = _figure((5, 5))
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for k in np.unique(labels):
         mask = labels == k
         ax.scatter(points[mask, 0], points[mask, 1], s=3, alpha=0.5, color=cmap(k % cmap.N),
@@ -80,6 +85,11 @@ def feature_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], 
             ax.plot([0, end[0]], [0, end[1]], color=cmap(k % cmap.N), linewidth=1.5)
     if len(classes) <= 20:
         ax.legend(fontsize=6, markerscale=3, loc="best")
+    ax.set_aspect("equal", adjustable="datalim")  # angles between features and class vectors read true
+    ax.axhline(0, color="0.85", linewidth=0.5, zorder=0)
+    ax.axvline(0, color="0.85", linewidth=0.5, zorder=0)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize=9)
     return _save(fig, stem)
 
@@ -87,7 +97,7 @@ def feature_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], 
 def accuracy_vs_severity(evaluations: dict, stem: Path) -> list[str]:
     """evaluations: run name -> evaluation.json dict; one panel per corruption, one line per run."""
     names = sorted({c for e in evaluations.values() for c in e["corruptions"]})
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False, sharey=True)
+    fig, axes = _figure((3.6 * len(names), 3.2), 1, len(names), squeeze=False, sharey=True)
     for ax, corruption in zip(axes[0], names):
         for run, evaluation in evaluations.items():
             if corruption in evaluation["corruptions"]:
@@ -97,23 +107,27 @@ def accuracy_vs_severity(evaluations: dict, stem: Path) -> list[str]:
                         marker="o", label=run)
         ax.set_title(corruption.replace("_", " "), fontsize=9)
         ax.set_xlabel("severity (0 = clean)")
-    axes[0][0].set_ylabel("test accuracy")
+    axes[0][0].set_ylabel("test accuracy (fraction correct)")
     axes[0][-1].legend(fontsize=7)
     return _save(fig, stem)
 
 
-def bars(table: dict, stem: Path) -> list[str]:
-    """A report table as grouped bars (rows as groups, columns as bars) with ±std error bars."""
+def bars(table: dict, stem: Path, ylabel: str, xlabel: str, factor: float = 1.0) -> list[str]:
+    """A report table as grouped bars (rows as groups, columns as bars) with ±std error bars; values
+    are multiplied by `factor` (100 for accuracies shown in %)."""
     rows, columns = table["rows"], table["columns"]
     width = 0.8 / max(len(columns), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) * max(len(columns), 1) * 0.6 + 2), 3.4))
+    fig, ax = _figure((max(4.0, 1.2 * len(rows) * max(len(columns), 1) * 0.6 + 2), 3.4))
     for k, column in enumerate(columns):
         cells = [table["cells"][row].get(column) for row in rows]
         cells = [c if c and c["n"] else None for c in cells]  # a cell whose runs all diverged has no bar
-        means = [c["mean"] if c else np.nan for c in cells]
-        stds = [0 if not c or np.isnan(c["std"]) else c["std"] for c in cells]
-        ax.bar(np.arange(len(rows)) + k * width, means, width, yerr=stds, capsize=3, label=column or "all")
+        means = [factor * c["mean"] if c else np.nan for c in cells]
+        stds = [0 if not c or np.isnan(c["std"]) else factor * c["std"] for c in cells]
+        ax.bar(np.arange(len(rows)) + k * width, means, width, yerr=stds, capsize=4, label=column or "all",
+               error_kw={"elinewidth": 1.2, "ecolor": "black"})
     ax.set_xticks(np.arange(len(rows)) + width * (len(columns) - 1) / 2, rows, rotation=20, ha="right", fontsize=7)
-    ax.set_ylabel(table["metric"])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("mean over seeds, error bars ± 1 sample std", fontsize=8)
     ax.legend(fontsize=7)
     return _save(fig, stem)

@@ -33,6 +33,11 @@ def _is_percent(metric: str) -> bool:
     return metric == "acc" or metric.endswith("_acc") or metric.startswith("gen_acc[")
 
 
+def _axis_label(metric: str) -> str:
+    """A metric key as a figure axis label: words, with (%) on accuracies."""
+    return metric.replace("_", " ") + (" (%)" if _is_percent(metric) else "")
+
+
 def collect(root) -> list[dict]:
     """One flat record per run folder under `root`: config keys, variant, final, analysis, evaluation."""
     records = []
@@ -142,6 +147,7 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
         diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
                                 if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
         tables.append({"metric": metric, "rows": sorted(summary), "columns": columns, "cells": summary,
+                       "row_keys": list(layout["rows"]),
                        "diffs": diffs, "paper": (paper or {}).get(metric, {})})
     return tables
 
@@ -250,6 +256,8 @@ def write_report(root) -> dict:
     write_text(sweep_dir.csv_path, buffer.getvalue())
     tex = "\n\n".join(latex(t) for t in tables) + "\n"
     write_text(sweep_dir.latex_path, tex)
-    figures = [plots.bars(t, sweep_dir.figure(t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"))
+    figures = [plots.bars(t, sweep_dir.figure(t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"),
+                          ylabel=_axis_label(t["metric"]), xlabel=", ".join(t["row_keys"]) or "all runs",
+                          factor=100 if _is_percent(t["metric"]) else 1)
                for k, (_, section) in enumerate(sections) for t in section]
     return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, plots
+from . import data
 from .config import saved_config
 from .corruptions import CORRUPTIONS, corrupt, parameters
 from .data import cache
@@ -102,6 +102,8 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
     run = RunDir(run_dir)
     write_json(run.evaluation_path, result)
     if result["corruptions"]:
+        from . import plots
+
         plots.accuracy_vs_severity({run.path.name: result}, run.evaluation_figure)
     return result
 

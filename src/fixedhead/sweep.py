@@ -102,7 +102,28 @@ def report_layouts(tree: dict) -> list:
     return [] if report is None else report if isinstance(report, list) else [report]
 
 
+PACKAGED = Path(__file__).parent / "configs"  # the experiment files that ship with fixedhead
+
+
+def experiment_file(name) -> Path:
+    """A path to an experiment file, or the name of one that ships with fixedhead: `paper/table1`
+    (`configs/paper/table1.yaml`, as the docs write it, works from any folder too)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    short = str(name).removeprefix("configs/").removesuffix(".yaml")
+    packaged = PACKAGED / f"{short}.yaml"
+    if ".." not in Path(short).parts and packaged.is_file():
+        return packaged
+    if path.exists():
+        return path  # not a file: read_yaml says so
+    names = sorted(str(p.relative_to(PACKAGED).with_suffix("")) for p in PACKAGED.rglob("*.yaml"))
+    raise UserError(f"no experiment file {shown(str(name))}; give a path, or the name of one that ships with "
+                    f"fixedhead: {', '.join(names)}")
+
+
 def load_experiment(path, seeds: int | None = None, sets: dict | None = None) -> dict:
+    path = experiment_file(path)
     experiment = check_experiment(read_yaml(path, "experiment file"), path)
     if not experiment.get("grid") and not experiment.get("variants"):
         raise UserError(f"{path}: the grid is empty; give a grid (key: [values]) or variants")
@@ -183,6 +204,7 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     """Run (or list) this shard's runs; finished runs are skipped, interrupted ones resumed, failures
     recorded and passed over. Returns {"planned", "finished", "skipped", "failed"} run names."""
     from .train import fit
+    from .trackers import Progress
 
     experiment = load_experiment(path, seeds, sets)
     planned = shard(expand(experiment), *parse_shard(shard_spec))
@@ -208,7 +230,8 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
             else:
                 log(f"[{number}/{len(planned)}] {run.name}")
                 run_dir.write_sweep_info({"variant": run.variant, "overrides": run.overrides})
-                fit(config, run_dir.path, resume=True, verbose=False)
+                progress = Progress(f"[{number}/{len(planned)}] {run.name}", config.train.epochs, log)
+                fit(config, run_dir.path, resume=True, verbose=False, callbacks=[progress])
                 summary["finished"].append(run.name)
             _after(run_dir.path, experiment, log)
         except RunInUse as error:  # another sweep or train is on it: not a failure of the run, leave it alone
