@@ -16,7 +16,7 @@ TRAIN_FLAGS = {
     "fixed": "model.fixed", "scale": "model.scale", "learn_scale": "model.learn_scale", "init": "model.init",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "seed",
     "device": "train.device", "bf16": "train.bf16", "channels_last": "train.channels_last",
-    "sync_bn": "train.sync_bn", "compile": "train.compile",
+    "sync_bn": "train.sync_bn", "compile": "train.compile", "log": "train.log", "pretrained": "model.pretrained",
 }
 
 
@@ -33,6 +33,7 @@ TRAIN_HELP = {
     "epochs": "epochs", "batch_size": "global batch size", "lr": "peak learning rate", "seed": "seed of everything",
     "device": "auto, cpu, cuda or cuda:N", "bf16": "bf16 autocast", "channels_last": "channels-last memory format",
     "sync_bn": "torchrun: batch norm over the global batch", "compile": "torch.compile the model",
+    "log": "also log per-epoch metrics to", "pretrained": "timm:/torchvision: models: the library's pretrained weights",
 }
 
 

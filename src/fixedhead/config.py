@@ -13,12 +13,13 @@ from typing import Optional
 
 import yaml
 
-from . import files
+from . import files, zoo
 from .data import DATASETS
 from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES, check_scale
 from .many_classes import VECTORS
 from .models import ENCODERS, NECKS
+from .trackers import TRACKERS, check_tracker
 
 SCHEDULES = ("linear", "cosine", "step", "constant", "plateau")
 SELECTIONS = ("last", "best_val")
@@ -41,7 +42,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "fastnet"  # the encoder (README: Encoders)
+    arch: str = "fastnet"  # the encoder (README: Encoders), or a library model: timm:NAME, torchvision:NAME
+    pretrained: bool = False  # timm:/torchvision: models: start from the library's pretrained weights
     similarity: str = "dot"  # dot or cosine: how features meet class vectors (the paper's word)
     fixed: bool = False  # class vectors frozen at their random draw (a buffer, never trained)
     scale: float = 1.0  # S of a cosine head: logits = S cos(f, w)
@@ -80,6 +82,7 @@ class TrainConfig:
     log_test: bool = False  # also log test accuracy per epoch (learning curves, benchmarks); never used for selection
     eval_batch_size: int = 1000  # batch of validation and test passes
     tta: str = "none"  # test-time augmentation of every reported accuracy: none, flip, shift, flip-shift
+    log: str = "none"  # per-epoch metrics also to tensorboard (<run>/tensorboard) or wandb (extras of the same names)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Config:
 
 CHOICES = {
     "data.name": tuple(DATASETS),
-    "model.arch": tuple(ENCODERS),
+    "model.arch": (*ENCODERS, "timm:NAME", "torchvision:NAME"),
     "model.similarity": SIMILARITIES,
     "model.init": tuple(INITS),
     "model.pool": ("avg", "authors"),
@@ -103,12 +106,13 @@ CHOICES = {
     "model.whiten": WHITEN,
     "model.vectors": VECTORS,
     "model.neck": NECKS,
+    "train.log": TRACKERS,
 }
 
 MAX_SEED = 2**31 - 1
-# Keys that say where the data lives and which device trains, not what is trained: a resumed run, or a
+# Keys that say where the data lives, which device trains and where metrics go, not what is trained: a resumed run, or a
 # finished run a sweep reuses, may differ in them.
-PLACE_KEYS = ("data.data_dir", "train.device")
+PLACE_KEYS = ("data.data_dir", "train.device", "train.log")
 
 
 def _within(low, high, optional: bool = False, low_open: bool = False, high_open: bool = False, note: str = "",
@@ -282,6 +286,9 @@ def make_config(*layers: dict) -> Config:
 def validate(config: Config) -> None:
     values = flat(config)
     for key, choices in CHOICES.items():
+        if key == "model.arch" and zoo.is_library_arch(values[key]):
+            zoo.check_name(values[key])
+            continue
         if values[key] in RENAMED_VALUES.get(key, {}):
             raise UserError(f"{key} {values[key]!r} is now {RENAMED_VALUES[key][values[key]]!r}")
         if values[key] not in choices:
@@ -296,6 +303,7 @@ def validate(config: Config) -> None:
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
     check_scale(config.model.similarity, config.model.scale, config.model.learn_scale)
     _check_vectors(config)
+    check_tracker(config.train.log)
 
 
 def _check_vectors(config: Config) -> None:

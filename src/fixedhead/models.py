@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
-from . import encoders
+from . import encoders, zoo
 from .errors import UserError
 from .heads import ClassHead
 from .many_classes import ManyClassHead
@@ -21,10 +23,18 @@ ENCODERS = {
 }
 
 
-def build_encoder(name: str, in_channels: int = 3, image_size: int = 32, pool: str = "avg") -> nn.Module:
-    """An encoder from the registry; it has a `num_features` attribute."""
+def build_encoder(name: str, in_channels: int = 3, image_size: int = 32, pool: str = "avg",
+                  pretrained: bool = False) -> nn.Module:
+    """An encoder from the registry, or a timm/torchvision model by `timm:NAME` / `torchvision:NAME`
+    (zoo.py; `pretrained` asks for the library's weights); it has a `num_features` attribute."""
+    if zoo.is_library_arch(name):
+        if pool != "avg":
+            raise UserError(f"pool {pool!r} is offered for resnet18/resnet20 only; {name} keeps its own pooling")
+        return zoo.build(name, in_channels, image_size, pretrained)
+    if pretrained:
+        raise UserError(f"model.pretrained is for timm:NAME and torchvision:NAME models; {name} has no pretrained weights")
     if name not in ENCODERS:
-        raise UserError(f"unknown arch {name!r}; choose one of: {', '.join(ENCODERS)}")
+        raise UserError(f"unknown arch {name!r}; choose one of: {', '.join(ENCODERS)}, timm:NAME, torchvision:NAME")
     if pool != "avg" and not name.startswith("resnet"):
         raise UserError(f"pool {pool!r} is offered for resnet18/resnet20 only; use pool 'avg' with {name}")
     if name.startswith("resnet"):
@@ -61,12 +71,47 @@ class Neck(nn.Module):
         return self.norm(self.encoder(x))
 
 
+def _prefixed_matcher(matcher: dict, prefix: str) -> dict:
+    """A timm group_matcher ({group: regex or [(regex, suffix), ...]}) for parameters named `prefix` +
+    the encoder's names. timm matches at the start of the name, so every top-level alternative of a
+    regex starts after the prefix; the groups keep their numbers (the prefix adds none)."""
+    def move(regex: str) -> str:
+        return rf"^{re.escape(prefix)}(?:" + re.sub(r"(^|(?<!\\)\|)\^", r"\1", regex) + ")"
+    return {group: None if spec is None else [(move(r), suffix) for r, suffix in spec]
+            if isinstance(spec, (list, tuple)) else move(spec) for group, spec in matcher.items()}
+
+
+# timm's model hooks, answered for the encoder's parameters under the "encoder." prefix, so that
+# timm's optimizer factory, layer decay, data config and gradient checkpointing see the wrapped model
+# as they see the bare one.
+_ENCODER_HOOKS = {
+    "no_weight_decay": lambda hook: lambda: {f"encoder.{name}" for name in hook()},
+    "group_matcher": lambda hook: lambda coarse=False: _prefixed_matcher(hook(coarse=coarse), "encoder."),
+    "set_grad_checkpointing": lambda hook: hook,
+    "pretrained_cfg": lambda value: value,
+    "default_cfg": lambda value: value,
+}
+
+
 class Classifier(nn.Module):
-    """An encoder followed by a ClassHead (or ManyClassHead): features(x) (B, D), forward(x) logits (B, C)."""
+    """An encoder followed by a ClassHead (or ManyClassHead): features(x) (B, D), forward(x) logits (B, C).
+
+    timm's hooks of the encoder (no_weight_decay, group_matcher, set_grad_checkpointing,
+    pretrained_cfg, default_cfg) are answered by the Classifier with the `encoder.` prefix."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _ENCODER_HOOKS:
+                encoder = super().__getattr__("encoder")
+                if hasattr(encoder, name):
+                    return _ENCODER_HOOKS[name](getattr(encoder, name))
+            raise
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -79,16 +124,32 @@ class Classifier(nn.Module):
         return self.head.loss_and_predictions(self.encoder(x), labels, label_smoothing)
 
 
-def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     found = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             found = name, module
     if found is None:
         raise UserError(f"{type(model).__name__} has no nn.Linear layer to replace with a ClassHead")
-    name, linear = found
+    return found
+
+
+def remove_last_linear(model: nn.Module) -> nn.Linear:
+    """Replace the model's last nn.Linear (its classifier) by nn.Identity; returns the removed layer."""
+    name, linear = _last_linear(model)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    return parent, name.rpartition(".")[2], linear
+    setattr(parent, name.rpartition(".")[2], nn.Identity())
+    return linear
+
+
+def drop_auxiliary(model: nn.Module) -> None:
+    """Remove the auxiliary classifiers of torchvision's Inception v3 and GoogLeNet, whose training
+    forward would otherwise return (main, auxiliary) outputs: training then sees the main output."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, name):
+                setattr(model, name, None)
 
 
 def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -> Classifier:
@@ -106,9 +167,9 @@ def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -
         if hasattr(model, "head_hidden_size"):  # timm >= 1.0: pre-logits width may differ
             num_features = model.head_hidden_size
     else:
-        parent, attr, linear = _last_linear(model)
+        drop_auxiliary(model)
+        linear = remove_last_linear(model)
         num_classes, num_features = num_classes or linear.out_features, linear.in_features
-        setattr(parent, attr, nn.Identity())
     return Classifier(model, ClassHead(num_features, num_classes, **head_kwargs))
 
 
@@ -116,7 +177,7 @@ def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_
     """The Classifier a run's model config describes; the encoder is initialised from torch's seed,
     the class vectors from their own generator (model_cfg.head_seed, else `seed`)."""
     torch.manual_seed(seed)
-    encoder = build_encoder(model_cfg.arch, in_channels, image_size, model_cfg.pool)
+    encoder = build_encoder(model_cfg.arch, in_channels, image_size, model_cfg.pool, model_cfg.pretrained)
     if model_cfg.num_features is not None:
         encoder = Projected(encoder, model_cfg.num_features)
     if model_cfg.neck == "bn":
@@ -132,3 +193,18 @@ def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_
             seed=head_seed,
         )
     return Classifier(encoder, head)
+
+
+def bare_state_dict(classifier: Classifier | dict) -> tuple[dict, dict]:
+    """A Classifier's (or its checkpoint's `model` state dict's) weights split for the bare model:
+    (encoder weights with the bare model's key names, head weights without the `head.` prefix).
+
+    For a timm/torchvision model the first loads straight into the library's model
+    (`bare.load_state_dict(encoder_weights, strict=False)` leaves only its classifier missing); the
+    second holds the class vectors (`weight`, also when fixed), `scale` and `bias` where present: a
+    dot head without bias is the classifier `Linear` with `weight`, a cosine head is not a linear layer.
+    """
+    state = classifier.state_dict() if isinstance(classifier, nn.Module) else classifier
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    return encoder, head

@@ -128,6 +128,7 @@ class RunDir:
             return
         import fcntl
 
+        created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             handle = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -141,6 +142,8 @@ class RunDir:
                                "choose another --out") from None
             yield
         finally:
+            if created and not any(self.path.iterdir()):  # refused before writing anything: leave no trace
+                self.path.rmdir()
             os.close(handle)
 
     def clear(self) -> None:

@@ -20,18 +20,22 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     """SGD over the parameters that require grad; fixed class vectors are buffers and never appear.
 
     Learned class vectors get `head_weight_decay` (default: weight_decay); the head's bias and
-    scale get none; every encoder parameter gets weight_decay.
+    scale get none; every encoder parameter gets weight_decay, except those the model names in
+    `no_weight_decay()` (timm's hook: a ViT's position embedding and class token).
     """
     head_decay = train_cfg.weight_decay if train_cfg.head_weight_decay is None else train_cfg.head_weight_decay
-    groups = {"encoder": [], "class_vectors": [], "head_other": []}
+    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name == "head.weight":
             groups["class_vectors"].append(param)
+        elif name in exempt:
+            groups["no_weight_decay"].append(param)
         else:
             groups["head_other" if name.startswith("head.") else "encoder"].append(param)
-    decay = {"encoder": train_cfg.weight_decay, "class_vectors": head_decay, "head_other": 0.0}
+    decay = {"encoder": train_cfg.weight_decay, "class_vectors": head_decay, "head_other": 0.0, "no_weight_decay": 0.0}
     param_groups = [{"params": p, "weight_decay": decay[k], "name": k} for k, p in groups.items() if p]
     return torch.optim.SGD(param_groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
                            nesterov=train_cfg.nesterov and train_cfg.momentum > 0)

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from . import config as config_mod
-from . import distributed
+from . import distributed, zoo
 from .data.loaders import prepare
 from .devices import native_bf16, resolve_device
 from .errors import UserError, reason, shown
@@ -21,6 +21,7 @@ from .lookahead import Lookahead
 from .models import build_model
 from .runs import RunDir, describe_environment, diverged
 from .steps import Interrupted, StopSignals, lr_factor, make_optimizer, train_epoch
+from .trackers import head_numbers, open_tracker
 from .whitening import MAX_IMAGES, first_conv, whiten_first_conv
 
 
@@ -119,10 +120,12 @@ def _evaluate(model, loader, tc, prefix: str) -> dict:
     return {f"{prefix}_{k}": v for k, v in scores(predictions).items() if k != "count"}
 
 
-def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True) -> dict:
+def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True,
+        callbacks: tuple = ()) -> dict:
     """Train the run `config` describes into `run_dir`; returns the final metrics (also final.json).
 
     The test split is evaluated once, at the end, on the weights chosen by `train.select`.
+    `callbacks` are called with each epoch's record, plus the tracker train.log names (trackers.py).
     """
     ctx, device = distributed.setup(resolve_device(config.train.device))
     run = RunDir(run_dir, writable=ctx.is_main)
@@ -130,8 +133,18 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
         config, checkpoint = _open_run(run, config, resume, overwrite)
         training = _build(config, ctx, device, whiten=checkpoint is None)
         _start(run, training, checkpoint, overwrite, device)
-        _loop(run, training, ctx, verbose=verbose and ctx.is_main)  # under torchrun only rank 0 prints
-        return _finish(run, training)
+        callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
+        tracker = open_tracker(config.train.log, run.path, config_mod.flat(config)) if ctx.is_main else None
+        callbacks += [tracker] if tracker else []
+        final = None
+        try:
+            _loop(run, training, ctx, verbose=verbose and ctx.is_main, callbacks=callbacks)
+            final = _finish(run, training)
+            return final
+        finally:
+            for callback in callbacks:
+                if hasattr(callback, "close"):
+                    callback.close(final)
 
 
 def _build(config, ctx, device, whiten: bool) -> Training:
@@ -177,12 +190,12 @@ def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: 
     config, model = training.config, training.model
     run.write_config(config_mod.to_dict(config))
     run.rewrite_metrics([])
-    meta = describe_environment(config.seed, str(device))
+    meta = describe_environment(config.seed, str(device)) | zoo.versions(config.model.arch)
     meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=training.data["classes"])
     run.write_meta(meta)
 
 
-def _loop(run: RunDir, training: Training, ctx, verbose: bool) -> None:
+def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) -> None:
     """The epochs still to train; a stop signal ends the current step, writes a checkpoint and raises."""
     config, data, tc = training.config, training.data, training.config.train
     steps = tc.epochs * len(data["train"])
@@ -213,6 +226,8 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool) -> None:
             run.save_checkpoint(training.state())
             if verbose:
                 print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
+            for callback in callbacks:
+                callback(record)
 
 
 def _wrap(model, tc, ctx, device):
@@ -241,6 +256,7 @@ def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     if tc.log_test:  # monitoring only: nothing below reads it
         record.update(_evaluate(model, data["test"], tc, "test"))
+    record.update(head_numbers(model.head))
     run.append_metrics(record)
     return best
 

@@ -1,0 +1,108 @@
+"""Experiment trackers: what `fit` reports after each epoch, to TensorBoard, Weights & Biases or any
+callable.
+
+The contract is one callable: `fit(..., callbacks=[cb])` calls `cb(record)` after every epoch with
+that epoch's record (the line of metrics.jsonl: epoch, lr, train_loss, train_acc, val_*, and the head's
+numbers, `head_cos_mean`/`head_cos_max` between class vectors and `head_scale` of a cosine head), and
+`cb.close(final)` at the end if the callable has a `close` method (final.json's dict; None when training
+stopped early). Only the main process calls them under torchrun. The trackers below import their
+package only when used (extras `fixedhead[tensorboard]`, `fixedhead[wandb]`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .errors import UserError
+
+TRACKERS = ("none", "tensorboard", "wandb")  # train.log
+
+
+def head_numbers(head) -> dict:
+    """Mean and largest cosine between two distinct class vectors, and S of a cosine head (float)."""
+    numbers = {"head_scale": float(head.scale)} if head.similarity == "cosine" else {}
+    vectors = getattr(head, "weight", None)
+    if not isinstance(vectors, torch.Tensor) or not 2 <= len(vectors) <= 4096:  # a many-class head: too costly
+        return numbers
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+        cosines = unit @ unit.T
+        off = cosines[~torch.eye(len(unit), dtype=torch.bool, device=unit.device)]
+    return {**numbers, "head_cos_mean": off.mean().item(), "head_cos_max": off.max().item()}
+
+
+def check_tracker(kind: str) -> None:
+    """Refuse train.log naming a tracker whose package is missing (before anything is written)."""
+    import importlib.util
+
+    if kind != "none" and importlib.util.find_spec(kind) is None:
+        raise UserError(f"train.log={kind} needs the {kind} package: pip install 'fixedhead[{kind}]'")
+
+
+def _tag(key: str) -> str:
+    """TensorBoard groups tags by their first part: train/loss, val/acc, head/cos_mean; others stay whole."""
+    first, _, rest = key.partition("_")
+    return f"{first}/{rest}" if first in ("train", "val", "test", "head") and rest else key
+
+
+class TensorBoard:
+    """Per-epoch scalars into `<run>/tensorboard` (view: tensorboard --logdir RUN_OR_SWEEP_FOLDER)."""
+
+    def __init__(self, run_path, config: dict):
+        check_tracker("tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_path / "tensorboard"))
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()))
+
+    def __call__(self, record: dict) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(_tag(key), value, record["epoch"])
+        self.writer.flush()
+
+    def close(self, final: dict | None) -> None:
+        if final:
+            for key in ("test_acc", "test_loss"):
+                if isinstance(final.get(key), (int, float)):
+                    self.writer.add_scalar(_tag(key), final[key], final["epochs"])
+        self.writer.close()
+
+
+class WandB:
+    """Per-epoch metrics to a Weights & Biases run named after the run folder (its own settings,
+    e.g. WANDB_PROJECT and WANDB_MODE=offline, come from the environment)."""
+
+    def __init__(self, run_path, config: dict):
+        check_tracker("wandb")
+        import wandb
+
+        self.run = wandb.init(name=run_path.name, dir=str(run_path), config=config,
+                                   project=None, reinit=True)
+
+    def __call__(self, record: dict) -> None:
+        self.run.log({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+    def close(self, final: dict | None) -> None:
+        if final:
+            self.run.summary.update({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
+        self.run.finish()
+
+
+def open_tracker(kind: str, run_path, config: dict):
+    """The tracker train.log names, or None."""
+    return None if kind == "none" else {"tensorboard": TensorBoard, "wandb": WandB}[kind](run_path, config)
+
+
+class Progress:
+    """A sweep's line per epoch, `[3/12] name  epoch 2/4  loss 1.2345  val_acc 0.6789  41 s`, to `log`."""
+
+    def __init__(self, prefix: str, epochs: int, log=lambda line: print(line, file=sys.stderr, flush=True)):
+        self.prefix, self.epochs, self.log = prefix, epochs, log
+
+    def __call__(self, record: dict) -> None:
+        val = f"  val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
+        self.log(f"{self.prefix}  epoch {record['epoch']}/{self.epochs}  loss {record['train_loss']:.4f}{val}  "
+                 f"{record['epoch_time_s']:.0f} s")

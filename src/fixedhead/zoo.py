@@ -1,0 +1,185 @@
+"""Encoders from timm and torchvision by name: model.arch `timm:NAME` or `torchvision:NAME`.
+
+The model is built by its library (random weights, or the library's pretrained ones with
+model.pretrained), its classifier removed, and it is used as an encoder like the built-in ones: the
+encoder *is* the library's model, so a checkpoint's `encoder.` keys are the bare model's keys
+(models.bare_state_dict). Channels and input size come from the data: timm adapts the first
+convolution itself (`in_chans`); for torchvision the first 3-channel convolution is replaced (grey
+images: its filters summed over colour, as timm does). One forward pass at the data's size before
+training decides whether the model can take it; a model that cannot (a ViT with a fixed patch grid)
+is refused with one line. torchvision's Inception v3 and GoogLeNet lose their auxiliary classifiers
+(models.drop_auxiliary), so training uses their main output.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import torch
+from torch import nn
+
+from .errors import UserError, reason
+
+LIBRARIES = {"timm": "timm", "torchvision": "torchvision"}  # prefix -> the package that provides it
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+def is_library_arch(arch: str) -> bool:
+    return isinstance(arch, str) and arch.partition(":")[0] in LIBRARIES and ":" in arch
+
+
+def _library(prefix: str):
+    try:
+        if prefix == "timm":
+            import timm
+
+            return timm
+        import torchvision.models
+
+        return torchvision.models
+    except ImportError:
+        raise UserError(f"model.arch {prefix}:... needs the {prefix} package: pip install 'fixedhead[{prefix}]'") from None
+
+
+def check_name(arch: str) -> None:
+    """Refuse, in one line, a library model name that does not exist (with the nearest names)."""
+    prefix, _, name = arch.partition(":")
+    library = _library(prefix)
+    if _NAME.fullmatch(name) and (library.is_model(name) if prefix == "timm" else name in library.list_models()):
+        return
+    near = difflib.get_close_matches(name, library.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(f'{prefix}:{n}' for n in near)}? " if near else ""
+    lister = "timm.list_models('*convnext*')" if prefix == "timm" else "torchvision.models.list_models()"
+    raise UserError(f"unknown {prefix} model {name[:100]!r} (model.arch); {hint}list the names with: "
+                    f"python -c \"import {prefix}{'.models' if prefix == 'torchvision' else ''}; print({lister})\"")
+
+
+def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d] | None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            return parent, name.rpartition(".")[2], module
+    return None
+
+
+def _adapt_channels(model: nn.Module, arch: str, in_channels: int, pretrained: bool) -> None:
+    found = _first_conv(model)
+    if in_channels == 3 or found is None or found[2].in_channels != 3:
+        return
+    parent, attr, conv = found
+    if in_channels != 1 or conv.groups != 1:
+        raise UserError(f"{arch} takes 3-channel images; the data has {in_channels} channels (1 or 3 work)")
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    if pretrained:  # grey = the sum of the colour filters' responses to equal R, G and B
+        with torch.no_grad():
+            new.weight.copy_(conv.weight.sum(1, keepdim=True))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+    setattr(parent, attr, new)
+
+
+def _reachable(host: str, timeout_s: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _timm_create(timm, name: str, pretrained: bool, in_channels: int) -> nn.Module:
+    """timm.create_model; pretrained weights from the Hugging Face cache first, the network only when
+    the host answers (offline, the hub would retry for a minute, printing a line per retry)."""
+    def create():
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+    if not pretrained:
+        return create()
+    from huggingface_hub import constants
+
+    online = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        return create()
+    except Exception:
+        if online or not _reachable("huggingface.co"):
+            raise UserError(_not_cached(f"timm:{name}", "huggingface.co")) from None
+    finally:
+        constants.HF_HUB_OFFLINE = online
+    return create()
+
+
+def _not_cached(arch: str, host: str) -> str:
+    return (f"the pretrained weights of {arch} are not in the local cache and {host} cannot be reached; run once "
+            "with internet to download them, or set model.pretrained=false")
+
+
+def _torchvision_create(models, name: str, pretrained: bool) -> nn.Module:
+    """torchvision.models.get_model, checking first that pretrained weights are cached or reachable."""
+    if pretrained:
+        import os
+
+        url = models.get_model_weights(name).DEFAULT.url
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        host = url.split("/")[2]
+        if not os.path.exists(cached) and not _reachable(host):
+            raise UserError(_not_cached(f"torchvision:{name}", host))
+    return models.get_model(name, weights="DEFAULT" if pretrained else None)
+
+
+def _create(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
+    prefix, _, name = arch.partition(":")
+    library = _library(prefix)
+    check_name(arch)
+    try:
+        if prefix == "timm":
+            return _timm_create(library, name, pretrained, in_channels)
+        model = _torchvision_create(library, name, pretrained)
+    except UserError:
+        raise
+    except Exception as error:  # a download that fails offline, a model that refuses the options
+        if pretrained:
+            raise UserError(f"could not load the pretrained weights of {arch} ({reason(error)}); they are downloaded once "
+                            f"into {prefix}'s cache, which needs internet; or set model.pretrained=false") from None
+        raise UserError(f"{prefix} could not build {name} with {in_channels} input channels ({reason(error)})") from None
+    from .models import drop_auxiliary, remove_last_linear
+
+    drop_auxiliary(model)
+    remove_last_linear(model)
+    _adapt_channels(model, arch, in_channels, pretrained)
+    return model
+
+
+def build(arch: str, in_channels: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    """The library's model without its classifier, taking (B, in_channels, image_size, image_size)
+    images to (B, num_features) features; `num_features` is measured by one forward pass."""
+    model = _create(arch, in_channels, pretrained)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, image_size, image_size))
+    except Exception as error:
+        size = getattr(model, "pretrained_cfg", {}).get("input_size")
+        fixed = f"; this one was made for {size[1]}x{size[2]} (set data.image_size={size[1]})" if size else ""
+        raise UserError(f"{arch} cannot take {in_channels}x{image_size}x{image_size} images ({reason(error)}); models with "
+                        f"global pooling (resnets, convnexts, efficientnets) take any size{fixed}") from None
+    finally:
+        model.train()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"{arch} gives {type(out).__name__} {tuple(getattr(out, 'shape', ()))} where features (batch, "
+                        "width) were expected once its classifier is removed; choose a model with a pooled output")
+    # timm: num_features is the pooled width; the output is wider when the model has a pre-logits layer
+    model.num_features = out.shape[1]
+    return model
+
+
+def versions(arch: str) -> dict:
+    """{"timm": "1.0.31"} for a library model (recorded in the run's meta), {} for a built-in encoder."""
+    if not is_library_arch(arch):
+        return {}
+    prefix = arch.partition(":")[0]
+    import importlib.metadata
+
+    return {prefix: importlib.metadata.version(LIBRARIES[prefix])}
