@@ -124,34 +124,6 @@ class Classifier(nn.Module):
         return self.head.loss_and_predictions(self.encoder(x), labels, label_smoothing)
 
 
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    found = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            found = name, module
-    if found is None:
-        raise UserError(f"{type(model).__name__} has no nn.Linear layer to replace with a ClassHead")
-    return found
-
-
-def remove_last_linear(model: nn.Module) -> nn.Linear:
-    """Replace the model's last nn.Linear (its classifier) by nn.Identity; returns the removed layer."""
-    name, linear = _last_linear(model)
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Identity())
-    return linear
-
-
-def drop_auxiliary(model: nn.Module) -> None:
-    """Remove the auxiliary classifiers of torchvision's Inception v3 and GoogLeNet, whose training
-    forward would otherwise return (main, auxiliary) outputs: training then sees the main output."""
-    if getattr(model, "aux_logits", False):
-        model.aux_logits = False
-        for name in ("AuxLogits", "aux1", "aux2"):
-            if hasattr(model, name):
-                setattr(model, name, None)
-
-
 def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -> Classifier:
     """Replace the classification layer of a torchvision or timm classifier by a ClassHead.
 
@@ -167,8 +139,8 @@ def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -
         if hasattr(model, "head_hidden_size"):  # timm >= 1.0: pre-logits width may differ
             num_features = model.head_hidden_size
     else:
-        drop_auxiliary(model)
-        linear = remove_last_linear(model)
+        zoo.drop_auxiliary(model)
+        linear = zoo.remove_last_linear(model)
         num_classes, num_features = num_classes or linear.out_features, linear.in_features
     return Classifier(model, ClassHead(num_features, num_classes, **head_kwargs))
 

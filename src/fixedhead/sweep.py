@@ -203,8 +203,8 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
               dry_run: bool = False, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Run (or list) this shard's runs; finished runs are skipped, interrupted ones resumed, failures
     recorded and passed over. Returns {"planned", "finished", "skipped", "failed"} run names."""
-    from .train import fit
     from .trackers import Progress
+    from .train import fit
 
     experiment = load_experiment(path, seeds, sets)
     planned = shard(expand(experiment), *parse_shard(shard_spec))

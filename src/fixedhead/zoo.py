@@ -8,7 +8,7 @@ convolution itself (`in_chans`); for torchvision the first 3-channel convolution
 images: its filters summed over colour, as timm does). One forward pass at the data's size before
 training decides whether the model can take it; a model that cannot (a ViT with a fixed patch grid)
 is refused with one line. torchvision's Inception v3 and GoogLeNet lose their auxiliary classifiers
-(models.drop_auxiliary), so training uses their main output.
+(drop_auxiliary), so training uses their main output.
 """
 
 from __future__ import annotations
@@ -53,6 +53,34 @@ def check_name(arch: str) -> None:
     lister = "timm.list_models('*convnext*')" if prefix == "timm" else "torchvision.models.list_models()"
     raise UserError(f"unknown {prefix} model {name[:100]!r} (model.arch); {hint}list the names with: "
                     f"python -c \"import {prefix}{'.models' if prefix == 'torchvision' else ''}; print({lister})\"")
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = name, module
+    if found is None:
+        raise UserError(f"{type(model).__name__} has no nn.Linear layer to replace with a ClassHead")
+    return found
+
+
+def remove_last_linear(model: nn.Module) -> nn.Linear:
+    """Replace the model's last nn.Linear (its classifier) by nn.Identity; returns the removed layer."""
+    name, linear = _last_linear(model)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Identity())
+    return linear
+
+
+def drop_auxiliary(model: nn.Module) -> None:
+    """Remove the auxiliary classifiers of torchvision's Inception v3 and GoogLeNet, whose training
+    forward would otherwise return (main, auxiliary) outputs: training then sees the main output."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, name):
+                setattr(model, name, None)
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d] | None:
@@ -144,8 +172,6 @@ def _create(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
             raise UserError(f"could not load the pretrained weights of {arch} ({reason(error)}); they are downloaded once "
                             f"into {prefix}'s cache, which needs internet; or set model.pretrained=false") from None
         raise UserError(f"{prefix} could not build {name} with {in_channels} input channels ({reason(error)})") from None
-    from .models import drop_auxiliary, remove_last_linear
-
     drop_auxiliary(model)
     remove_last_linear(model)
     _adapt_channels(model, arch, in_channels, pretrained)
