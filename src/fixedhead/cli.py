@@ -118,7 +118,7 @@ def _data(args) -> int:
         root = download(args.name, args.data_dir)
         print(f"{args.name} is in {root}")
     else:
-        print(json.dumps(data.info(args.name, args.data_dir, args.variant), indent=2))
+        print(json.dumps(data.info(args.name, args.data_dir, args.variant, args.num_classes), indent=2))
     return 0
 
 
@@ -282,6 +282,7 @@ def _add_data(sub):
     p.add_argument("name", help="dataset name")
     p.add_argument("--data-dir", help="folder to download into / read from")
     p.add_argument("--variant", help="cifar100: fine|coarse; cifar10.1: v6|v4")
+    p.add_argument("--num-classes", type=int, help="glyphs: how many classes (default 100)")
 
 
 def build_parser() -> Parser:

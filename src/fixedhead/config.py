@@ -32,6 +32,7 @@ class DataConfig:
     name: str = "digits"  # the dataset (README: Datasets)
     data_dir: Optional[str] = None  # folder holding it (--data-dir)
     variant: Optional[str] = None  # cifar100: fine | coarse; cifar10.1: v6 | v4; None: the dataset's default
+    num_classes: Optional[int] = None  # glyphs: how many characters (classes); None: 100
     image_size: Optional[int] = None  # resize every image to this side (imagefolder); None keeps the size
     val_fraction: float = 0.0  # held out of train; 0.1 is used when the schedule or selection needs one
     augment: bool = True  # random crops (and flips) of the training images
@@ -142,6 +143,7 @@ RANGES = {
     "model.scale": _within(0, 10_000, low_open=True),
     "model.head_seed": _count(0, MAX_SEED, optional=True),
     "model.num_features": _count(1, 65536, optional=True),
+    "data.num_classes": _count(2, 100_000, optional=True, note=" (glyphs only)"),
     "train.epochs": _count(0, 100_000),
     "train.batch_size": _count(1, 1 << 20),
     "train.eval_batch_size": _count(1, 1 << 20),
@@ -301,6 +303,8 @@ def validate(config: Config) -> None:
     if "flip" in config.train.tta and not flips:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
+    if config.data.num_classes is not None and not DATASETS[config.data.name].generated:
+        raise UserError(f"data.num_classes is for generated datasets (glyphs); {config.data.name} has its own classes")
     check_scale(config.model.similarity, config.model.scale, config.model.learn_scale)
     _check_vectors(config)
     check_tracker(config.train.log)

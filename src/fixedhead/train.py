@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from . import config as config_mod
 from . import distributed, zoo
+from .data import made
 from .data.loaders import prepare
 from .devices import native_bf16, resolve_device
 from .errors import UserError, reason, shown
@@ -190,7 +191,7 @@ def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: 
     config, model = training.config, training.model
     run.write_config(config_mod.to_dict(config))
     run.rewrite_metrics([])
-    meta = describe_environment(config.seed, str(device)) | zoo.versions(config.model.arch)
+    meta = describe_environment(config.seed, str(device)) | zoo.versions(config.model.arch) | made(config.data)
     meta.update(num_params=sum(p.numel() for p in model.parameters()), classes=training.data["classes"])
     run.write_meta(meta)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from . import cache, formats, idx, mini
+from . import cache, formats, glyphs, idx, mini
 from .imagefolder import decode_images, list_classes, list_images
 
 SPLITS = ("train", "test")
@@ -64,6 +64,8 @@ class DatasetSpec:
     variants: tuple = (None,)  # accepted data.variant values; the first is the default
     splits: tuple = SPLITS
     howto: str = ""
+    generated: bool = False  # made here: read(split, num_classes), sources(split, num_classes) -> (files, key text)
+    describe: Callable | None = None  # (num_classes) -> what `data info` adds (generated datasets)
 
 
 DATASETS = {
@@ -83,6 +85,7 @@ DATASETS = {
                                        "/usr/share/datasets/fashion-mnist/), or fixedhead data download "
                                        "fashion-mnist --data-dir DIR"),
     mini.NAME: DatasetSpec(lambda f, s, v: mini.read_split(s), None),
+    glyphs.NAME: DatasetSpec(glyphs.read_split, glyphs.cache_key, flip=False, generated=True, describe=glyphs.describe),
     "mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, [str(d) for d in range(10)]),
                          lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
                          flip=False, locate=lambda root: idx.locate("mnist", root)),
@@ -119,18 +122,26 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).byte().numpy()
 
 
-def load(name: str, root=None, split: str = "train", image_size: int | None = None, variant: str | None = None) -> ImageSet:
-    """Load one split of a registered dataset as uint8 tensors (decoded once, then cached)."""
+def load(name: str, root=None, split: str = "train", image_size: int | None = None, variant: str | None = None,
+         num_classes: int | None = None) -> ImageSet:
+    """Load one split of a registered dataset as uint8 tensors (decoded or generated once, then cached);
+    `num_classes` is for datasets generated with a chosen number of classes (glyphs)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     spec = DATASETS[name]
+    if num_classes is not None and not spec.generated:
+        raise UserError(f"data.num_classes is for generated datasets ({', '.join(generated_datasets())}); "
+                        f"{name!r} has its own classes")
     if split not in spec.splits:
         raise UserError(f"dataset {name!r} has no split {split!r}; it has: {', '.join(spec.splits)}")
     variant = spec.variants[0] if variant is None else variant
     if variant not in spec.variants:
         accepted = ", ".join(str(v) for v in spec.variants)
         raise UserError(f"dataset {name!r} has no variant {variant!r}; accepted: {accepted}")
-    if spec.sources is None:
+    if spec.generated:
+        paths, key = spec.sources(num_classes, split)
+        arrays = cache.cached(cache.source_key(paths, key), lambda: spec.read(split, num_classes))
+    elif spec.sources is None:
         arrays = spec.read(root, split, variant)
     else:
         folder = dataset_folder(name, root)
@@ -154,7 +165,17 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
 
 def load_split(data_cfg, split: str) -> ImageSet:
     """One split of the dataset a run's data config names (name, folder, image size, variant)."""
-    return load(data_cfg.name, data_cfg.data_dir, split, data_cfg.image_size, data_cfg.variant)
+    return load(data_cfg.name, data_cfg.data_dir, split, data_cfg.image_size, data_cfg.variant, data_cfg.num_classes)
+
+
+def made(data_cfg) -> dict:
+    """How a generated dataset was made (for the run's meta), {} for the others."""
+    spec = DATASETS[data_cfg.name]
+    return {"dataset_made": spec.describe(data_cfg.num_classes)} if spec.describe else {}
+
+
+def generated_datasets() -> list[str]:
+    return [name for name, spec in DATASETS.items() if spec.generated]
 
 
 def load_folder_onto(path, classes: list[str], image_size: int | None = None) -> ImageSet:
@@ -170,12 +191,14 @@ def load_folder_onto(path, classes: list[str], image_size: int | None = None) ->
     return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(arrays["labels"])), list(classes))
 
 
-def info(name: str, root=None, variant: str | None = None) -> dict:
-    """Split sizes, image size, classes and per-channel mean/std of the training split."""
+def info(name: str, root=None, variant: str | None = None, num_classes: int | None = None) -> dict:
+    """Split sizes, image size, classes and per-channel mean/std of the training split (and, for a
+    generated dataset, how it was made: fonts per split, images per class)."""
     from .pipeline import channel_stats
 
     spec = DATASETS.get(name)
-    splits = {split: load(name, root, split, variant=variant) for split in (spec.splits if spec else SPLITS)}
+    splits = {split: load(name, root, split, variant=variant, num_classes=num_classes)
+              for split in (spec.splits if spec else SPLITS)}
     first = next(iter(splits.values()))
     mean, std = channel_stats(splits.get("train", first).images)
     return {
@@ -183,4 +206,5 @@ def info(name: str, root=None, variant: str | None = None) -> dict:
         "splits": {split: len(s) for split, s in splits.items()},
         "image_size": list(first.images.shape[1:]), "num_classes": len(first.classes), "classes": first.classes,
         "mean": mean, "std": std, "stats_split": "train" if "train" in splits else next(iter(splits)),
+        **({"made": spec.describe(num_classes)} if spec and spec.describe else {}),
     }

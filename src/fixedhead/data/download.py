@@ -117,8 +117,9 @@ def download(name: str, root) -> Path:
     """Download `name` into `root` (skipped when the files are already there and intact)."""
     from . import DATASETS
 
-    if name in DATASETS and DATASETS[name].sources is None:  # read from the package or a library, no files
-        raise UserError(f"{name!r} needs no download (it ships with fixedhead or scikit-learn); use it as --data {name}")
+    if name in DATASETS and (DATASETS[name].sources is None or DATASETS[name].generated):  # no files to get
+        raise UserError(f"{name!r} needs no download (it ships with fixedhead or scikit-learn, or is made on first "
+                        f"use); use it as --data {name}")
     if name not in DOWNLOADERS:
         raise UserError(f"no downloader for {name!r}; downloadable: {', '.join(DOWNLOADERS)}")
     if root is None:
