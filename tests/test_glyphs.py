@@ -100,7 +100,7 @@ def test_a_tiny_class_count_sweep_runs_and_reports(tmp_path):
         "variants": {"cosine-learned": {"model.similarity": "cosine", "model.fixed": False, "train.weight_decay": 0},
                      "cosine-fixed": {"model.similarity": "cosine", "model.fixed": True, "train.weight_decay": 0}},
         "grid": {"data.num_classes": [10, 20]}, "seeds": 1,
-        "report": {"rows": ["data.num_classes"], "columns": ["variant"], "metrics": ["test_acc"],
+        "report": {"rows": ["data.num_classes"], "columns": ["variant"], "metrics": ["test_acc"], "curve": True,
                    "compare": [["cosine-fixed", "cosine-learned"]]},
     }
     path = tmp_path / "classes.yaml"
@@ -108,6 +108,8 @@ def test_a_tiny_class_count_sweep_runs_and_reports(tmp_path):
     assert main(["sweep", str(path), "--out", str(tmp_path / "o")]) == 0
     assert main(["report", str(tmp_path / "o")]) == 0
     report = (tmp_path / "o" / "report.md").read_text()
-    assert "| 10 |" in report and "| 20 |" in report
+    assert "| 10 |" in report and "| 20 |" in report and report.index("| 10 |") < report.index("| 20 |")
+    for name in ("figure_test_acc.png", "figure_test_acc_cosine_fixed_cosine_learned.png"):
+        assert (tmp_path / "o" / name).stat().st_size > 0
     meta = (tmp_path / "o").glob("cosine-fixed__num_classes=20__seed=0/meta.json")
     assert '"num_classes": 20' in next(meta).read_text()

@@ -123,3 +123,22 @@ def test_the_analysis_pca_axes_carry_the_explained_variance(tmp_path, drawn):
     analyze(tmp_path / "run")
     pca = [f for f in drawn if f.axes and f.axes[0].get_xlabel().startswith("PC 1")]
     assert pca and all(f.axes[0].get_aspect() == 1.0 for f in pca)
+
+
+def test_curve_confidence_interval_against_scipy():
+    from scipy import stats
+
+    from fixedhead.report import mean_ci, summarise
+
+    values = [0.61, 0.64, 0.66, 0.59]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    mean, got_low, got_high = mean_ci(summarise(values))
+    assert (mean, got_low, got_high) == pytest.approx((np.mean(values), low, high))
+    assert np.isnan(mean_ci(summarise([0.5]))[1])
+
+
+def test_curves_use_a_log_axis_and_label_it(drawn, tmp_path):
+    plots.curves({"fixed - learned": ([10, 100, 1000], [1.0, 2.0, 3.0], [0.5, 1.0, 2.0], [1.5, 3.0, 4.0])},
+                 tmp_path / "c", "data.num_classes", "test acc (%)", log_x=True, zero_line=True)
+    ax = drawn[0].axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "data.num_classes" and ax.get_ylabel() == "test acc (%)"

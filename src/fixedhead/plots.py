@@ -131,3 +131,22 @@ def bars(table: dict, stem: Path, ylabel: str, xlabel: str, factor: float = 1.0)
     ax.set_title("mean over seeds, error bars ± 1 sample std", fontsize=8)
     ax.legend(fontsize=7)
     return _save(fig, stem)
+
+
+def curves(series: dict, stem: Path, xlabel: str, ylabel: str, log_x: bool = False, zero_line: bool = False,
+           title: str = "") -> list[str]:
+    """series: label -> (xs, means, lows, highs): one line per label with its confidence band as error bars."""
+    fig, ax = _figure((5.2, 3.6))
+    for label, (xs, means, lows, highs) in series.items():
+        means, lows, highs = (np.asarray(v, dtype=float) for v in (means, lows, highs))
+        below, above = np.nan_to_num(means - lows), np.nan_to_num(highs - means)
+        ax.errorbar(xs, means, yerr=[below, above], marker="o", capsize=4, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    if zero_line:
+        ax.axhline(0, color="0.5", linewidth=0.8, linestyle="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "mean over seeds, error bars: 95% confidence interval", fontsize=8)
+    ax.legend(fontsize=7)
+    return _save(fig, stem)

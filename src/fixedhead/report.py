@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,43 @@ def _is_percent(metric: str) -> bool:
 def _axis_label(metric: str) -> str:
     """A metric key as a figure axis label: words, with (%) on accuracies."""
     return metric.replace("_", " ") + (" (%)" if _is_percent(metric) else "")
+
+
+def mean_ci(cell: dict, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a t confidence interval of the mean over the cell's runs (nan bounds for n < 2)."""
+    if not cell or not cell.get("n"):
+        return math.nan, math.nan, math.nan
+    if cell["n"] < 2:
+        return cell["mean"], math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, cell["n"] - 1) * cell["std"] / math.sqrt(cell["n"])
+    return cell["mean"], cell["mean"] - half, cell["mean"] + half
+
+
+def _curve_figures(table: dict, figure, factor: float, plots) -> list:
+    """A report layout with `curve: true` (one numeric row key, e.g. data.num_classes): each metric
+    against it per column, and each compare pair's difference, with 95% CIs; log axis over a decade."""
+    try:
+        xs = {row: float(row) for row in table["rows"]}
+    except ValueError:
+        raise UserError(f"a report with curve: true needs one numeric row key; got rows {table['rows'][:3]}") from None
+    rows = sorted(table["rows"], key=xs.get)
+    x = [xs[r] for r in rows]
+    log_x = min(x) > 0 and max(x) >= 10 * min(x)
+    xlabel = ", ".join(table["row_keys"])
+    series = {}
+    for column in table["columns"]:
+        points = [mean_ci(table["cells"][row].get(column)) for row in rows]
+        series[column or "all"] = tuple([factor * p[i] for p in points] for i in range(3))
+    figures = [plots.curves({k: (x, *v) for k, v in series.items()}, figure(""), xlabel, _axis_label(table["metric"]),
+                            log_x)]
+    for pair, by_row in table["diffs"].items():
+        kept = [r for r in rows if r in by_row]
+        values = [tuple(factor * by_row[r][k] for k in ("diff", "low", "high")) for r in kept]
+        figures.append(plots.curves({pair: ([xs[r] for r in kept], *zip(*values))} if kept else {},
+                                    figure("_" + re.sub(r"[^A-Za-z0-9]+", "_", pair).strip("_")),
+                                    xlabel, f"{_axis_label(table['metric'])}: {pair}", log_x, zero_line=True,
+                                    title="difference of means, error bars: 95% Welch confidence interval"))
+    return figures
 
 
 def collect(root) -> list[dict]:
@@ -89,6 +127,14 @@ def difference_ci(a: list[float], b: list[float], level: float = 0.95) -> dict:
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = stats.t.ppf(0.5 + level / 2, df) * se
     return {"diff": float(diff), "low": float(diff - half), "high": float(diff + half), "df": float(df)}
+
+
+def _row_order(row: str):
+    """Numbers in numeric order (10 before 100), then text."""
+    try:
+        return (0, float(row), "")
+    except ValueError:
+        return (1, 0.0, row)
 
 
 def _label(record: dict, keys: list[str]) -> str:
@@ -146,7 +192,7 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
         columns = sorted({c for row in summary.values() for c in row})
         diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
                                 if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
-        tables.append({"metric": metric, "rows": sorted(summary), "columns": columns, "cells": summary,
+        tables.append({"metric": metric, "rows": sorted(summary, key=_row_order), "columns": columns, "cells": summary,
                        "row_keys": list(layout["rows"]),
                        "diffs": diffs, "paper": (paper or {}).get(metric, {})})
     return tables
@@ -256,8 +302,15 @@ def write_report(root) -> dict:
     write_text(sweep_dir.csv_path, buffer.getvalue())
     tex = "\n\n".join(latex(t) for t in tables) + "\n"
     write_text(sweep_dir.latex_path, tex)
-    figures = [plots.bars(t, sweep_dir.figure(t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"),
-                          ylabel=_axis_label(t["metric"]), xlabel=", ".join(t["row_keys"]) or "all runs",
-                          factor=100 if _is_percent(t["metric"]) else 1)
-               for k, (_, section) in enumerate(sections) for t in section]
+    figures = []
+    for k, ((_, section), layout) in enumerate(zip(sections, layouts)):
+        for t in section:
+            name = t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"
+            stem = sweep_dir.figure(name)
+            factor = 100 if _is_percent(t["metric"]) else 1
+            if layout.get("curve"):
+                figures += _curve_figures(t, lambda suffix, n=name: sweep_dir.figure(n + suffix), factor, plots)
+            else:
+                figures.append(plots.bars(t, stem, ylabel=_axis_label(t["metric"]),
+                                          xlabel=", ".join(t["row_keys"]) or "all runs", factor=factor))
     return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}

@@ -43,7 +43,8 @@ class PlannedRun:
 
 
 ROBUSTNESS_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
-REPORT_OPTIONS = {"title": str, "rows": list, "columns": list, "metrics": list, "compare": list, "select": dict}
+REPORT_OPTIONS = {"title": str, "rows": list, "columns": list, "metrics": list, "compare": list, "select": dict,
+                  "curve": bool}
 
 
 def _check_section(value, kind, where: str):
