@@ -22,7 +22,7 @@ TRACKERS = ("none", "tensorboard", "wandb")  # train.log
 
 def head_numbers(head) -> dict:
     """Mean and largest cosine between two distinct class vectors, and S of a cosine head (float)."""
-    numbers = {"head_scale": float(head.scale)} if head.similarity == "cosine" else {}
+    numbers = {"head_scale": head.scale.detach().item()} if head.similarity == "cosine" else {}
     vectors = getattr(head, "weight", None)
     if not isinstance(vectors, torch.Tensor) or not 2 <= len(vectors) <= 4096:  # a many-class head: too costly
         return numbers
