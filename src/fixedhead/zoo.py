@@ -50,7 +50,8 @@ def check_name(arch: str) -> None:
         return
     near = difflib.get_close_matches(name, library.list_models(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(f'{prefix}:{n}' for n in near)}? " if near else ""
-    lister = "timm.list_models('*convnext*')" if prefix == "timm" else "torchvision.models.list_models()"
+    stem = re.split(r"[_.\-\d]", name)[0][:30] if _NAME.fullmatch(name) else ""
+    lister = f"timm.list_models('*{stem}*')" if prefix == "timm" else "torchvision.models.list_models()"
     raise UserError(f"unknown {prefix} model {name[:100]!r} (model.arch); {hint}list the names with: "
                     f"python -c \"import {prefix}{'.models' if prefix == 'torchvision' else ''}; print({lister})\"")
 
