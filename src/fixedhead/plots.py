@@ -143,6 +143,10 @@ def curves(series: dict, stem: Path, xlabel: str, ylabel: str, log_x: bool = Fal
         ax.errorbar(xs, means, yerr=[below, above], marker="o", capsize=4, label=label)
     if log_x:
         ax.set_xscale("log")
+    ticks = sorted({x for xs, *_ in series.values() for x in xs})
+    if ticks:  # the measured values as plain numbers (10, 100, 1000), not powers
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     if zero_line:
         ax.axhline(0, color="0.5", linewidth=0.8, linestyle="--")
     ax.set_xlabel(xlabel)

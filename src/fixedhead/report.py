@@ -223,7 +223,7 @@ def markdown(table: dict) -> str:
         if not per_row:  # neither column of the pair has runs in this table
             continue
         lines += ["", f"{name}, mean difference with 95% CI (Welch):", ""]
-        for row, d in per_row.items():
+        for row, d in sorted(per_row.items(), key=lambda item: _row_order(item[0])):
             ci = "" if math.isnan(d["low"]) else f" [{_fmt(metric, d['low'])}, {_fmt(metric, d['high'])}]"
             lines.append(f"- {row}: {_fmt(metric, d['diff'])}{ci}")
     return "\n".join(lines)
