@@ -345,3 +345,14 @@ def test_an_edited_experiment_does_not_silently_reuse_runs_of_the_old_one(tmp_pa
     assert "another train.epochs" in text.err and "1 failed" in text.out
     assert (out / "lr=0.05__seed=0" / "final.json").read_text() == final  # the old result is left as it was
     assert not (out / "lr=0.05__seed=0" / "failure.json").exists()
+
+
+def test_the_last_training_loss_is_a_report_metric(tmp_path):
+    """Learning-rate tables show the final training loss beside accuracy (a blow-up that stayed finite)."""
+    from fixedhead.report import collect
+
+    fixture_run(tmp_path, "r", "v", "a", 0, 0.137, "diverged")
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    (tmp_path / "r" / "final.json").write_text(json.dumps({**final, "train_losses": [2.3, 404.0]}))
+    record = collect(tmp_path)[0]
+    assert record["train_loss"] == 404.0 and record["status"] == "diverged" and record["test_acc"] == 0.137

@@ -84,6 +84,9 @@ def collect(root) -> list[dict]:
         record = {"run": run.path.name, "status": final.get("status", "unfinished"), **upgrade(run.read_config())}
         record["variant"] = str(run.read_sweep_info().get("variant", ""))
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
+        losses = final.get("train_losses")
+        if isinstance(losses, list) and losses and isinstance(losses[-1], (int, float)):
+            record["train_loss"] = losses[-1]  # the last epoch's mean training loss (the divergence rule's)
         analysis = run.read_analysis() or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
         evaluation = read_evaluation(run.evaluation_path) if run.evaluation_path.exists() else {}
