@@ -356,3 +356,15 @@ def test_the_last_training_loss_is_a_report_metric(tmp_path):
     (tmp_path / "r" / "final.json").write_text(json.dumps({**final, "train_losses": [2.3, 404.0]}))
     record = collect(tmp_path)[0]
     assert record["train_loss"] == 404.0 and record["status"] == "diverged" and record["test_acc"] == 0.137
+
+
+def test_set_on_a_grid_key_restricts_the_grid_and_on_a_variant_key_is_refused(tmp_path):
+    path = write(tmp_path, EXPERIMENT)
+    runs = expand(load_experiment(path, sets={"train.lr": "0.1"}))
+    assert sorted({r.overrides["train.lr"] for r in runs}) == [0.1] and len(runs) == 2 * 2
+    full = {r.name for r in expand(load_experiment(path))}
+    assert {r.name for r in runs} <= full  # the same run names: a later full sweep reuses these runs
+    both = expand(load_experiment(path, sets={"train.lr": "0.05,0.1"}))
+    assert {r.name for r in both} == full
+    with pytest.raises(UserError, match="overridden by the variants"):
+        load_experiment(path, sets={"model.fixed": "true"})

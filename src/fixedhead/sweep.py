@@ -22,6 +22,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
 from .devices import resolve_device
 from .errors import UserError, reason, shown
@@ -130,7 +132,18 @@ def load_experiment(path, seeds: int | None = None, sets: dict | None = None) ->
         raise UserError(f"{path}: the grid is empty; give a grid (key: [values]) or variants")
     if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds takes a number of seeds in 1..{MAX_SEEDS}, got {seeds}")
-    experiment["base"] = {**(experiment.get("base") or {}), **(sets or {})}
+    sets = dict(sets or {})
+    grid = experiment.get("grid") or {}
+    for key in [k for k in sets if k in grid]:  # the grid would override it: restrict the grid instead
+        values = [yaml.safe_load(v) if v.strip() else v for v in str(sets.pop(key)).split(",")]
+        if any(isinstance(v, (dict, list)) for v in values):
+            raise UserError(f"--set {key}=... on a grid key takes plain values, comma-separated")
+        grid[key] = values
+    varied = sorted({k for overrides in (experiment.get("variants") or {}).values() for k in (overrides or {})} & set(sets))
+    if varied:
+        raise UserError(f"--set {varied[0]} would be overridden by the variants of {path}, which set it; "
+                        "edit the file or choose variants there")
+    experiment["base"] = {**(experiment.get("base") or {}), **sets}
     experiment["seeds"] = list(range(seeds)) if seeds is not None else _seeds(experiment.get("seeds", 1), path)
     return experiment
 
