@@ -107,3 +107,18 @@ def test_the_plateau_schedule_watches_the_validation_metric_asked_for(tmp_path, 
     plateau = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["plateau"]
     logged = [json.loads(line)[f"val_{watched}"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert plateau["mode"] == mode and plateau["best"] == pick(logged)
+
+
+def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypatch):
+    """train.images_seen: the same number of training images whatever the training-set size."""
+    from fixedhead.runs import RunDir
+    from fixedhead.train import planned_epochs
+
+    config = make_config(TINY, {"train.images_seen": 3000, "train.schedule": "cosine"})
+    whole = fit(config, tmp_path / "whole", verbose=False)
+    assert whole["epochs"] == round(3000 / whole["train_images"]) == len(RunDir(tmp_path / "whole").read_metrics())
+    assert whole["epochs"] != config.train.epochs  # the budget, not the default, decided
+    assert planned_epochs(config.train, 10) == 300 and planned_epochs(config.train, 10**6) == 1
+    fit_interrupted(config, tmp_path / "cut", 1, monkeypatch)
+    resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)
+    assert resumed["test_acc"] == whole["test_acc"] and resumed["epochs"] == whole["epochs"]

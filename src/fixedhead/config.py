@@ -62,6 +62,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # passes over the training split
+    images_seen: Optional[int] = None  # a training budget instead: epochs = round(budget / training images), at least 1
     batch_size: int = 128  # the global batch (split across torchrun processes)
     lr: float = 0.1  # peak learning rate of SGD
     momentum: float = 0.9  # SGD momentum
@@ -145,6 +146,7 @@ RANGES = {
     "model.num_features": _count(1, 65536, optional=True),
     "data.num_classes": _count(2, 100_000, optional=True, note=" (glyphs only)"),
     "train.epochs": _count(0, 100_000),
+    "train.images_seen": _count(1, 10**12, optional=True),
     "train.batch_size": _count(1, 1 << 20),
     "train.eval_batch_size": _count(1, 1 << 20),
     "train.lr": _within(0, 1000, low_open=True),

@@ -244,7 +244,8 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
             else:
                 log(f"[{number}/{len(planned)}] {run.name}")
                 run_dir.write_sweep_info({"variant": run.variant, "overrides": run.overrides})
-                progress = Progress(f"[{number}/{len(planned)}] {run.name}", config.train.epochs, log)
+                total = None if config.train.images_seen else config.train.epochs  # a budget: known once data is read
+                progress = Progress(f"[{number}/{len(planned)}] {run.name}", total, log)
                 fit(config, run_dir.path, resume=True, verbose=False, callbacks=[progress])
                 summary["finished"].append(run.name)
             _after(run_dir.path, experiment, log)

@@ -99,10 +99,11 @@ def open_tracker(kind: str, run_path, config: dict):
 class Progress:
     """A sweep's line per epoch, `[3/12] name  epoch 2/4  loss 1.2345  val_acc 0.6789  41 s`, to `log`."""
 
-    def __init__(self, prefix: str, epochs: int, log=lambda line: print(line, file=sys.stderr, flush=True)):
+    def __init__(self, prefix: str, epochs: int | None, log=lambda line: print(line, file=sys.stderr, flush=True)):
         self.prefix, self.epochs, self.log = prefix, epochs, log
 
     def __call__(self, record: dict) -> None:
         val = f"  val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-        self.log(f"{self.prefix}  epoch {record['epoch']}/{self.epochs}  loss {record['train_loss']:.4f}{val}  "
+        of = f"/{self.epochs}" if self.epochs else ""
+        self.log(f"{self.prefix}  epoch {record['epoch']}{of}  loss {record['train_loss']:.4f}{val}  "
                  f"{record['epoch_time_s']:.0f} s")

@@ -55,9 +55,6 @@ def _checkpoint(run: RunDir, config) -> dict:
     if checkpoint.get("partial") is not None and "per_rank" not in checkpoint["partial"]:
         raise UserError(f"{run.checkpoint_path} was interrupted mid-epoch by an older fixedhead whose partial epochs "
                         "this one cannot continue; restart with --overwrite")
-    if not 0 <= checkpoint["epoch"] <= config.train.epochs:
-        raise UserError(f"{run.checkpoint_path} says {checkpoint['epoch']} epochs were done, outside "
-                        f"0..{config.train.epochs}")
     return checkpoint
 
 
@@ -84,6 +81,7 @@ class Training:
     train_time_s: float = 0.0
     partial: dict | None = None
     losses: tuple | None = None  # (first epoch's, last epoch's) mean training loss: the divergence rule
+    epochs: int = 0  # epochs to train: train.epochs, or what train.images_seen buys (planned_epochs)
 
 
     def state(self, partial: dict | None = None) -> dict:
@@ -109,6 +107,8 @@ class Training:
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
             raise UserError(f"the checkpoint does not fit this run's model and optimizer ({reason(error)}); "
                             "restart with --overwrite") from None
+        if not 0 <= checkpoint["epoch"] <= self.epochs:
+            raise UserError(f"the checkpoint says {checkpoint['epoch']} epochs were done, outside 0..{self.epochs}")
         self.epoch, self.best, self.train_time_s = checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"]
         self.partial, self.losses = checkpoint.get("partial"), checkpoint.get("losses")
 
@@ -165,13 +165,21 @@ def _build(config, ctx, device, whiten: bool) -> Training:
         first_conv(model.encoder).weight.requires_grad_(False)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     optimizer = make_optimizer(model, tc)
-    steps, warmup = tc.epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
+    epochs = planned_epochs(tc, len(data["train"].labels))
+    steps, warmup = epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if tc.plateau_on == "loss" else "max",
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
     return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
-                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None)
+                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, epochs=epochs)
+
+
+def planned_epochs(tc, num_train_images: int) -> int:
+    """train.epochs, or with train.images_seen the whole epochs nearest to that budget (at least one)."""
+    if tc.images_seen is None:
+        return tc.epochs
+    return max(1, round(tc.images_seen / max(1, num_train_images)))
 
 
 def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: bool, device) -> None:
@@ -199,7 +207,7 @@ def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: 
 def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) -> None:
     """The epochs still to train; a stop signal ends the current step, writes a checkpoint and raises."""
     config, data, tc = training.config, training.data, training.config.train
-    steps = tc.epochs * len(data["train"])
+    steps = training.epochs * len(data["train"])
     if verbose and 0 < steps < 100:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
@@ -209,8 +217,8 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
               "than float32 here; drop --bf16", file=sys.stderr)
     on_step = training.lookahead.step if training.lookahead is not None else None
     with StopSignals() as stop:
-        for epoch in range(training.epoch, tc.epochs):
-            with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+        for epoch in range(training.epoch, training.epochs):
+            with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{training.epochs}", leave=False,
                       disable=None if verbose else True, file=sys.stderr) as progress:
                 partial, training.partial = training.partial, None
                 record = {"epoch": epoch + 1, "lr": partial["lr"] if partial else training.optimizer.param_groups[0]["lr"]}
@@ -226,7 +234,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
             training.losses = (training.losses or (record["train_loss"],))[:1] + (record["train_loss"],)
             run.save_checkpoint(training.state())
             if verbose:
-                print(_epoch_line(record, tc.epochs), file=sys.stderr, flush=True)
+                print(_epoch_line(record, training.epochs), file=sys.stderr, flush=True)
             for callback in callbacks:
                 callback(record)
 
@@ -288,8 +296,8 @@ def _finish(run: RunDir, training: Training) -> dict:
     final = {
         "status": "diverged" if diverged(training.losses) else "finished", **test,
         "train_losses": list(training.losses or ()), "train_time_s": training.train_time_s, "test_time_s": test_time_s,
-        "tta": config.train.tta, "epochs": config.train.epochs,
-        "selected_epoch": best["epoch"] if best else config.train.epochs, "seed": config.seed,
+        "tta": config.train.tta, "epochs": training.epochs, "train_images": len(data["train"].labels),
+        "selected_epoch": best["epoch"] if best else training.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
     }
     if "val" in data:  # the final (selected) weights on validation, whatever train.select chose them by
