@@ -49,9 +49,11 @@ def mean_ci(cell: dict, level: float = 0.95) -> tuple[float, float, float]:
     return cell["mean"], cell["mean"] - half, cell["mean"] + half
 
 
-def _curve_figures(table: dict, figure, factor: float, plots) -> list:
+def _curve_figures(table: dict, figure, factor: float) -> list:
     """A report layout with `curve: true` (one numeric row key, e.g. data.num_classes): each metric
     against it per column, and each compare pair's difference, with 95% CIs; log axis over a decade."""
+    from . import plots
+
     try:
         xs = {row: float(row) for row in table["rows"]}
     except ValueError:
@@ -312,7 +314,7 @@ def write_report(root) -> dict:
             stem = sweep_dir.figure(name)
             factor = 100 if _is_percent(t["metric"]) else 1
             if layout.get("curve"):
-                figures += _curve_figures(t, lambda suffix, n=name: sweep_dir.figure(n + suffix), factor, plots)
+                figures += _curve_figures(t, lambda suffix, n=name: sweep_dir.figure(n + suffix), factor)
             else:
                 figures.append(plots.bars(t, stem, ylabel=_axis_label(t["metric"]),
                                           xlabel=", ".join(t["row_keys"]) or "all runs", factor=factor))

@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from . import metrics
 from .errors import UserError
 
 TRACKERS = ("none", "tensorboard", "wandb")  # train.log
@@ -26,10 +27,7 @@ def head_numbers(head) -> dict:
     vectors = getattr(head, "weight", None)
     if not isinstance(vectors, torch.Tensor) or not 2 <= len(vectors) <= 4096:  # a many-class head: too costly
         return numbers
-    with torch.no_grad():
-        unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
-        cosines = unit @ unit.T
-        off = cosines[~torch.eye(len(unit), dtype=torch.bool, device=unit.device)]
+    off = metrics.off_diagonal(metrics.cosine_matrix(vectors.detach()))
     return {**numbers, "head_cos_mean": off.mean().item(), "head_cos_max": off.max().item()}
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import UserError, reason
 
-LIBRARIES = {"timm": "timm", "torchvision": "torchvision"}  # prefix -> the package that provides it
+LIBRARIES = ("timm", "torchvision")  # the prefix is the package's name
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
 
@@ -209,4 +209,4 @@ def versions(arch: str) -> dict:
     prefix = arch.partition(":")[0]
     import importlib.metadata
 
-    return {prefix: importlib.metadata.version(LIBRARIES[prefix])}
+    return {prefix: importlib.metadata.version(prefix)}

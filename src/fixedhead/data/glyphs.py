@@ -261,6 +261,7 @@ def plan(num_classes: int) -> Plan:
                 break
             continue
         probes = [f for f in broad if ch in drawn[f]][:PROBES]
+        mine = {face: _reference(face, ch, fonts) for face in probes}  # rendered once, compared, then kept
         near, both = collections.Counter(), collections.Counter()
         for face in probes:
             if face not in kept:
@@ -268,9 +269,9 @@ def plan(num_classes: int) -> Plan:
                                                                          if c in drawn[face]])
             names, bitmaps = kept[face]
             if names:
-                stack, mine = np.stack(bitmaps), _reference(face, ch, fonts)
-                ink = (stack.sum(1) + mine.sum()) / 2
-                close = np.abs(stack - mine).sum(1) < SAME * ink
+                stack = np.stack(bitmaps)
+                ink = (stack.sum(1) + mine[face].sum()) / 2
+                close = np.abs(stack - mine[face]).sum(1) < SAME * ink
                 both.update(names)
                 near.update(n for n, c in zip(names, close) if c)
         if any(2 * near[c] > both[c] >= 2 for c in near):
@@ -278,7 +279,7 @@ def plan(num_classes: int) -> Plan:
         for face, (names, bitmaps) in kept.items():
             if ch in drawn[face]:
                 names.append(ch)
-                bitmaps.append(_reference(face, ch, fonts))
+                bitmaps.append(mine[face] if face in mine else _reference(face, ch, fonts))
         classes.append(ch)
         train[ch], test[ch] = sides[False], sides[True]
         if len(classes) == num_classes:
