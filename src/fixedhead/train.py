@@ -165,7 +165,7 @@ def _build(config, ctx, device, whiten: bool) -> Training:
         first_conv(model.encoder).weight.requires_grad_(False)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     optimizer = make_optimizer(model, tc)
-    epochs = planned_epochs(tc, len(data["train"].labels))
+    epochs = planned_epochs(tc, images_per_epoch(data["train"]))
     steps, warmup = epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if tc.plateau_on == "loss" else "max",
@@ -175,11 +175,18 @@ def _build(config, ctx, device, whiten: bool) -> Training:
                     Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, epochs=epochs)
 
 
-def planned_epochs(tc, num_train_images: int) -> int:
-    """train.epochs, or with train.images_seen the whole epochs nearest to that budget (at least one)."""
+def images_per_epoch(loader) -> int:
+    """Training images an epoch's steps show (a dropped last partial batch is not shown)."""
+    return min(len(loader) * loader.batch_size, len(loader.labels))
+
+
+def planned_epochs(tc, images_per_epoch: int) -> int:
+    """train.epochs, or with train.images_seen the whole epochs nearest to that budget (at least one).
+    `images_per_epoch` counts what the steps show: with the last partial batch dropped, 1,000 images
+    in batches of 256 are 768 per epoch, so the budget buys 260 epochs there, not 200."""
     if tc.images_seen is None:
         return tc.epochs
-    return max(1, round(tc.images_seen / max(1, num_train_images)))
+    return max(1, round(tc.images_seen / max(1, images_per_epoch)))
 
 
 def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: bool, device) -> None:
@@ -297,6 +304,7 @@ def _finish(run: RunDir, training: Training) -> dict:
         "status": "diverged" if diverged(training.losses) else "finished", **test,
         "train_losses": list(training.losses or ()), "train_time_s": training.train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": training.epochs, "train_images": len(data["train"].labels),
+        "images_seen": training.epochs * images_per_epoch(data["train"]),
         "selected_epoch": best["epoch"] if best else training.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
     }
