@@ -62,16 +62,19 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # passes over the training split
-    images_seen: Optional[int] = None  # a training budget instead: epochs = round(budget / images an epoch shows), at least 1
+    images_seen: Optional[int] = None  # a training budget instead: epochs = round(budget / images per epoch), at least 1
     batch_size: int = 128  # the global batch (split across torchrun processes)
     lr: float = 0.1  # peak learning rate of SGD
     momentum: float = 0.9  # SGD momentum
+    decoupled: bool = False  # lr and weight_decay in airbench's units: per 1,024 images, apart from momentum and each other
+    bn_bias_lr: float = 1.0  # lr multiplier of batch-norm shifts, their weight decay divided by it (airbench: 64)
     nesterov: bool = True  # Nesterov momentum
     weight_decay: float = 5e-4  # on encoder parameters; none on the head's bias or scale
     head_weight_decay: Optional[float] = None  # learned class vectors; None: same as weight_decay
     schedule: str = "linear"  # linear: warm-up then decay to 0; plateau: x0.2 after 3 epochs without better val loss
     plateau_on: str = "loss"  # what the plateau schedule watches on validation: loss (min) or acc (max, the authors')
     warmup_epochs: float = 1.0  # linear warm-up length (not for plateau)
+    final_lr: float = 0.0  # the linear and cosine schedules end at this fraction of the peak lr (airbench: 0.07)
     label_smoothing: float = 0.0  # of the cross-entropy
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
     select: str = "last"  # which weights are final: the last epoch's, or the best on validation
@@ -154,6 +157,8 @@ RANGES = {
     "train.weight_decay": _within(0, 1),
     "train.head_weight_decay": _within(0, 1, optional=True),
     "train.warmup_epochs": _within(0, 100_000),
+    "train.final_lr": _within(0, 1),
+    "train.bn_bias_lr": _within(0, 10_000, low_open=True),
     "train.label_smoothing": _within(0, 1, high_open=True),
     "train.lookahead": _count(0, 1_000_000, note=" (0: off)"),
 }

@@ -164,6 +164,40 @@ class FastNet(nn.Module):
         return self.body(x)
 
 
+class AirNet(nn.Module):
+    """The network of airbench93 (Jordan 2024, KellerJordan/cifar10-airbench), head removed: a 2x2
+    convolution without padding and with a bias (2 * C * 4 filters: room for +/- patch-whitening pairs,
+    see whitening.py), GELU, then 3 x (conv, max-pool, BN, GELU, conv, BN, GELU) at widths 64-128-128,
+    global max pool (at 32 px the 3x3 map airbench pools with MaxPool2d(3)). As there: batch-norm scales
+    fixed at 1 (shifts trained), eps 1e-12, running statistics with momentum 0.4, and every 3x3
+    convolution's first C_in filters initialised to the identity (dirac), the rest PyTorch's default."""
+
+    def __init__(self, in_channels: int = 3, widths=(64, 128, 128)):
+        super().__init__()
+        stem = 2 * in_channels * 2 * 2
+        layers = [nn.Conv2d(in_channels, stem, 2, padding=0, bias=True), nn.GELU()]
+        for cin, cout in zip((stem, *widths[:-1]), widths):
+            layers += [_identity_conv(cin, cout), nn.MaxPool2d(2), _shift_only_bn(cout), nn.GELU(),
+                       _identity_conv(cout, cout), _shift_only_bn(cout), nn.GELU()]
+        self.body = nn.Sequential(*layers, GlobalPool("max"))
+        self.num_features = widths[-1]
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _identity_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    nn.init.dirac_(conv.weight.data[:min(cin, cout)])
+    return conv
+
+
+def _shift_only_bn(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
 def fastnet(in_channels=3, **_):
     return FastNet(in_channels)
 

@@ -20,6 +20,7 @@ ENCODERS = {
     "fastnet": encoders.fastnet,  # airbench-style 3-stage net, 256-d, for CPU work
     "fastnet-small": encoders.fastnet_small,  # half-width fastnet, 128-d, about 3x faster
     "fastnet-wide": encoders.fastnet_wide,  # ResNet-9 widths, 512-d: the fast encoder for GPUs
+    "airnet": encoders.AirNet,  # airbench93's network (2x2 whitening stem, 64-128-128), 128-d: the CPU speed recipe
 }
 
 

@@ -16,16 +16,37 @@ from . import distributed
 from .devices import autocast
 
 
+def sgd_hyperparameters(train_cfg) -> tuple[float, float]:
+    """(lr, weight_decay) for torch SGD over the batch-mean loss.
+
+    train.decoupled reads train.lr and train.weight_decay in the units of airbench (Jordan 2024; Page's
+    "How to train your ResNet"): the step per 1,024 images, divided by 1 + 1 / (1 - momentum) (how much
+    momentum lengthens steps), and a weight decay whose strength does not move with the lr. airbench sums
+    the loss over the batch and hands SGD lr / k and decay lambda * B / k / (lr / k), k = 1024 (1 + 1 / (1 - m));
+    over the batch mean the same steps are lr * B / k and lambda / lr.
+    """
+    if not train_cfg.decoupled:
+        return train_cfg.lr, train_cfg.weight_decay
+    kilostep = 1024 * (1 + 1 / (1 - train_cfg.momentum))
+    return train_cfg.lr * train_cfg.batch_size / kilostep, train_cfg.weight_decay / train_cfg.lr
+
+
 def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     """SGD over the parameters that require grad; fixed class vectors are buffers and never appear.
 
     Learned class vectors get `head_weight_decay` (default: weight_decay); the head's bias and
     scale get none; every encoder parameter gets weight_decay, except those the model names in
-    `no_weight_decay()` (timm's hook: a ViT's position embedding and class token).
+    `no_weight_decay()` (timm's hook: a ViT's position embedding and class token). Batch-norm shifts
+    get train.bn_bias_lr times the lr and their decay divided by it, so that the decay per step stays.
     """
-    head_decay = train_cfg.weight_decay if train_cfg.head_weight_decay is None else train_cfg.head_weight_decay
+    lr, decay = sgd_hyperparameters(train_cfg)
+    head_decay = decay if train_cfg.head_weight_decay is None else (
+        train_cfg.head_weight_decay / train_cfg.lr if train_cfg.decoupled else train_cfg.head_weight_decay)
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": []}
+    shifts = {id(m.bias) for m in model.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
+    shifts = shifts if train_cfg.bn_bias_lr != 1.0 else set()
+    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": [], "bn_shifts": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -33,25 +54,31 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
             groups["class_vectors"].append(param)
         elif name in exempt:
             groups["no_weight_decay"].append(param)
+        elif id(param) in shifts:
+            groups["bn_shifts"].append(param)
         else:
             groups["head_other" if name.startswith("head.") else "encoder"].append(param)
-    decay = {"encoder": train_cfg.weight_decay, "class_vectors": head_decay, "head_other": 0.0, "no_weight_decay": 0.0}
-    param_groups = [{"params": p, "weight_decay": decay[k], "name": k} for k, p in groups.items() if p]
-    return torch.optim.SGD(param_groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
+    scale = train_cfg.bn_bias_lr
+    settings = {"encoder": (decay, 1.0), "class_vectors": (head_decay, 1.0), "head_other": (0.0, 1.0),
+                "no_weight_decay": (0.0, 1.0), "bn_shifts": (decay / scale, scale)}  # (weight decay, lr multiplier)
+    param_groups = [{"params": p, "weight_decay": settings[k][0], "lr": lr * settings[k][1], "name": k}
+                    for k, p in groups.items() if p]
+    return torch.optim.SGD(param_groups, lr=lr, momentum=train_cfg.momentum,
                            nesterov=train_cfg.nesterov and train_cfg.momentum > 0)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step` of `total`."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` of `total`; linear and cosine
+    decay to `final` (a fraction of the peak)."""
     if schedule == "plateau":
         return 1.0  # ReduceLROnPlateau acts per epoch on validation loss
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "linear":
-        return max(1.0 - progress, 0.0)
+        return final + (1 - final) * max(1.0 - progress, 0.0)
     if schedule == "step":
         return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
     return 1.0

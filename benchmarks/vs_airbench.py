@@ -1,0 +1,158 @@
+"""fixedhead's CPU speed recipe against the peer, airbench93 (benchmarks/airbench93.py), side by side in one
+invocation: seed by seed, the peer then ours, on the same machine and data, so that every time is a
+ratio against a run made minutes apart (this machine's speed drifts by about 10% within an hour).
+
+Headline: training seconds until the test accuracy with test-time augmentation first reaches each target
+(88% and 89% by default; evaluations are not timed), ours / peer, and the final accuracies, n = seeds,
+mean +/- std and a 95% t-interval. With --overhead the two sides train the *same* network and
+hyperparameters (the peer's, with a fixed cosine head S = 16 on both), once through the bare port and once
+through `fixedhead`'s trainer, and the ratio of seconds per epoch is the trainer's overhead.
+
+    python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3
+    python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 2 --overhead --epochs 2
+    python benchmarks/vs_airbench.py --tiny [--overhead]   # 6,144 noise images, 1 epoch: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import airbench93  # noqa: E402  (the peer, beside this file)
+
+from fixedhead import fit  # noqa: E402
+from fixedhead.config import make_config, parse_overrides  # noqa: E402
+from fixedhead.data import load  # noqa: E402
+from fixedhead.devices import native_bf16  # noqa: E402
+from fixedhead.sweep import experiment_file  # noqa: E402
+
+# The peer's network and hyperparameters in fixedhead's keys (for --overhead); epochs set by --epochs.
+PEER_AS_CONFIG = {
+    "data.name": "imagefolder", "data.crop_padding": 2, "data.alternating_flip": True, "model.arch": "airnet",
+    "model.whiten": "frozen", "model.similarity": "cosine", "model.fixed": True, "model.scale": 16.0,
+    "train.batch_size": 1024, "train.decoupled": True, "train.lr": 11.5, "train.momentum": 0.85,
+    "train.weight_decay": 0.0153, "train.bn_bias_lr": 64.0, "train.label_smoothing": 0.2, "train.final_lr": 0.07,
+    "train.lookahead": 5, "train.channels_last": True, "train.tta": "none",
+}
+
+
+def recipe_config(path: str) -> dict:
+    """The base of an experiment file with one variant (configs/speed/cpu-fast.yaml)."""
+    import yaml
+
+    experiment = yaml.safe_load(experiment_file(path).read_text())
+    variants = list((experiment.get("variants") or {"": {}}).values())
+    return {**experiment["base"], **variants[0]}
+
+
+def ours(overrides: dict, data_dir: str, seed: int, folder: Path) -> dict:
+    config = make_config({**overrides, "data.data_dir": data_dir, "seed": seed, "train.log_test": True})
+    final = fit(config, folder / f"ours-{seed}", verbose=False)
+    history, elapsed = [], 0.0
+    for line in (folder / f"ours-{seed}" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        elapsed += record["epoch_time_s"]
+        history.append({"epoch": record["epoch"], "train_time_s": elapsed, "test_acc_tta": record["test_acc"]})
+    return {"test_acc_tta": final["test_acc"], "train_time_s": final["train_time_s"], "history": history,
+            "epochs": final["epochs"]}
+
+
+def tiny_folder(root: Path) -> str:
+    """10 classes of 32 px noise tinted by class (6,144 training, 200 test images: 6 steps
+    of 1,024, so that lookahead syncs before the end): checks the script only."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6144), ("test", 200)):
+        for i in range(count):
+            label = i % 10
+            tint = np.array([label * 25, 255 - label * 25, (label * 70) % 256], np.float64)
+            pixels = np.clip(0.5 * tint + 0.5 * rng.uniform(0, 255, (32, 32, 3)), 0, 255).astype(np.uint8)
+            (root / split / f"c{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / split / f"c{label}" / f"{i}.png")
+    return str(root)
+
+
+def first_time(history: list, target: float):
+    return next((h["train_time_s"] for h in history if h["test_acc_tta"] >= target), None)
+
+
+def summary(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "not reached"
+    if len(values) == 1:
+        return f"{values[0]:.4g} (n = 1)"
+    from scipy import stats
+
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
+    return f"{mean:.4g} +/- {std:.2g} (n = {len(values)}, 95% CI {mean - half:.4g} .. {mean + half:.4g})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="the CIFAR-10 JPEG folder (train/, test/)")
+    parser.add_argument("--recipe", default="configs/speed/cpu-fast.yaml")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.88, 0.89])
+    parser.add_argument("--overhead", action="store_true", help="same network and hyperparameters on both sides")
+    parser.add_argument("--epochs", type=int, default=airbench93.HYP["epochs"], help="--overhead only")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="both sides: bf16 autocast (auto: where the CPU has bf16 instructions)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    parser.add_argument("--tiny", action="store_true", help="6,144 noise images, 1 epoch: checks the script")
+    args = parser.parse_args()
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(torch.device("cpu")))
+    if args.tiny:
+        args.data_dir, args.epochs, args.seeds = tiny_folder(Path(tempfile.mkdtemp())), 1, 1
+    train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
+    if args.overhead:
+        overrides = {**PEER_AS_CONFIG, "train.epochs": args.epochs, "train.warmup_epochs": 0.23 * args.epochs}
+        peer_head = "cosine-fixed"
+    else:
+        overrides, peer_head = recipe_config(args.recipe), "linear"
+    peer_epochs = args.epochs if args.overhead or args.tiny else airbench93.HYP["epochs"]
+    if args.tiny:
+        overrides["train.epochs"] = args.epochs
+    overrides.update(parse_overrides(args.set))
+    overrides["train.bf16"] = bf16
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in range(args.seeds):
+            peer = airbench93.train(train_set, test_set, seed, peer_head, 16.0, bf16, peer_epochs,
+                                    every_epoch=not args.overhead)
+            mine = ours(overrides, args.data_dir, seed, Path(scratch))
+            rows.append((peer, mine))
+            print(json.dumps({"seed": seed, "peer": {k: v for k, v in peer.items() if k != "history"},
+                              "ours": {k: v for k, v in mine.items() if k != "history"}}), flush=True)
+    if args.overhead:
+        ratios = [(m["train_time_s"] / m["epochs"]) / (p["train_time_s"] / p["epochs"]) for p, m in rows]
+        print(f"seconds per epoch, peer: {summary([p['train_time_s'] / p['epochs'] for p, _ in rows])}")
+        print(f"seconds per epoch, fixedhead: {summary([m['train_time_s'] / m['epochs'] for _, m in rows])}")
+        print(f"fixedhead / peer: {summary(ratios)}")
+        return
+    for side, index in (("peer (airbench93, learned head)", 0), ("ours (" + args.recipe + ")", 1)):
+        runs = [r[index] for r in rows]
+        print(f"{side}: TTA test accuracy {summary([r['test_acc_tta'] for r in runs])}; "
+              f"training s {summary([r['train_time_s'] for r in runs])}")
+    for target in args.targets:
+        times = [(first_time(p["history"], target), first_time(m["history"], target)) for p, m in rows]
+        ratios = [m / p for p, m in times if p is not None and m is not None]
+        print(f"to {target:.0%}: peer {summary([p for p, _ in times])} s, ours {summary([m for _, m in times])} s, "
+              f"ours / peer {summary(ratios)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The pieces of the CPU speed recipe taken from airbench (Jordan 2024): decoupled hyperparameters,
+the batch-norm shift learning rate, the schedule's floor and the `airnet` encoder, each against an
+oracle written from the published definitions (or against the peer port in benchmarks/)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fixedhead import steps
+from fixedhead.config import TrainConfig, make_config
+from fixedhead.models import build_encoder, build_model
+from fixedhead.whitening import whiten_first_conv, whitening_filters
+
+PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench93.py"
+
+
+def _port():
+    spec = importlib.util.spec_from_file_location("airbench93", PORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _small_net(seed=0):
+    torch.manual_seed(seed)
+    norm = nn.BatchNorm2d(4)
+    norm.weight.requires_grad_(False)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), norm, nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 5, bias=False))
+
+
+def test_decoupled_sgd_over_the_batch_mean_takes_airbench_steps_over_the_batch_sum():
+    """airbench's own parametrisation (summed loss, lr / k, decay lambda * B / k over lr, shifts at 64x
+    lr with their decay divided by 64) and ours (mean loss, train.decoupled, train.bn_bias_lr) end at
+    the same weights after 6 steps."""
+    batch, lr, decay, momentum, scaler = 32, 11.5, 0.0153, 0.85, 64.0
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(batch, 3, 8, 8, generator=g), torch.randint(0, 5, (batch,), generator=g)) for _ in range(6)]
+
+    theirs = _small_net()
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    raw_lr, raw_decay = lr / kilostep, decay * batch / kilostep
+    shifts = [theirs[1].bias]
+    others = [p for p in theirs.parameters() if p.requires_grad and p is not theirs[1].bias]
+    optimizer = torch.optim.SGD([{"params": shifts, "lr": raw_lr * scaler, "weight_decay": raw_decay / (raw_lr * scaler)},
+                                 {"params": others, "lr": raw_lr, "weight_decay": raw_decay / raw_lr}],
+                                momentum=momentum, nesterov=True)
+    for x, y in data:
+        loss = nn.functional.cross_entropy(theirs(x), y, label_smoothing=0.2, reduction="sum")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    ours = _small_net()
+    config = TrainConfig(lr=lr, weight_decay=decay, momentum=momentum, batch_size=batch, decoupled=True,
+                         bn_bias_lr=scaler)
+    optimizer = steps.make_optimizer(ours, config)
+    assert {g["name"] for g in optimizer.param_groups} == {"encoder", "bn_shifts"}
+    for x, y in data:
+        loss = nn.functional.cross_entropy(ours(x), y, label_smoothing=0.2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for a, b in zip(theirs.parameters(), ours.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(ours[1].bias, torch.zeros(4))  # the shifts did move
+
+
+def test_plain_hyperparameters_pass_through_and_shifts_join_the_encoder_at_scale_one():
+    config = TrainConfig(lr=0.3, weight_decay=1e-3)
+    assert steps.sgd_hyperparameters(config) == (0.3, 1e-3)
+    assert [g["name"] for g in steps.make_optimizer(_small_net(), config).param_groups] == ["encoder"]
+    # Decoupled decay is independent of the lr: doubling lr doubles the step but not lr * decay per step.
+    one, two = (steps.sgd_hyperparameters(TrainConfig(lr=v, weight_decay=0.01, decoupled=True)) for v in (1.0, 2.0))
+    assert two[0] == pytest.approx(2 * one[0]) and two[0] * two[1] == pytest.approx(one[0] * one[1])
+
+
+def test_the_linear_schedule_ends_at_its_floor():
+    total, warmup, final = 100, 23, 0.07
+    factors = [steps.lr_factor(s, total, warmup, "linear", final) for s in range(total)]
+    expected = np.interp(np.arange(total), [warmup, total], [1.0, final])  # after the warm-up: a straight line
+    np.testing.assert_allclose(factors[warmup:], expected[warmup:], rtol=1e-12)
+    assert factors[warmup - 1] == 1.0 and factors[0] == pytest.approx(1 / warmup)
+    cosine = steps.lr_factor(total, total, 0, "cosine", final)
+    assert cosine == pytest.approx(final) and steps.lr_factor(0, total, 0, "cosine", final) == 1.0
+
+
+def test_airnet_is_the_peer_network():
+    """Same layers, shapes and initialisation rules as the port of airbench93 (benchmarks/airbench93.py):
+    with the port's weights copied in order, airnet's features are the port's input to its linear head."""
+    port = _port()
+    theirs = port.make_net().to(memory_format=torch.contiguous_format)
+    ours = build_encoder("airnet")
+    assert ours.num_features == 128
+    their_state = [v for k, v in theirs.state_dict().items() if not k.startswith("7.")]  # the linear head
+    our_state = list(ours.state_dict().values())
+    assert [tuple(v.shape) for v in our_state] == [tuple(v.shape) for v in their_state]
+    ours.load_state_dict(dict(zip(ours.state_dict(), their_state)))
+    x = torch.randn(6, 3, 32, 32)
+    theirs.eval(), ours.eval()
+    torch.testing.assert_close(ours(x), theirs[:7](x))
+    norms = [m for m in ours.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+    assert all(m.eps == 1e-12 and m.momentum == pytest.approx(0.4) for m in norms)
+
+
+def test_airnet_convolutions_start_as_identities_and_the_stem_takes_all_whitening_filters():
+    encoder = build_encoder("airnet")
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    stem, first = convs[0], convs[1]
+    assert stem.kernel_size == (2, 2) and stem.padding == (0, 0) and stem.out_channels == 2 * 3 * 4
+    x = torch.randn(2, first.in_channels, 9, 9)
+    torch.testing.assert_close(first(x)[:, :first.in_channels], x)  # dirac: the first C_in filters pass x on
+    images = torch.randn(64, 3, 12, 12) + torch.randn(64, 1, 12, 12)
+    whiten_first_conv(encoder, images)
+    torch.testing.assert_close(stem.weight, whitening_filters(images, 2))  # 12-d patches: all 24 filters used
+
+
+def test_airnet_trains_with_the_recipe_keys(tmp_path):
+    from fixedhead import fit
+
+    overrides = {"data.name": "digits", "model.arch": "airnet", "model.whiten": "frozen", "train.epochs": 1,
+                 "train.batch_size": 128, "train.lr": 2.0, "train.decoupled": True, "train.weight_decay": 0.01,
+                 "train.momentum": 0.85, "train.bn_bias_lr": 64.0, "train.final_lr": 0.07, "train.lookahead": 5,
+                 "train.label_smoothing": 0.2, "model.similarity": "cosine", "model.fixed": True,
+                 "model.scale": 16.0}
+    final = fit(make_config(overrides), tmp_path / "run", verbose=False)
+    assert final["status"] == "finished" and final["test_acc"] > 0.3 and math.isfinite(final["train_losses"][-1])
+    model = build_model(make_config(overrides).model, 0, 10, 1, 16)
+    assert model.encoder.num_features == 128
