@@ -133,3 +133,18 @@ def test_airnet_trains_with_the_recipe_keys(tmp_path):
     assert final["status"] == "finished" and final["test_acc"] > 0.3 and math.isfinite(final["train_losses"][-1])
     model = build_model(make_config(overrides).model, 0, 10, 1, 16)
     assert model.encoder.num_features == 128
+
+
+def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_port():
+    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    hyp = bench.airbench93.HYP
+    peer = make_config(bench.PEER_AS_CONFIG)
+    assert (peer.train.lr, peer.train.momentum, peer.train.weight_decay, peer.train.bn_bias_lr, peer.train.batch_size,
+            peer.train.label_smoothing, peer.train.final_lr, peer.train.lookahead, peer.data.crop_padding) == \
+        (hyp["lr"], hyp["momentum"], hyp["weight_decay"], hyp["bias_scaler"], hyp["batch_size"],
+         hyp["label_smoothing"], hyp["end_lr"], hyp["lookahead_every"], hyp["translate"])
+    for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-head"):
+        recipe = make_config(bench.recipe_config(name))
+        assert recipe.model.arch == "airnet" and recipe.train.decoupled and recipe.model.fixed
