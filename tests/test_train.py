@@ -114,13 +114,13 @@ def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypat
     from fixedhead.runs import RunDir
     from fixedhead.train import planned_epochs
 
-    config = make_config(TINY, {"train.images_seen": 6000, "train.schedule": "cosine"})
+    config = make_config(TINY, {"train.images_seen": 2000, "train.schedule": "cosine"})
     whole = fit(config, tmp_path / "whole", verbose=False)
     shown = whole["train_images"] // 128 * 128  # the last partial batch of 128 is dropped
-    assert whole["epochs"] == round(6000 / shown) == len(RunDir(tmp_path / "whole").read_metrics())
+    assert whole["epochs"] == round(2000 / shown) == len(RunDir(tmp_path / "whole").read_metrics())
     assert whole["images_seen"] == whole["epochs"] * shown
     assert whole["epochs"] != config.train.epochs  # the budget, not the default, decided
-    assert planned_epochs(config.train, 10) == 600 and planned_epochs(config.train, 10**6) == 1
+    assert planned_epochs(config.train, 10) == 200 and planned_epochs(config.train, 10**6) == 1
     fit_interrupted(config, tmp_path / "cut", 1, monkeypatch)
     resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)
     assert resumed["test_acc"] == whole["test_acc"] and resumed["epochs"] == whole["epochs"]
