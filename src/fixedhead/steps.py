@@ -43,9 +43,8 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     head_decay = decay if train_cfg.head_weight_decay is None else (
         train_cfg.head_weight_decay / train_cfg.lr if train_cfg.decoupled else train_cfg.head_weight_decay)
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    shifts = {id(m.bias) for m in model.modules()
-              if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
-    shifts = shifts if train_cfg.bn_bias_lr != 1.0 else set()
+    shifts = set() if train_cfg.bn_bias_lr == 1.0 else {  # at 1.0 the shifts stay in the encoder group
+        id(m.bias) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
     groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": [], "bn_shifts": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:

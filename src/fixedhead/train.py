@@ -181,13 +181,13 @@ def images_per_epoch(loader) -> int:
     return min(len(loader) * loader.batch_size, len(loader.labels))
 
 
-def planned_epochs(tc, images_per_epoch: int) -> int:
+def planned_epochs(tc, shown: int) -> int:
     """train.epochs, or with train.images_seen the whole epochs nearest to that budget (at least one).
-    `images_per_epoch` counts what the steps show: with the last partial batch dropped, 1,000 images
-    in batches of 256 are 768 per epoch, so the budget buys 260 epochs there, not 200."""
+    `shown` counts the images an epoch's steps show (images_per_epoch): with the last partial batch
+    dropped, 1,000 images in batches of 256 are 768 per epoch, so the budget buys 260 epochs, not 200."""
     if tc.images_seen is None:
         return tc.epochs
-    return max(1, round(tc.images_seen / max(1, images_per_epoch)))
+    return max(1, round(tc.images_seen / max(1, shown)))
 
 
 def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: bool, device) -> None:
