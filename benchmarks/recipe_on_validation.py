@@ -22,6 +22,7 @@ import torch
 from fixedhead import fit
 from fixedhead.config import TTA_MODES, make_config, parse_overrides
 from fixedhead.data.loaders import prepare
+from fixedhead.devices import native_bf16
 from fixedhead.evaluate import load_run_model, predict, scores
 
 
@@ -38,7 +39,8 @@ def main():
     overrides = {"data.name": args.data, "data.data_dir": args.data_dir, "data.val_fraction": 0.1,
                  "model.arch": args.arch, "model.similarity": "cosine", "model.fixed": True, "model.scale": 16.0,
                  "train.epochs": args.epochs, "train.batch_size": 256, "train.lr": 0.2,
-                 "train.label_smoothing": 0.2, "train.bf16": True, "train.channels_last": True, "seed": args.seed}
+                 "train.label_smoothing": 0.2, "train.bf16": native_bf16("cpu"), "train.channels_last": True,
+                 "seed": args.seed}
     modes = TTA_MODES
     if args.tiny:
         overrides.update({"data.name": "digits", "data.data_dir": None, "train.epochs": 2, "train.batch_size": 64,
