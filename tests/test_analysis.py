@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from fixedhead import analyze, fit
 from fixedhead.analysis import compare
@@ -24,8 +26,10 @@ def test_analyze_from_the_cli_writes_json_and_figures(two_runs, capsys):
     assert "spearman_rho" in out and "scatter_ratio" in out
     folder = two_runs / "fixed" / "analysis"
     result = json.loads((folder / "analysis.json").read_text())
-    assert result["num_pairs"] == 90 and len(result["confusion"]) == 10
-    assert sum(map(sum, result["confusion"])) == result["num_images"] == 540
+    assert result["num_pairs"] == 90 and "confusion" not in result and "class_vector_cosine" not in result
+    matrices = torch.load(folder / "matrices.pt", weights_only=True)
+    assert matrices["confusion"].shape == matrices["class_vector_cosine"].shape == (10, 10)
+    assert matrices["confusion"].sum().item() == result["num_images"] == 540
     final = json.loads((two_runs / "fixed" / "final.json").read_text())
     assert result["acc"] == pytest.approx(final["test_acc"])
     for name in ("class_vector_cosine", "similarity_vs_confusion", "features_pca"):
@@ -83,3 +87,31 @@ def test_run_whose_dataset_is_missing(tmp_path, capsys):
 def test_compare_without_runs_is_an_error():
     with pytest.raises(Exception, match="at least one"):
         compare([])
+
+
+def test_the_matrices_beside_analysis_json_are_the_head_cosines_and_the_confusions(two_runs):
+    """matrices.pt against numpy and scikit-learn, recomputed from the weights and the predictions; the
+    same matrices come back from compare's reader, and from an analysis.json of the old inline form."""
+    from sklearn.metrics import confusion_matrix
+
+    from fixedhead.analysis import load_or_analyze, run_outputs
+    from fixedhead.runs import RunDir
+
+    run = RunDir(two_runs / "learned")
+    analyze(run.path, device="cpu")
+    outputs = run_outputs(run.path, device="cpu")
+    w = outputs["weight"].double().numpy()
+    unit = w / np.linalg.norm(w, axis=1, keepdims=True)
+    expected = {"class_vector_cosine": unit @ unit.T,
+                "confusion": confusion_matrix(outputs["labels"].numpy(), outputs["logits"].argmax(1).numpy(),
+                                              labels=range(10))}
+    loaded = load_or_analyze(run.path, device="cpu")
+    for key, value in expected.items():
+        np.testing.assert_allclose(loaded[key], value, atol=1e-12)
+    old = json.loads(run.analysis_path.read_text()) | {key: value.tolist() for key, value in expected.items()}
+    run.analysis_path.write_text(json.dumps(old))
+    run.matrices_path.unlink()
+    again = load_or_analyze(run.path, device="cpu")
+    assert not run.matrices_path.exists()  # read from the old file, not analysed afresh
+    for key, value in expected.items():
+        np.testing.assert_allclose(again[key], value, atol=1e-12)

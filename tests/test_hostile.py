@@ -303,6 +303,18 @@ def _resume_with(c: Case, name: str, content):
     return ["train", "--out", str(c.tmp / "run"), "--resume", "--quiet"]
 
 
+def _compare_with_matrices(c: Case, matrices) -> list:
+    """A run with a well-formed analysis.json and the given analysis/matrices.pt, then compare."""
+    from fixedhead.analysis import SUMMARY_KEYS
+
+    c.run()
+    record = {"split": "test", "classes": [str(k) for k in range(10)], **dict.fromkeys(SUMMARY_KEYS, 0.5)}
+    c.file("run/analysis/analysis.json", json.dumps(record))
+    path = c.tmp / "run" / "analysis" / "matrices.pt"
+    path.write_bytes(matrices) if isinstance(matrices, bytes) else torch.save(matrices, path)
+    return ["compare", str(c.tmp / "run"), "--device", "cpu"]
+
+
 def _wrong_shape_checkpoint(c: Case):
     run = _unfinished(c)
     checkpoint = torch.load(c.trained / "checkpoint.pt", weights_only=True)
@@ -369,6 +381,9 @@ VALUE_CASES = {
                                                 ["compare", str(c.tmp / "run"), "--device", "cpu"])[2],
     "analysis.json missing its numbers": lambda c: (c.run(), c.file("run/analysis/analysis.json", '{"split": "test"}'),
                                                     ["compare", str(c.tmp / "run"), "--device", "cpu"])[2],
+    "matrices.pt of the wrong shape in compare": lambda c: _compare_with_matrices(c, {
+        "class_vector_cosine": torch.zeros(2, 2), "confusion": torch.zeros(10, 10)}),
+    "matrices.pt of random bytes in compare": lambda c: _compare_with_matrices(c, b"PK\x03\x04 torn"),
     "evaluation.json missing keys": lambda c: _report_with(c, "run/evaluation.json", '{"clean_acc": 0.5}'),
     "invalid experiment.yaml in a sweep folder": lambda c: _report_with(c, "experiment.yaml", "grid: [1, 2]\n"),
     "experiment grid that is a number": lambda c: _sweep_file(c, "grid: 5\n"),

@@ -47,19 +47,19 @@ def measure(outputs: dict) -> dict:
         **metrics.similarity_confusion_spearman(cosines, confusion),
         **metrics.compactness(features, weight, labels, predicted),
         **metrics.separability(weight, features, labels),
-        "class_vector_cosine": cosines.tolist(), "confusion": confusion.tolist(),
+        "class_vector_cosine": cosines.numpy(), "confusion": confusion.numpy(),
     }
 
 
 def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bool) -> list[str]:
     from . import plots  # matplotlib only when a figure is drawn
 
-    classes, cosines = outputs["classes"], np.array(result["class_vector_cosine"])
+    classes, cosines = outputs["classes"], result["class_vector_cosine"]
     order = metrics.cluster_order(torch.tensor(cosines)) if cluster else list(range(len(classes)))
     files = plots.class_vector_heatmap(cosines[np.ix_(order, order)], [classes[k] for k in order],
                                        folder / "class_vector_cosine", "cos(w_i, w_j)" + (" (clustered)" if cluster else ""))
     off = ~np.eye(len(cosines), dtype=bool)
-    files += plots.similarity_confusion_scatter(cosines[off], np.array(result["confusion"])[off],
+    files += plots.similarity_confusion_scatter(cosines[off], result["confusion"][off],
                                                 result["spearman_rho"], folder / "similarity_vs_confusion")
     features, labels = outputs["features"], outputs["labels"].numpy()
     if features.shape[1] == 2:  # the paper's way: raw 2-d features with the class vectors as rays
@@ -89,13 +89,15 @@ def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = Fal
               "head": outputs["head"], **measure(outputs)}
     run = RunDir(run_dir)
     result["figures"] = _pictures(outputs, result, run.analysis_dir, tsne, cluster)
-    write_json(run.analysis_path, result)
+    run.write_matrices({key: result[key] for key in MATRICES})
+    write_json(run.analysis_path, {key: value for key, value in result.items() if key not in MATRICES})  # last: done
     return result
 
 
 SUMMARY_KEYS = ("acc", "spearman_rho", "mean_cos_to_predicted", "mean_cos_to_true", "class_vector_cos_max",
                 "class_mean_cos_max", "within_class_cos", "scatter_ratio")
 ANALYSIS_FIELDS = {key: (int, float) for key in SUMMARY_KEYS}
+MATRICES = ("class_vector_cosine", "confusion")  # C x C: in matrices.pt beside analysis.json (inline before)
 
 
 def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
@@ -103,10 +105,14 @@ def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
     run = RunDir(run_dir)
     result = run.read_analysis()
     if result is not None:
-        check_fields(result, {"split": str, "classes": list, "class_vector_cosine": list, **ANALYSIS_FIELDS},
-                     run.analysis_path)
-        if result["split"] == split:
-            return result
+        check_fields(result, {"split": str, "classes": list, **ANALYSIS_FIELDS}, run.analysis_path)
+        if all(key in result for key in MATRICES):  # written before matrices.pt existed
+            check_fields(result, dict.fromkeys(MATRICES, list), run.analysis_path)
+            matrices = {key: np.array(result[key], dtype=float) for key in MATRICES}
+        else:
+            matrices = run.read_matrices(MATRICES, len(result["classes"]))
+        if result["split"] == split and matrices is not None:
+            return {**result, **matrices}
     return analyze(run_dir, split, device)
 
 
@@ -124,7 +130,7 @@ def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto")
     table = markdown_table(["run", *SUMMARY_KEYS], rows)
     figures = []
     if out is not None:
-        panels = {name: (np.array(r["class_vector_cosine"]), r["classes"]) for name, r in results.items()}
+        panels = {name: (r["class_vector_cosine"], r["classes"]) for name, r in results.items()}
         figures = plots.heatmap_grid(panels, Path(out) / "class_vector_cosine")
         evaluations = {name: RunDir(r).evaluation_path for name, r in zip(names, run_dirs)}
         if all(path.exists() for path in evaluations.values()):  # robustness side by side, when evaluated

@@ -7,7 +7,8 @@ RUN_DIR/metrics.jsonl   one JSON line per epoch
 RUN_DIR/checkpoint.pt   latest training state (for --resume)
 RUN_DIR/model.pt        the selected final weights with their config and class names
 RUN_DIR/final.json      final metrics and status
-RUN_DIR/analysis/       analysis.json and figures (fixedhead analyze)
+RUN_DIR/analysis/       analysis.json (the numbers), matrices.pt (C x C matrices: 37 MB of JSON at 1,000 classes)
+                        and figures (fixedhead analyze)
 RUN_DIR/evaluation.json clean / corrupted / generalisation accuracy (fixedhead robustness)
 RUN_DIR/sweep.json      the variant and overrides a sweep gave this run
 RUN_DIR/failure.json    why a sweep's run failed
@@ -79,6 +80,7 @@ class RunDir:
         self.final_path = self.path / "final.json"
         self.analysis_dir = self.path / "analysis"  # analysis.json and figures
         self.analysis_path = self.analysis_dir / "analysis.json"
+        self.matrices_path = self.analysis_dir / "matrices.pt"
         self.evaluation_path = self.path / "evaluation.json"
         self.evaluation_figure = self.path / "evaluation"  # .png and .pdf beside evaluation.json
         self.sweep_info_path = self.path / "sweep.json"
@@ -190,6 +192,24 @@ class RunDir:
 
     def read_analysis(self) -> dict | None:
         return self._read_mapping(self.analysis_path)
+
+    def write_matrices(self, matrices: dict) -> None:
+        """The analysis's class-by-class matrices, as tensors (a weights-only torch file)."""
+        if self.writable:
+            save_torch(self.matrices_path, {key: torch.as_tensor(value) for key, value in matrices.items()})
+
+    def read_matrices(self, keys: tuple, size: int) -> dict | None:
+        """The matrices named by `keys`, each `size` x `size`, as numpy arrays; None when the file is absent."""
+        if not self.matrices_path.exists():
+            return None
+        state = load_torch(self.matrices_path, "analysis matrices file")
+        for key in keys:
+            value = state.get(key)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (size, size) or value.is_complex():
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise UserError(f"{self.matrices_path}: {key!r} must be a real {size} x {size} tensor (one row and "
+                                f"column per class), found {found}")
+        return {key: state[key].numpy() for key in keys}
 
     def write_config(self, config: dict) -> None:
         if self.writable:
