@@ -115,3 +115,13 @@ def test_the_matrices_beside_analysis_json_are_the_head_cosines_and_the_confusio
     assert not run.matrices_path.exists()  # read from the old file, not analysed afresh
     for key, value in expected.items():
         np.testing.assert_allclose(again[key], value, atol=1e-12)
+
+
+def test_a_million_point_scatter_stays_a_small_pdf(tmp_path):
+    """At 1,000 classes the similarity-vs-confusion scatter has 999,000 points; as vectors its PDF was 8 MB."""
+    from fixedhead import plots
+
+    rng = np.random.default_rng(0)
+    points = 1_000 * 999
+    plots.similarity_confusion_scatter(rng.uniform(-1, 1, points), rng.poisson(0.1, points), 0.0, tmp_path / "s")
+    assert 1_000 < (tmp_path / "s.pdf").stat().st_size < 500_000

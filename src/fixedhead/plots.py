@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 
 from .files import save_figure
 
+RASTER_POINTS = 20_000  # scatters with more points are pixels inside the PDF (1,000 classes: 8 MB of vectors)
+
 
 def _figure(figsize, rows: int = 1, columns: int = 1, **subplots):
     fig = Figure(figsize=figsize)
@@ -61,7 +63,7 @@ def heatmap_grid(panels: dict, stem: Path) -> list[str]:
 
 def similarity_confusion_scatter(cosines: np.ndarray, counts: np.ndarray, rho: float, stem: Path) -> list[str]:
     fig, ax = _figure((4.5, 3.5))
-    ax.scatter(cosines, counts, s=8, alpha=0.6)
+    ax.scatter(cosines, counts, s=8, alpha=0.6, rasterized=len(cosines) > RASTER_POINTS)
     ax.set_xlabel("cos(w_i, w_j)")
     ax.set_ylabel("images of class i predicted as j")
     ax.set_title(f"Spearman rho = {rho:.2f} over {len(cosines)} pairs", fontsize=9)
@@ -77,7 +79,7 @@ def feature_scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], 
     for k in np.unique(labels):
         mask = labels == k
         ax.scatter(points[mask, 0], points[mask, 1], s=3, alpha=0.5, color=cmap(k % cmap.N),
-                   label=classes[k] if len(classes) <= 20 else None)
+                   label=classes[k] if len(classes) <= 20 else None, rasterized=len(points) > RASTER_POINTS)
     if rays is not None:
         reach = np.abs(points).max()
         for k, ray in enumerate(rays):
