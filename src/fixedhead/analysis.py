@@ -106,14 +106,13 @@ def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
     result = run.read_analysis()
     if result is not None:
         check_fields(result, {"split": str, "classes": list, **ANALYSIS_FIELDS}, run.analysis_path)
-        if all(key in result for key in MATRICES):  # written before matrices.pt existed
-            check_fields(result, dict.fromkeys(MATRICES, list), run.analysis_path)
-            matrices = {key: np.array(result[key], dtype=float) for key in MATRICES}
-        else:
-            matrices = run.read_matrices(MATRICES, len(result["classes"]))
-        if result["split"] == split and matrices is not None:
-            return {**result, **matrices}
-    return analyze(run_dir, split, device)
+    if result is None or result["split"] != split:
+        return analyze(run_dir, split, device)
+    if all(key in result for key in MATRICES):  # written before matrices.pt existed
+        check_fields(result, dict.fromkeys(MATRICES, list), run.analysis_path)
+        return {**result, **{key: np.array(result[key], dtype=float) for key in MATRICES}}
+    matrices = run.read_matrices(MATRICES, len(result["classes"]))
+    return analyze(run_dir, split, device) if matrices is None else {**result, **matrices}
 
 
 def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto") -> dict:
