@@ -368,3 +368,19 @@ def test_set_on_a_grid_key_restricts_the_grid_and_on_a_variant_key_is_refused(tm
     assert {r.name for r in both} == full
     with pytest.raises(UserError, match="overridden by the variants"):
         load_experiment(path, sets={"model.fixed": "true"})
+
+
+def test_an_undefined_value_is_counted_not_averaged(tmp_path):
+    """A learned head with no test error has no confusion to correlate: its Spearman is NaN. The cell
+    shows the other seeds' mean and says 1/3 undefined, instead of a NaN mean for the whole cell."""
+    for seed, rho in enumerate([0.2, 0.4, float("nan")]):
+        fixture_run(tmp_path, f"r-{seed}", "v", "a", seed, 0.9, "finished")
+        run = tmp_path / f"r-{seed}"
+        (run / "analysis").mkdir()
+        (run / "analysis" / "analysis.json").write_text(json.dumps({"spearman_rho": rho}))
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({
+        "name": "u", "grid": {"data.name": ["a"]}, "variants": {"v": {}},
+        "report": {"rows": ["data.name"], "columns": ["variant"], "metrics": ["spearman_rho"]}}))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert f"| a | {0.3:.3f} ± {np.std([0.2, 0.4], ddof=1):.3f} (n=2) [1/3 undefined] |" in text

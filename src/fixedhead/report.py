@@ -174,7 +174,8 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
 
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
-    with `diverged`, the number of the cell's runs that diverged (their values are not in the summary)."""
+    with `diverged`, the number of the cell's runs that diverged (their values are not in the summary),
+    and `undefined`, the number whose value is not a number (a Spearman over no confusions at all)."""
     finished = select_runs([r for r in records if r["status"] == "finished"], layout)
     diverged: dict = {}
     for record in records:
@@ -184,16 +185,24 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
     tables = []
     for metric in layout["metrics"]:
         cells: dict = {}
+        undefined: dict = {}
         for record in finished:
             if isinstance(record.get(metric), (int, float)):
-                row, column = _label(record, layout["rows"]), _label(record, layout["columns"])
-                cells.setdefault(row, {}).setdefault(column, []).append(record[metric])
-        if not cells and not diverged:
+                cell = row, column = _label(record, layout["rows"]), _label(record, layout["columns"])
+                if math.isfinite(record[metric]):
+                    cells.setdefault(row, {}).setdefault(column, []).append(record[metric])
+                else:
+                    undefined[cell] = undefined.get(cell, 0) + 1
+        if not cells and not diverged and not undefined:
             continue
-        summary = {row: {col: {**summarise(v), "diverged": diverged.get((row, col), 0)} for col, v in columns.items()}
+        summary = {row: {col: {**summarise(v), "diverged": diverged.get((row, col), 0),
+                               "undefined": undefined.get((row, col), 0)} for col, v in columns.items()}
                    for row, columns in cells.items()}
         for (row, col), count in diverged.items():  # cells where every run diverged still show
-            summary.setdefault(row, {}).setdefault(col, {"n": 0, "diverged": count})
+            summary.setdefault(row, {}).setdefault(col, {"n": 0, "diverged": count,
+                                                         "undefined": undefined.get((row, col), 0)})
+        for (row, col), count in undefined.items():  # as do cells where no run's value is defined
+            summary.setdefault(row, {}).setdefault(col, {"n": 0, "diverged": 0, "undefined": count})
         columns = sorted({c for row in summary.values() for c in row})
         diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
                                 if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
@@ -211,7 +220,9 @@ def _cell(metric: str, s: dict | None, paper_value=None) -> str:
     if s is None:
         return "-"
     paper = "" if paper_value is None else f" [paper {paper_value}]"
-    diverged = f" [{s['diverged']}/{s['n'] + s['diverged']} diverged]" if s["diverged"] else ""
+    runs = s["n"] + s["diverged"] + s.get("undefined", 0)
+    diverged = f" [{s['diverged']}/{runs} diverged]" if s["diverged"] else ""
+    diverged += f" [{s['undefined']}/{runs} undefined]" if s.get("undefined") else ""
     if s["n"] == 0:
         return f"-{diverged}{paper}"
     std = "" if math.isnan(s["std"]) else f" ± {_fmt(metric, s['std'])}"
@@ -290,7 +301,8 @@ def write_report(root) -> dict:
               f"{len(records)} runs: {counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} "
               f"failed, {counts['unfinished']} unfinished. Cells: mean ± sample std over the seeds that trained "
               f"(n = runs); 'k/m diverged' counts the cell's runs that diverged ({DIVERGENCE_RULE}); their "
-              f"accuracies are in {sweep_dir.csv_path.name}. "
+              f"accuracies are in {sweep_dir.csv_path.name}; 'k/m undefined' counts runs whose value is not a number "
+              "(a Spearman correlation with no confusion to correlate), left out of the mean. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     body = []
     for title, section in sections:
