@@ -195,14 +195,12 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
                     undefined[cell] = undefined.get(cell, 0) + 1
         if not cells and not diverged and not undefined:
             continue
-        summary = {row: {col: {**summarise(v), "diverged": diverged.get((row, col), 0),
-                               "undefined": undefined.get((row, col), 0)} for col, v in columns.items()}
-                   for row, columns in cells.items()}
-        for (row, col), count in diverged.items():  # cells where every run diverged still show
-            summary.setdefault(row, {}).setdefault(col, {"n": 0, "diverged": count,
-                                                         "undefined": undefined.get((row, col), 0)})
-        for (row, col), count in undefined.items():  # as do cells where no run's value is defined
-            summary.setdefault(row, {}).setdefault(col, {"n": 0, "diverged": 0, "undefined": count})
+        summary: dict = {}  # every cell with a run, also those where none trained or none has a value
+        for row, col in {(r, c) for r, columns in cells.items() for c in columns} | set(diverged) | set(undefined):
+            values = cells.get(row, {}).get(col)
+            summary.setdefault(row, {})[col] = {**(summarise(values) if values else {"n": 0}),
+                                                "diverged": diverged.get((row, col), 0),
+                                                "undefined": undefined.get((row, col), 0)}
         columns = sorted({c for row in summary.values() for c in row})
         diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
                                 if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
@@ -220,13 +218,12 @@ def _cell(metric: str, s: dict | None, paper_value=None) -> str:
     if s is None:
         return "-"
     paper = "" if paper_value is None else f" [paper {paper_value}]"
-    runs = s["n"] + s["diverged"] + s.get("undefined", 0)
-    diverged = f" [{s['diverged']}/{runs} diverged]" if s["diverged"] else ""
-    diverged += f" [{s['undefined']}/{runs} undefined]" if s.get("undefined") else ""
+    runs = s["n"] + s["diverged"] + s["undefined"]
+    counted = "".join(f" [{s[k]}/{runs} {k}]" for k in ("diverged", "undefined") if s[k])
     if s["n"] == 0:
-        return f"-{diverged}{paper}"
+        return f"-{counted}{paper}"
     std = "" if math.isnan(s["std"]) else f" ± {_fmt(metric, s['std'])}"
-    return f"{_fmt(metric, s['mean'])}{std} (n={s['n']}){diverged}{paper}"
+    return f"{_fmt(metric, s['mean'])}{std} (n={s['n']}){counted}{paper}"
 
 
 def markdown(table: dict) -> str:
