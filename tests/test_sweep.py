@@ -318,6 +318,9 @@ def test_a_matched_selection_picks_one_value_per_row_by_the_mean_over_its_column
     assert {c: own["cells"]["all"][c]["mean"] for c in ("False", "True")} == {"False": 0.001, "True": 0.1}
     text = result["markdown"]
     assert text.index("## matched") < text.index("## each its own")
+    assert text.index("## matched") < text.index("in each row, one value for all columns") < text.index("## each its own")
+    own_note = "Selected on validation: in each cell, the train.lr with the best mean val_acc"
+    assert text.index("## each its own") < text.index(own_note)
 
 
 def test_a_bad_report_list_is_one_error(tmp_path):

@@ -172,6 +172,13 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
     return kept
 
 
+def selection_note(choice: dict) -> str:
+    """The sentence that tells a reader which runs a selecting report shows."""
+    where = "in each row, one value for all columns, by the mean over them" if choice.get("per") == "row" else "in each cell"
+    return (f"Selected on validation: {where}, the {choice['key']} with the best mean {choice['by']} over its seeds; "
+            "the tables show those runs only (the others are in results.csv).")
+
+
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
     with `diverged`, the number of the cell's runs that diverged (their values are not in the summary),
@@ -302,8 +309,9 @@ def write_report(root) -> dict:
               "(a Spearman correlation with no confusion to correlate), left out of the mean. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     body = []
-    for title, section in sections:
+    for (title, section), layout in zip(sections, layouts):
         body += [f"## {title}\n"] if title else []
+        body += [selection_note(layout["select"]) + "\n"] if layout.get("select") else []
         body += [markdown(t) + "\n" for t in section]
     text = "\n".join(header + body)
     write_text(sweep_dir.report_path, text)
