@@ -13,7 +13,7 @@ from scipy import stats
 from fixedhead.cli import main
 from fixedhead.errors import UserError
 from fixedhead.report import difference_ci, write_report
-from fixedhead.sweep import expand, load_experiment, parse_shard, shard
+from fixedhead.sweep import expand, load_experiment, parse_shard, run_sweep, shard
 
 EXPERIMENT = {
     "name": "t",
@@ -200,6 +200,25 @@ def test_every_accuracy_is_shown_in_percent_and_other_metrics_are_not():
         assert _fmt(metric, 0.3349) == "33.49", metric
     for metric in ("spearman_rho", "mean_cos_to_predicted", "scatter_ratio"):
         assert _fmt(metric, 0.3349) == "0.335", metric
+
+
+def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path, monkeypatch):
+    import fixedhead.sweep as sweep_module
+    import fixedhead.train
+
+    def no_training(config, *args, **kwargs):
+        raise UserError("not trained in this test")
+
+    monkeypatch.setattr(fixedhead.train, "fit", no_training)
+    for native, bf16, expected in ((False, True, 1), (False, False, 0), (True, True, 0)):
+        monkeypatch.setattr(sweep_module, "native_bf16", lambda device, native=native: native)
+        lines = []
+        experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.bf16": bf16, "train.device": "cpu"}}
+        run_sweep(write(tmp_path, experiment), tmp_path / f"o-{native}-{bf16}", log=lines.append)
+        notes = [line for line in lines if "bf16" in line]
+        assert len(notes) == expected, (native, bf16, lines)
+        if expected:
+            assert notes[0].startswith("note: 8 of 8 run(s)") and "--set train.bf16=false" in notes[0]
 
 
 def test_a_device_the_machine_lacks_is_one_error_before_any_run(tmp_path, capsys):

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
-from .devices import resolve_device
+from .devices import native_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .files import read_yaml
 from .runs import RunDir, RunInUse, SweepDir
@@ -227,7 +227,11 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
         for run in planned:
             log(f"{run.name}  {run.overrides}")
         return summary
-    _check_devices({make_config(experiment["base"], run.overrides).train.device for run in planned})
+    configs = [make_config(experiment["base"], run.overrides) for run in planned]
+    _check_devices({config.train.device for config in configs})
+    note = emulated_bf16_note(configs)
+    if note:
+        log(note)
     sweep_dir = SweepDir(out)
     sweep_dir.write_experiment({**experiment, "source": str(path)})
     for number, run in enumerate(planned, 1):
@@ -268,6 +272,17 @@ def _stale(run_dir: RunDir, config) -> str | None:
         return None
     return (f"{run_dir.path} holds a finished run trained with another {changed[0]} ({len(changed)} key(s) differ "
             "from the experiment file); sweep into another --out, or delete that run folder")
+
+
+def emulated_bf16_note(configs) -> str | None:
+    """A line when runs ask for bf16 autocast on a device that only emulates it (a CPU without bf16
+    instructions: several times slower than float32), or None. The mini experiment files ask for bf16,
+    which is fast where they were tuned; elsewhere a sweep would silently take hours longer."""
+    slow = sum(bool(c.train.bf16) and not native_bf16(resolve_device(c.train.device)) for c in configs)
+    if not slow:
+        return None
+    return (f"note: {slow} of {len(configs)} run(s) ask for bf16 autocast, which this CPU has no instructions "
+            "for: emulated, several times slower than float32; add --set train.bf16=false to train in float32")
 
 
 def _check_devices(devices) -> None:
