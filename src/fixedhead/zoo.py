@@ -128,15 +128,15 @@ def _timm_create(timm, name: str, pretrained: bool, in_channels: int) -> nn.Modu
         return create()
     from huggingface_hub import constants
 
-    online = constants.HF_HUB_OFFLINE
+    was_offline = constants.HF_HUB_OFFLINE  # the user's setting, restored below
     constants.HF_HUB_OFFLINE = True
     try:
         return create()
     except Exception:
-        if online or not _reachable("huggingface.co"):
+        if was_offline or not _reachable("huggingface.co"):
             raise UserError(_not_cached(f"timm:{name}", "huggingface.co")) from None
     finally:
-        constants.HF_HUB_OFFLINE = online
+        constants.HF_HUB_OFFLINE = was_offline
     return create()
 
 
