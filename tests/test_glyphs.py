@@ -93,6 +93,15 @@ def test_loaded_through_the_registry_and_cached(tmp_path):
         load("digits", num_classes=10)
 
 
+def test_num_classes_for_a_dataset_with_its_own_classes_is_one_line_before_anything_is_written(tmp_path, capsys):
+    from fixedhead.cli import main
+
+    assert main(["train", "--data", "digits", "--set", "data.num_classes=10", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.num_classes is for generated datasets (glyphs); 'digits'" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_tiny_class_count_sweep_runs_and_reports(tmp_path):
     experiment = {
         "name": "classes-tiny", "base": {"data.name": "glyphs", "model.arch": "fastnet-small", "train.epochs": 1,

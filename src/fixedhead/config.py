@@ -14,7 +14,7 @@ from typing import Optional
 import yaml
 
 from . import files, zoo
-from .data import DATASETS
+from .data import DATASETS, check_num_classes
 from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES, check_scale
 from .many_classes import VECTORS
@@ -310,8 +310,7 @@ def validate(config: Config) -> None:
     if "flip" in config.train.tta and not flips:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
-    if config.data.num_classes is not None and not DATASETS[config.data.name].generated:
-        raise UserError(f"data.num_classes is for generated datasets (glyphs); {config.data.name} has its own classes")
+    check_num_classes(config.data.name, config.data.num_classes)
     check_scale(config.model.similarity, config.model.scale, config.model.learn_scale)
     _check_vectors(config)
     check_tracker(config.train.log)

@@ -129,9 +129,7 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     spec = DATASETS[name]
-    if num_classes is not None and not spec.generated:
-        raise UserError(f"data.num_classes is for generated datasets ({', '.join(generated_datasets())}); "
-                        f"{name!r} has its own classes")
+    check_num_classes(name, num_classes)
     if split not in spec.splits:
         raise UserError(f"dataset {name!r} has no split {split!r}; it has: {', '.join(spec.splits)}")
     variant = spec.variants[0] if variant is None else variant
@@ -172,6 +170,13 @@ def made(data_cfg) -> dict:
     """How a generated dataset was made (for the run's meta), {} for the others."""
     spec = DATASETS[data_cfg.name]
     return {"dataset_made": spec.describe(data_cfg.num_classes)} if spec.describe else {}
+
+
+def check_num_classes(name: str, num_classes: int | None) -> None:
+    """data.num_classes chooses the classes of a generated dataset; every other dataset has its own."""
+    if num_classes is not None and not DATASETS[name].generated:
+        raise UserError(f"data.num_classes is for generated datasets ({', '.join(generated_datasets())}); "
+                        f"{name!r} has its own classes")
 
 
 def generated_datasets() -> list[str]:
