@@ -13,7 +13,8 @@ warm-up from 0.2 to 1 over 23% of the steps then linear decay to 0.07, lookahead
 decay 0.95^5 (t / T)^3, 2-pixel reflect-padded translations, alternating flips (one random flip of the
 whole set, then the set mirrored every other epoch), 11 epochs, drop_last, and test-time augmentation
 level 2 (mirror + two one-pixel translations, weighted as published). The clock covers the whitening
-initialisation and training, not the per-epoch evaluations, as in airbench.
+initialisation and training, not the per-epoch evaluations, as in airbench; airbench's printed total also
+adds the final TTA pass, which the port times apart (`tta_time_s`), as fixedhead's side does.
 
 Changed for this machine, and nothing else: the device is the CPU, not CUDA; float32 (or bf16 autocast
 with --bf16, batch norm in float32) instead of fp16; channels_last kept; no cudnn flags or CUDA events
