@@ -172,11 +172,11 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
     return kept
 
 
-def selection_note(choice: dict) -> str:
-    """The sentence that tells a reader which runs a selecting report shows."""
+def selection_note(choice: dict, all_runs: str) -> str:
+    """The sentence that tells a reader which runs a selecting report shows (`all_runs`: where the rest are)."""
     where = "in each row, one value for all columns, by the mean over them" if choice.get("per") == "row" else "in each cell"
     return (f"Selected on validation: {where}, the {choice['key']} with the best mean {choice['by']} over its seeds; "
-            "the tables show those runs only (the others are in results.csv).")
+            f"the tables show those runs only (the others are in {all_runs}).")
 
 
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
@@ -311,7 +311,7 @@ def write_report(root) -> dict:
     body = []
     for (title, section), layout in zip(sections, layouts):
         body += [f"## {title}\n"] if title else []
-        body += [selection_note(layout["select"]) + "\n"] if layout.get("select") else []
+        body += [selection_note(layout["select"], sweep_dir.csv_path.name) + "\n"] if layout.get("select") else []
         body += [markdown(t) + "\n" for t in section]
     text = "\n".join(header + body)
     write_text(sweep_dir.report_path, text)
