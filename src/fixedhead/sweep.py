@@ -234,10 +234,9 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
         log(note)
     sweep_dir = SweepDir(out)
     sweep_dir.write_experiment({**experiment, "source": str(path)})
-    for number, run in enumerate(planned, 1):
+    for number, (run, config) in enumerate(zip(planned, configs), 1):
         run_dir = sweep_dir.run(run.name)
         try:
-            config = make_config(experiment["base"], run.overrides)
             if run_dir.is_finished():
                 stale = _stale(run_dir, config)
                 if stale:  # not the run's failure: its folder is left as it is
