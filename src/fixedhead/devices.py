@@ -28,6 +28,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# What a run asking for bf16 autocast is told where native_bf16 is false (fit and sweep say it the same way).
+EMULATED_BF16 = ("this CPU has no bf16 instructions, so bf16 autocast is emulated and several times slower than "
+                 "float32 here")
+
+
 def native_bf16(device) -> bool:
     """Whether bf16 autocast is fast on `device`: CUDA, or a CPU with bf16 instructions (AVX-512 BF16,
     AMX). Elsewhere PyTorch emulates bf16: measured 6-12x slower than float32 on a 2-core AVX2 CPU."""

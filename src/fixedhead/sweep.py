@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
-from .devices import native_bf16, resolve_device
+from .devices import EMULATED_BF16, native_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .files import read_yaml
 from .runs import RunDir, RunInUse, SweepDir
@@ -280,8 +280,7 @@ def emulated_bf16_note(configs) -> str | None:
     slow = sum(bool(c.train.bf16) and not native_bf16(resolve_device(c.train.device)) for c in configs)
     if not slow:
         return None
-    return (f"note: {slow} of {len(configs)} run(s) ask for bf16 autocast, which this CPU has no instructions "
-            "for: emulated, several times slower than float32; add --set train.bf16=false to train in float32")
+    return f"note: {slow} of {len(configs)} run(s) ask for bf16 autocast: {EMULATED_BF16}; add --set train.bf16=false"
 
 
 def _check_devices(devices) -> None:

@@ -14,7 +14,7 @@ from . import config as config_mod
 from . import distributed, zoo
 from .data import made
 from .data.loaders import prepare
-from .devices import native_bf16, resolve_device
+from .devices import EMULATED_BF16, native_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .evaluate import predict, scores
 from .files import check_fields
@@ -221,8 +221,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
     if verbose and tc.bf16 and not native_bf16(next(training.model.parameters()).device):
-        print("note: this CPU has no bf16 instructions, so bf16 autocast is emulated and several times slower "
-              "than float32 here; drop --bf16", file=sys.stderr)
+        print(f"note: {EMULATED_BF16}; drop --bf16", file=sys.stderr)
     on_step = training.lookahead.step if training.lookahead is not None else None
     with StopSignals() as stop:
         for epoch in range(training.epoch, training.epochs):
