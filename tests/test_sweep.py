@@ -166,11 +166,16 @@ def test_select_keeps_the_value_best_on_validation_not_test(tmp_path):
         for seed in range(2):
             records.append({"status": "finished", "data.name": "a", "variant": "v", "model.scale": scale,
                             "val_acc": val, "test_acc": test + seed / 100})
+    for record in records[:]:  # a second column to compare against, with S=1 best on validation
+        records.append({**record, "variant": "w", "val_acc": 1 - record["val_acc"]})
     layout = {"rows": ["data.name"], "columns": ["variant"], "metrics": ["test_acc", "model.scale"],
-              "select": {"key": "model.scale", "by": "val_acc"}}
+              "select": {"key": "model.scale", "by": "val_acc"}, "compare": [["v", "w"]]}
     tables = {t["metric"]: t for t in build_tables(records, layout)}
     assert tables["model.scale"]["cells"]["a"]["v"]["mean"] == 16
+    assert tables["model.scale"]["cells"]["a"]["w"]["mean"] == 1
     assert tables["test_acc"]["cells"]["a"]["v"]["mean"] == pytest.approx(0.605)
+    assert tables["test_acc"]["diffs"]["v - w"]["a"]["diff"] == pytest.approx(0.605 - 0.905)
+    assert tables["model.scale"]["diffs"] == {}  # the selected value is a choice: no fixed - learned for it
 
 
 def test_every_shipped_experiment_file_expands(tmp_path):

@@ -209,8 +209,10 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
                                                 "diverged": diverged.get((row, col), 0),
                                                 "undefined": undefined.get((row, col), 0)}
         columns = sorted({c for row in summary.values() for c in row})
+        chosen = metric == (layout.get("select") or {}).get("key")  # a choice, not an outcome: no difference
         diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
-                                if a in cells[row] and b in cells[row]} for a, b in layout.get("compare", [])}
+                                if a in cells[row] and b in cells[row]}
+                 for a, b in ([] if chosen else layout.get("compare", []))}
         tables.append({"metric": metric, "rows": sorted(summary, key=_row_order), "columns": columns, "cells": summary,
                        "row_keys": list(layout["rows"]),
                        "diffs": diffs, "paper": (paper or {}).get(metric, {})})
