@@ -223,7 +223,16 @@ def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path
         notes = [line for line in lines if "bf16" in line]
         assert len(notes) == expected, (native, bf16, lines)
         if expected:
-            assert notes[0].startswith("note: 8 of 8 run(s)") and "--set train.bf16=false" in notes[0]
+            assert notes[0].startswith("note: 8 of 8 run(s) to train") and "--set train.bf16=false" in notes[0]
+    out = tmp_path / "o-False-True"  # finished runs are not counted: they will not train again
+    for name in sorted(p.name for p in out.iterdir() if p.is_dir())[:3]:
+        (out / name / "final.json").write_text(json.dumps({"status": "finished", "test_acc": 0.5}))
+    monkeypatch.setattr(sweep_module, "native_bf16", lambda device: False)
+    monkeypatch.setattr(sweep_module, "_stale", lambda run_dir, config: None)
+    lines = []
+    run_sweep(write(tmp_path, {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.bf16": True, "train.device": "cpu"}}),
+              out, log=lines.append)
+    assert [line for line in lines if "bf16" in line][0].startswith("note: 5 of 5 run(s) to train")
 
 
 def test_a_device_the_machine_lacks_is_one_error_before_any_run(tmp_path, capsys):

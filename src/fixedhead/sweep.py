@@ -229,10 +229,10 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
         return summary
     configs = [make_config(experiment["base"], run.overrides) for run in planned]
     _check_devices({config.train.device for config in configs})
-    note = emulated_bf16_note(configs)
+    sweep_dir = SweepDir(out)
+    note = emulated_bf16_note([c for run, c in zip(planned, configs) if not _finished(sweep_dir.run(run.name))])
     if note:
         log(note)
-    sweep_dir = SweepDir(out)
     sweep_dir.write_experiment({**experiment, "source": str(path)})
     for number, (run, config) in enumerate(zip(planned, configs), 1):
         run_dir = sweep_dir.run(run.name)
@@ -263,6 +263,14 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     return summary
 
 
+def _finished(run_dir: RunDir) -> bool:
+    """is_finished, with a damaged final.json counted as not (the run's own turn reports it)."""
+    try:
+        return run_dir.is_finished()
+    except UserError:
+        return False
+
+
 def _stale(run_dir: RunDir, config) -> str | None:
     """Why a finished run cannot stand for this experiment's run (trained with another config), or None:
     an edited experiment file must not silently keep the results of the old one."""
@@ -274,13 +282,14 @@ def _stale(run_dir: RunDir, config) -> str | None:
 
 
 def emulated_bf16_note(configs) -> str | None:
-    """A line when runs ask for bf16 autocast on a device that only emulates it (a CPU without bf16
+    """A line when runs still to train ask for bf16 autocast on a device that only emulates it (a CPU without bf16
     instructions: several times slower than float32), or None. The mini experiment files ask for bf16,
     which is fast where they were tuned; elsewhere a sweep would silently take hours longer."""
     slow = sum(bool(c.train.bf16) and not native_bf16(resolve_device(c.train.device)) for c in configs)
     if not slow:
         return None
-    return f"note: {slow} of {len(configs)} run(s) ask for bf16 autocast: {EMULATED_BF16}; add --set train.bf16=false"
+    return (f"note: {slow} of {len(configs)} run(s) to train ask for bf16 autocast: {EMULATED_BF16}; "
+            "add --set train.bf16=false")
 
 
 def _check_devices(devices) -> None:
