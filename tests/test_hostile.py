@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -315,6 +316,28 @@ def _compare_with_matrices(c: Case, matrices) -> list:
     return ["compare", str(c.tmp / "run"), "--device", "cpu"]
 
 
+def _old_analysis(c: Case) -> list:
+    """analysis.json as fixedhead wrote it before matrices.pt: the C x C matrices inline (37 MB at 1,000
+    classes), larger than any record is read."""
+    c.run()
+    c.file("run/analysis/analysis.json", json.dumps({"split": "test", "confusion": [[0] * 1200] * 1800}))
+    return ["compare", str(c.tmp / "run"), "--device", "cpu"]
+
+
+def test_an_old_inline_analysis_says_to_analyze_again(tmp_path):
+    from fixedhead.errors import UserError
+
+    run = RunDir(tmp_path)
+    run.analysis_dir.mkdir()
+    run.analysis_path.write_text(json.dumps({"confusion": [[0] * 1200] * 1800}))
+    with pytest.raises(UserError, match=re.escape(f"run 'fixedhead analyze {tmp_path}' again")):
+        run.read_analysis()
+    run.analysis_path.write_text('{"torn')  # a small damaged one keeps its own message
+    with pytest.raises(UserError, match="(?i)json") as error:
+        run.read_analysis()
+    assert "analyze" not in str(error.value)
+
+
 def _wrong_shape_checkpoint(c: Case):
     run = _unfinished(c)
     checkpoint = torch.load(c.trained / "checkpoint.pt", weights_only=True)
@@ -381,6 +404,7 @@ VALUE_CASES = {
                                                 ["compare", str(c.tmp / "run"), "--device", "cpu"])[2],
     "analysis.json missing its numbers": lambda c: (c.run(), c.file("run/analysis/analysis.json", '{"split": "test"}'),
                                                     ["compare", str(c.tmp / "run"), "--device", "cpu"])[2],
+    "analysis.json of an older fixedhead (matrices inline, over 4 MiB)": lambda c: _old_analysis(c),
     "matrices.pt of the wrong shape in compare": lambda c: _compare_with_matrices(c, {
         "class_vector_cosine": torch.zeros(2, 2), "confusion": torch.zeros(10, 10)}),
     "matrices.pt of random bytes in compare": lambda c: _compare_with_matrices(c, b"PK\x03\x04 torn"),

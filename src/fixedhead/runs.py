@@ -29,7 +29,18 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .files import check_fields, load_torch, read_json, read_text, read_yaml, save_torch, write_json, write_text, write_yaml
+from .files import (
+    MAX_TEXT_BYTES,
+    check_fields,
+    load_torch,
+    read_json,
+    read_text,
+    read_yaml,
+    save_torch,
+    write_json,
+    write_text,
+    write_yaml,
+)
 from .version import VERSION
 
 
@@ -191,7 +202,14 @@ class RunDir:
         self._write_json(self.failure_path, failure)
 
     def read_analysis(self) -> dict | None:
-        return self._read_mapping(self.analysis_path)
+        try:
+            return self._read_mapping(self.analysis_path)
+        except UserError:
+            if self.matrices_path.exists() or self.analysis_path.stat().st_size <= MAX_TEXT_BYTES:
+                raise
+            raise UserError(f"{self.analysis_path} is larger than {MAX_TEXT_BYTES >> 20} MiB: written by an older "
+                            "fixedhead, which kept the class-by-class matrices inside it; run "
+                            f"'fixedhead analyze {self.path}' again") from None
 
     def write_matrices(self, matrices: dict) -> None:
         """The analysis's class-by-class matrices, as tensors (a weights-only torch file)."""
