@@ -304,6 +304,21 @@ def test_written_files_and_cache_folders_honour_the_umask(tmp_path, monkeypatch)
     assert (tmp_path / "cache" / "key" / "images.npy").stat().st_mode & 0o777 == 0o644
 
 
+def test_the_umask_is_read_without_being_changed(monkeypatch):
+    from fixedhead import files
+
+    set_calls = []
+    real = os.umask
+    old = real(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: set_calls.append(mask) or real(mask))
+        assert files.umask() == 0o027
+        if os.path.exists("/proc/self/status"):
+            assert set_calls == []  # read from /proc: never set, so no other thread sees 0o022
+    finally:
+        real(old)
+
+
 def test_archive_modes_are_sanitised(tmp_path):
     import io
 

@@ -25,6 +25,15 @@ MAX_TREE_ITEMS = 200_000  # values in a parsed tree, counting every use of an al
 
 
 def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc, since 4.7): setting and
+    restoring it, the only other way, races with a thread that creates a file in between."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
