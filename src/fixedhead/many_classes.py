@@ -96,8 +96,6 @@ class ManyClassHead(nn.Module):
         """All class vectors (C, D), float32 (C x D memory)."""
         return torch.cat([block for _, block in self.weight_blocks(self.log_scale_fixed.device)])
 
-    unit_weight = vectors
-
     def identity(self) -> torch.Tensor:
         """Equal on two heads exactly when their class vectors are (checked across ranks)."""
         return self.weight if self.weight is not None else torch.tensor([self.seed, self.num_classes, self.num_features])
