@@ -34,6 +34,25 @@ def test_spearman_matches_scipy_on_hand_built_matrices():
     assert result["spearman_p"] == pytest.approx(expected.pvalue) and result["num_pairs"] == 20
 
 
+def test_confused_pair_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    cos = rng.choice([-0.5, 0.0, 0.25, 0.5], size=(30, 30))  # few values: many ties
+    conf = rng.integers(0, 3, (30, 30)) * (rng.random((30, 30)) < 0.1)  # about 90% of pairs unconfused
+    pairs = [(i, j) for i in range(30) for j in range(30) if i != j]
+    expected = roc_auc_score([conf[i, j] > 0 for i, j in pairs], [cos[i, j] for i, j in pairs])
+    result = metrics.confused_pair_auc(torch.tensor(cos), torch.tensor(conf))
+    assert result["confused_pair_auc"] == pytest.approx(expected)
+    assert result["confused_pairs"] == sum(conf[i, j] > 0 for i, j in pairs)
+    # confusions exactly on the most similar pairs: 1; on the least similar: 0; none at all: undefined
+    rank = torch.tensor(cos) + torch.arange(900).view(30, 30) * 1e-6  # distinct values
+    top = (rank > rank.flatten().kthvalue(850).values).long()
+    assert metrics.confused_pair_auc(rank, top)["confused_pair_auc"] == 1.0
+    assert metrics.confused_pair_auc(-rank, top)["confused_pair_auc"] == 0.0
+    assert np.isnan(metrics.confused_pair_auc(rank, torch.zeros(30, 30, dtype=torch.long))["confused_pair_auc"])
+
+
 def test_compactness_against_numpy():
     rng = np.random.default_rng(1)
     f, w = rng.normal(size=(40, 6)), rng.normal(size=(4, 6))

@@ -45,6 +45,7 @@ def measure(outputs: dict) -> dict:
     return {
         "acc": metrics.accuracy(outputs["logits"], labels), "num_images": len(labels),
         **metrics.similarity_confusion_spearman(cosines, confusion),
+        **metrics.confused_pair_auc(cosines, confusion),
         **metrics.compactness(features, weight, labels, predicted),
         **metrics.separability(weight, features, labels),
         "class_vector_cosine": cosines.numpy(), "confusion": confusion.numpy(),

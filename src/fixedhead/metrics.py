@@ -41,6 +41,21 @@ def similarity_confusion_spearman(cosines: torch.Tensor, confusion: torch.Tensor
     return {"spearman_rho": float(result.statistic), "spearman_p": float(result.pvalue), "num_pairs": int(off.sum())}
 
 
+def confused_pair_auc(cosines: torch.Tensor, confusion: torch.Tensor) -> dict:
+    """The chance that a confused ordered class pair (some class-i image predicted as j, i != j) has a
+    larger cos(w_i, w_j) than an unconfused one, ties counting half (the Mann-Whitney U over both groups'
+    sizes): 0.5 means no relation. Spearman over all pairs says little with many classes, where nearly
+    every pair has no confusion (ties); this statistic is made for that. NaN when either group is empty."""
+    from scipy import stats
+
+    off = ~torch.eye(len(cosines), dtype=torch.bool)
+    values, confused = cosines[off].double().numpy(), (confusion[off] > 0).numpy()
+    n_confused, n_other = int(confused.sum()), int((~confused).sum())
+    auc = (stats.mannwhitneyu(values[confused], values[~confused]).statistic / (n_confused * n_other)
+           if n_confused and n_other else float("nan"))
+    return {"confused_pair_auc": float(auc), "confused_pairs": n_confused}
+
+
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The C*(C-1) entries of a square matrix off its diagonal, row by row."""
     return matrix[~torch.eye(len(matrix), dtype=torch.bool, device=matrix.device)]
