@@ -34,6 +34,15 @@ def test_spearman_matches_scipy_on_hand_built_matrices():
     assert result["spearman_p"] == pytest.approx(expected.pvalue) and result["num_pairs"] == 20
 
 
+def test_no_confusion_at_all_is_an_undefined_rho_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = metrics.similarity_confusion_spearman(torch.rand(4, 4), torch.zeros(4, 4, dtype=torch.long))
+    assert np.isnan(result["spearman_rho"])
+
+
 def test_confused_pair_auc_matches_sklearn_with_ties():
     from sklearn.metrics import roc_auc_score
 
