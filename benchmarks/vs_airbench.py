@@ -11,6 +11,10 @@ through `fixedhead`'s trainer, and the ratio of seconds per epoch is the trainer
     python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3
     python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 2 --overhead --epochs 2
     python benchmarks/vs_airbench.py --tiny [--overhead]   # 6,144 noise images, 1 epoch: checks the script
+
+A float32 CPU pair takes over an hour, so three seeds outlast one sitting: with --out DIR each finished pair
+(the peer and ours, trained back to back) is kept as DIR/seed-N.json and a later invocation with the same
+setup skips it; an interrupted pair is trained again whole, so the two times of a pair always share the hour.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from fixedhead import fit  # noqa: E402
 from fixedhead.config import make_config, parse_overrides  # noqa: E402
 from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
+from fixedhead.errors import UserError  # noqa: E402
+from fixedhead.files import read_json, write_json  # noqa: E402
 from fixedhead.sweep import experiment_file  # noqa: E402
 
 # The peer's network and hyperparameters in fixedhead's keys (for --overhead); epochs set by --epochs.
@@ -82,6 +88,18 @@ def tiny_folder(root: Path) -> str:
     return str(root)
 
 
+def kept_pair(out: Path | None, seed: int, setup: dict) -> tuple | None:
+    """The (peer, ours) results of `seed` kept in `out` by an earlier invocation with the same setup, or None."""
+    path = out / f"seed-{seed}.json" if out else None
+    if path is None or not path.exists():
+        return None
+    record = read_json(path, "kept pair")
+    if not isinstance(record, dict) or record.get("setup") != setup:
+        raise UserError(f"{path} was measured with another setup (recipe, --set, --overhead, --epochs or --bf16); "
+                        "use another --out or delete it")
+    return record["peer"], record["ours"]
+
+
 def first_time(history: list, target: float):
     return next((h["train_time_s"] for h in history if h["test_acc_tta"] >= target), None)
 
@@ -111,6 +129,7 @@ def main():
                         help="both sides: bf16 autocast (auto: where the CPU has bf16 instructions)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     parser.add_argument("--tiny", action="store_true", help="6,144 noise images, 1 epoch: checks the script")
+    parser.add_argument("--out", type=Path, help="keep each finished seed's pair here; a rerun skips kept seeds")
     args = parser.parse_args()
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(torch.device("cpu")))
     if args.tiny:
@@ -128,14 +147,22 @@ def main():
     overrides["train.bf16"] = bf16
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images", flush=True)
+    setup = {"overrides": {k: v for k, v in overrides.items() if k != "data.data_dir"}, "peer_head": peer_head,
+             "peer_epochs": peer_epochs, "overhead": args.overhead, "train_images": len(train_set)}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in range(args.seeds):
-            peer = airbench93.train(train_set, test_set, seed, peer_head, 16.0, bf16, peer_epochs,
-                                    every_epoch=not args.overhead)
-            mine = ours(overrides, args.data_dir, seed, Path(scratch))
+            kept = kept_pair(args.out, seed, setup)
+            if kept:
+                peer, mine = kept
+            else:
+                peer = airbench93.train(train_set, test_set, seed, peer_head, 16.0, bf16, peer_epochs,
+                                        every_epoch=not args.overhead)
+                mine = ours(overrides, args.data_dir, seed, Path(scratch))
+                if args.out:
+                    write_json(args.out / f"seed-{seed}.json", {"setup": setup, "seed": seed, "peer": peer, "ours": mine})
             rows.append((peer, mine))
-            print(json.dumps({"seed": seed, "peer": {k: v for k, v in peer.items() if k != "history"},
+            print(json.dumps({"seed": seed, "kept": bool(kept), "peer": {k: v for k, v in peer.items() if k != "history"},
                               "ours": {k: v for k, v in mine.items() if k != "history"}}), flush=True)
     if args.overhead:
         ratios = [(m["train_time_s"] / m["epochs"]) / (p["train_time_s"] / p["epochs"]) for p, m in rows]
@@ -155,4 +182,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"vs_airbench: error: {error}")

@@ -148,3 +148,42 @@ def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_
     for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-head"):
         recipe = make_config(bench.recipe_config(name))
         assert recipe.model.arch == "airnet" and recipe.train.decoupled and recipe.model.fixed
+
+
+def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_path, monkeypatch, capsys):
+    """benchmarks/vs_airbench.py --out: a finished seed's pair is kept and not trained again by a rerun
+    with the same setup; a rerun with another setup is refused rather than mixed in."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trained = []
+
+    def result(seconds):
+        return {"test_acc_tta": 0.9, "train_time_s": seconds, "epochs": 1,
+                "history": [{"epoch": 1, "train_time_s": seconds, "test_acc_tta": 0.9}]}
+
+    def peer(train_set, test_set, seed, *args, **kwargs):
+        trained.append(("peer", seed))
+        return result(10.0 * (1 + seed))
+
+    def mine(overrides, data_dir, seed, folder):
+        trained.append(("ours", seed))
+        return result(5.0 * (1 + seed))
+
+    monkeypatch.setattr(bench.airbench93, "train", peer)
+    monkeypatch.setattr(bench, "ours", mine)
+    monkeypatch.setattr(bench, "load", lambda *args: [0] * 100)  # only its length is read
+    argv = ["vs_airbench.py", "--data-dir", str(tmp_path), "--out", str(tmp_path / "kept")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "1"])
+    bench.main()
+    assert trained == [("peer", 0), ("ours", 0)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "2"])
+    bench.main()
+    assert trained == [("peer", 0), ("ours", 0), ("peer", 1), ("ours", 1)]  # seed 0 kept, seed 1 trained
+    out = capsys.readouterr().out
+    assert '"kept": true' in out and "ours / peer 0.5 +/- 0 (n = 2" in out  # both seeds in the summary
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "1", "--set", "model.scale=8"])
+    with pytest.raises(bench.UserError, match="another setup"):
+        bench.main()
