@@ -37,7 +37,7 @@ from fixedhead.config import make_config, parse_overrides  # noqa: E402
 from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
-from fixedhead.files import read_json, write_json  # noqa: E402
+from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
 from fixedhead.sweep import experiment_file  # noqa: E402
 
 # The peer's network and hyperparameters in fixedhead's keys (for --overhead); epochs set by --epochs.
@@ -93,8 +93,8 @@ def kept_pair(out: Path | None, seed: int, setup: dict) -> tuple | None:
     path = out / f"seed-{seed}.json" if out else None
     if path is None or not path.exists():
         return None
-    record = read_json(path, "kept pair")
-    if not isinstance(record, dict) or record.get("setup") != setup:
+    record = check_fields(read_json(path, "kept pair"), {"setup": dict, "peer": dict, "ours": dict}, path)
+    if record["setup"] != setup:
         raise UserError(f"{path} was measured with another setup (recipe, --set, --overhead, --epochs or --bf16); "
                         "use another --out or delete it")
     return record["peer"], record["ours"]

@@ -187,3 +187,6 @@ def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_pat
     monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "1", "--set", "model.scale=8"])
     with pytest.raises(bench.UserError, match="another setup"):
         bench.main()
+    (tmp_path / "kept" / "seed-0.json").write_text('{"setup": {}, "peer": 1}')  # damaged: an error, not a KeyError
+    with pytest.raises(bench.UserError, match="seed-0.json"):
+        bench.main()

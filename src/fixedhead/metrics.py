@@ -38,11 +38,11 @@ def similarity_confusion_spearman(cosines: torch.Tensor, confusion: torch.Tensor
     """Spearman rho between cos(w_i, w_j) and the count of class-i images predicted as j, i != j."""
     from scipy import stats  # imported when used: `import fixedhead` stays light
 
-    off = ~torch.eye(len(cosines), dtype=torch.bool)
+    values, counts = off_diagonal(cosines).numpy(), off_diagonal(confusion).double().numpy()
     with warnings.catch_warnings():  # no confusion at all: rho is NaN, which reports count as undefined
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        result = stats.spearmanr(cosines[off].numpy(), confusion[off].double().numpy())
-    return {"spearman_rho": float(result.statistic), "spearman_p": float(result.pvalue), "num_pairs": int(off.sum())}
+        result = stats.spearmanr(values, counts)
+    return {"spearman_rho": float(result.statistic), "spearman_p": float(result.pvalue), "num_pairs": len(values)}
 
 
 def confused_pair_auc(cosines: torch.Tensor, confusion: torch.Tensor) -> dict:
@@ -52,8 +52,7 @@ def confused_pair_auc(cosines: torch.Tensor, confusion: torch.Tensor) -> dict:
     every pair has no confusion (ties); this statistic is made for that. NaN when either group is empty."""
     from scipy import stats
 
-    off = ~torch.eye(len(cosines), dtype=torch.bool)
-    values, confused = cosines[off].double().numpy(), (confusion[off] > 0).numpy()
+    values, confused = off_diagonal(cosines).double().numpy(), (off_diagonal(confusion) > 0).numpy()
     n_confused, n_other = int(confused.sum()), int((~confused).sum())
     auc = (stats.mannwhitneyu(values[confused], values[~confused]).statistic / (n_confused * n_other)
            if n_confused and n_other else float("nan"))
