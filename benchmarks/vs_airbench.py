@@ -184,5 +184,6 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except UserError as error:
-        sys.exit(f"vs_airbench: error: {error}")
+    except UserError as error:  # bad input: one line, exit 2, as fixedhead's own commands
+        print(f"vs_airbench: error: {error}", file=sys.stderr)
+        sys.exit(2)
