@@ -65,10 +65,15 @@ def test_look_alikes_stay_but_identical_glyphs_do_not():
     assert {"0", "1", "|"} <= classes and classes & {"O", "\u039f", "\u041e"}  # look-alikes of 0 and l stay
 
 
-def test_too_many_classes_and_no_fonts_are_one_line(monkeypatch, capsys):
+def test_too_many_classes_and_no_fonts_are_one_line(monkeypatch, capsys, tmp_path):
     assert main(["data", "info", "glyphs", "--num-classes", "99999"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "can draw at most" in err and "99999 asked" in err
+    experiment = tmp_path / "e.yaml"  # a sweep refuses before its first run, writing nothing
+    experiment.write_text("name: e\nbase: {data.name: glyphs, train.epochs: 1}\ngrid: {data.num_classes: [10, 99999]}\n")
+    assert main(["sweep", str(experiment), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "99999 asked" in err and not (tmp_path / "out").exists()
     monkeypatch.setattr(glyphs, "_faces", lambda source: [])
     fresh(monkeypatch)
     with pytest.raises(UserError, match="no usable fonts"):

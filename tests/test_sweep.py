@@ -420,3 +420,18 @@ def test_an_undefined_value_is_counted_not_averaged(tmp_path):
     write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert f"| a | {0.3:.3f} ± {np.std([0.2, 0.4], ddof=1):.3f} (n=2) [1/3 undefined] |" in text
+
+
+def test_a_missing_dataset_is_one_error_before_any_run(tmp_path, capsys):
+    experiment = write(tmp_path, {**EXPERIMENT, "base": {**EXPERIMENT["base"], "data.name": "cifar10"}})
+    missing = tmp_path / "no-such-folder"
+    for extra in ([], ["--devices", "cpu,cpu"]):
+        assert main(["sweep", str(experiment), "--out", str(tmp_path / "out"), "--set",
+                     f"data.data_dir={missing}", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(missing) in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()  # no run folder, no failure record, no experiment.yaml
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    assert main(["sweep", str(experiment), "--out", str(tmp_path / "out"), "--set", f"data.data_dir={folder}"]) == 2
+    assert "missing file" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -230,7 +230,9 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     configs = [make_config(experiment["base"], run.overrides) for run in planned]
     _check_devices({config.train.device for config in configs})
     sweep_dir = SweepDir(out)
-    note = emulated_bf16_note([c for run, c in zip(planned, configs) if not _finished(sweep_dir.run(run.name))])
+    to_train = [c for run, c in zip(planned, configs) if not _finished(sweep_dir.run(run.name))]
+    _check_data(to_train)
+    note = emulated_bf16_note(to_train)
     if note:
         log(note)
     sweep_dir.write_experiment({**experiment, "source": str(path)})
@@ -292,6 +294,18 @@ def emulated_bf16_note(configs) -> str | None:
             "add --set train.bf16=false")
 
 
+def _check_data(configs) -> None:
+    """A dataset that is missing or misnamed is one error before anything starts (exit 2, no run folder
+    written), not the same failure recorded in every run."""
+    from .data import check_available
+
+    checked = set()
+    for config in configs:
+        if repr(config.data) not in checked:
+            checked.add(repr(config.data))
+            check_available(config.data)
+
+
 def _check_devices(devices) -> None:
     """A device this machine lacks is one error before anything starts, not a failure in every run."""
     for device in sorted(devices):
@@ -302,8 +316,11 @@ def run_parallel(path, out, devices: list[str], seeds: int | None = None, sets: 
                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """One worker process per device, each running the shard i/n of the sweep on its device
     (e.g. devices cuda:0,cuda:1,...: one run per GPU at a time). Returns the merged summary."""
-    expand(load_experiment(path, seeds, sets))  # refuse a bad file before starting any worker
+    experiment = load_experiment(path, seeds, sets)
+    planned = expand(experiment)  # refuse a bad file before starting any worker
     _check_devices(devices)
+    _check_data([make_config(experiment["base"], run.overrides) for run in planned
+                 if not _finished(SweepDir(out).run(run.name))])
     workers = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, device in enumerate(devices, 1):

@@ -122,10 +122,9 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).byte().numpy()
 
 
-def load(name: str, root=None, split: str = "train", image_size: int | None = None, variant: str | None = None,
-         num_classes: int | None = None) -> ImageSet:
-    """Load one split of a registered dataset as uint8 tensors (decoded or generated once, then cached);
-    `num_classes` is for datasets generated with a chosen number of classes (glyphs)."""
+def _source(name: str, root, split: str, image_size: int | None, variant: str | None,
+            num_classes: int | None) -> tuple[str | None, Callable]:
+    """Check a request for one split and find its files, reading no image: (cache key or None, read)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     spec = DATASETS[name]
@@ -138,20 +137,26 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
         raise UserError(f"dataset {name!r} has no variant {variant!r}; accepted: {accepted}")
     if spec.generated:
         paths, key = spec.sources(num_classes, split)
-        arrays = cache.cached(cache.source_key(paths, key), lambda: spec.read(split, num_classes))
-    elif spec.sources is None:
-        arrays = spec.read(root, split, variant)
-    else:
-        folder = dataset_folder(name, root)
-        read = (lambda: spec.read(folder, split, variant, image_size)) if name == "imagefolder" else \
-            (lambda: spec.read(folder, split, variant))
-        try:
-            key = cache.source_key(spec.sources(folder, split, variant), f"{name}|{split}|{variant}|{image_size}")
-        except UserError as error:
-            if str(error).startswith("missing file"):
-                raise UserError(f"{error}; {howto(name)}") from None
-            raise
-        arrays = cache.cached(key, read)
+        return cache.source_key(paths, key), lambda: spec.read(split, num_classes)
+    if spec.sources is None:
+        return None, lambda: spec.read(root, split, variant)
+    folder = dataset_folder(name, root)
+    read = (lambda: spec.read(folder, split, variant, image_size)) if name == "imagefolder" else \
+        (lambda: spec.read(folder, split, variant))
+    try:
+        return cache.source_key(spec.sources(folder, split, variant), f"{name}|{split}|{variant}|{image_size}"), read
+    except UserError as error:
+        if str(error).startswith("missing file"):
+            raise UserError(f"{error}; {howto(name)}") from None
+        raise
+
+
+def load(name: str, root=None, split: str = "train", image_size: int | None = None, variant: str | None = None,
+         num_classes: int | None = None) -> ImageSet:
+    """Load one split of a registered dataset as uint8 tensors (decoded or generated once, then cached);
+    `num_classes` is for datasets generated with a chosen number of classes (glyphs)."""
+    key, read = _source(name, root, split, image_size, variant, num_classes)
+    arrays = read() if key is None else cache.cached(key, read)
     images = arrays["images"]
     if len(images) == 0:
         raise UserError(f"the {split} split of dataset {name!r} holds no images")
@@ -159,6 +164,13 @@ def load(name: str, root=None, split: str = "train", image_size: int | None = No
         images = _resize(images, image_size)
     return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(arrays["labels"], np.int64)),
                     list(arrays["classes"]))
+
+
+def check_available(data_cfg) -> None:
+    """Raise the UserError that loading would raise for a missing or misnamed dataset (files absent, wrong
+    folder, variant, split or number of classes), reading no image: a sweep checks this before its first run."""
+    for split in DATASETS[data_cfg.name].splits if data_cfg.name in DATASETS else SPLITS:
+        _source(data_cfg.name, data_cfg.data_dir, split, data_cfg.image_size, data_cfg.variant, data_cfg.num_classes)
 
 
 def load_split(data_cfg, split: str) -> ImageSet:

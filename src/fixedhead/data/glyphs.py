@@ -219,10 +219,9 @@ class Plan:
     faces: list[Face]
 
 
-@functools.lru_cache(maxsize=8)
-def plan(num_classes: int) -> Plan:
-    """Which characters and which fonts: the first `num_classes` candidates with enough designs on both
-    sides that are not a bit-identical double of an earlier class."""
+def _eligible(num_classes: int) -> tuple:
+    """(source, faces, drawn, test designs, [(character, {is test: faces})]) of the characters with enough
+    designs on both sides; one line when no font is usable or fewer than `num_classes` characters are."""
     source = "system"
     faces, drawn = _survey("system")
     if not _test_designs(faces, drawn):
@@ -232,12 +231,6 @@ def plan(num_classes: int) -> Plan:
     if not faces or not test_designs:
         raise UserError("no usable fonts for --data glyphs: neither fontconfig (fc-list) nor matplotlib's fonts "
                         f"give training and test fonts; install fonts, e.g. apt-get install {' '.join(FONT_PACKAGES[:3])}")
-    fonts: dict = {}
-    classes, train, test = [], {}, {}
-    # look-alike probes: the training face of each design that draws most, broadest designs first
-    broad = sorted((f for f in faces if f.design not in test_designs), key=lambda f: (-len(drawn[f]), f.path, f.index))
-    broad = list({f.design: f for f in reversed(broad)}.values())[::-1]
-    kept: dict = {}  # probe face -> (classes kept so far that it draws, their reference bitmaps)
     design = {f: f.design for f in faces}
     drawers = collections.defaultdict(list)  # character -> the faces that draw it, in face order
     for face in faces:
@@ -253,6 +246,20 @@ def plan(num_classes: int) -> Plan:
             eligible.append((ch, sides))
     if len(eligible) < num_classes:
         _too_many(len(eligible), num_classes, source)
+    return source, faces, drawn, test_designs, eligible
+
+
+@functools.lru_cache(maxsize=8)
+def plan(num_classes: int) -> Plan:
+    """Which characters and which fonts: the first `num_classes` candidates with enough designs on both
+    sides that are not a bit-identical double of an earlier class."""
+    source, faces, drawn, test_designs, eligible = _eligible(num_classes)
+    fonts: dict = {}
+    classes, train, test = [], {}, {}
+    # look-alike probes: the training face of each design that draws most, broadest designs first
+    broad = sorted((f for f in faces if f.design not in test_designs), key=lambda f: (-len(drawn[f]), f.path, f.index))
+    broad = list({f.design: f for f in reversed(broad)}.values())[::-1]
+    kept: dict = {}  # probe face -> (classes kept so far that it draws, their reference bitmaps)
     for ch, sides in eligible:
         if ord(ch) >= CJK:  # unified ideographs are distinct characters: no look-alike check (it is quadratic)
             classes.append(ch)
@@ -341,9 +348,11 @@ def render(plan_: Plan, split: str, processes: int | None = None) -> dict:
 
 
 def cache_key(num_classes: int | None, split: str) -> tuple[list[Path], str]:
-    """The font files (their names, sizes and times key the cache) and the rest of the key."""
+    """The font files (their names, sizes and times key the cache) and the rest of the key, after the cheap
+    part of the check that the fonts can draw `num_classes` classes (so that a sweep refuses before any run)."""
     faces = _faces("system") + _faces("matplotlib")
     num_classes = DEFAULT_CLASSES if num_classes is None else num_classes
+    _eligible(num_classes)
     extra = f"{NAME}|v{VERSION}|{split}|{num_classes}|{TRAIN_PER_CLASS}|{TEST_PER_CLASS}|{SEED}"
     return sorted({Path(f.path) for f in faces}), extra
 
