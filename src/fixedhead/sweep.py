@@ -299,11 +299,8 @@ def _check_data(configs) -> None:
     written), not the same failure recorded in every run."""
     from .data import check_available
 
-    checked = set()
-    for config in configs:
-        if repr(config.data) not in checked:
-            checked.add(repr(config.data))
-            check_available(config.data)
+    for data_cfg in {repr(c.data): c.data for c in configs}.values():  # each distinct data section once
+        check_available(data_cfg)
 
 
 def _check_devices(devices) -> None:
