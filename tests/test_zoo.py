@@ -2,6 +2,7 @@
 hooks as the bare model does (timm itself is the oracle)."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -45,6 +46,21 @@ def test_grey_images_and_sizes_come_from_the_data():
         encoder = build_encoder(arch, in_channels=1, image_size=32)
         encoder.train()
         assert encoder(torch.randn(2, 1, 32, 32)).shape == (2, encoder.num_features)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_models_whose_default_init_will_change_get_their_published_init_by_name(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchvision's FutureWarning about the default init would fail here
+        torch.manual_seed(0)
+        encoder = build_encoder(f"torchvision:{name}", in_channels=3, image_size=80)
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, weights=None, init_weights=True)
+    ours = dict(encoder.named_parameters())
+    for key, value in reference.named_parameters():
+        if key in ours:
+            torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
+    assert sum(key in ours for key, _ in reference.named_parameters()) > 50
 
 
 @pytest.mark.parametrize("arch, words", [

@@ -8,7 +8,9 @@ convolution itself (`in_chans`); for torchvision the first 3-channel convolution
 images: its filters summed over colour, as timm does). One forward pass at the data's size before
 training decides whether the model can take it; a model that cannot (a ViT with a fixed patch grid)
 is refused with one line. torchvision's Inception v3 and GoogLeNet lose their auxiliary classifiers
-(drop_auxiliary), so training uses their main output.
+(drop_auxiliary), so training uses their main output, and are built with their published
+initialisation asked for by name (init_weights=True: what torchvision does today, with a FutureWarning
+that its default will change), so that a run means the same network after a torchvision upgrade.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def _not_cached(arch: str, host: str) -> str:
             "with internet to download them, or set model.pretrained=false")
 
 
+PUBLISHED_INIT = ("googlenet", "inception_v3")  # torchvision models whose default init is announced to change
+
+
 def _torchvision_create(models, name: str, pretrained: bool) -> nn.Module:
     """torchvision.models.get_model, checking first that pretrained weights are cached or reachable."""
     if pretrained:
@@ -155,6 +160,8 @@ def _torchvision_create(models, name: str, pretrained: bool) -> nn.Module:
         host = url.split("/")[2]
         if not os.path.exists(cached) and not _reachable(host):
             raise UserError(_not_cached(f"torchvision:{name}", host))
+    if not pretrained and name in PUBLISHED_INIT:
+        return models.get_model(name, weights=None, init_weights=True)
     return models.get_model(name, weights="DEFAULT" if pretrained else None)
 
 
