@@ -14,7 +14,7 @@ from fixedhead.errors import UserError
 
 def fresh(monkeypatch):
     """Empty in-process caches for this test; the warm ones come back after it."""
-    for name in ("_survey", "plan"):
+    for name in ("_survey", "_sides", "plan"):
         monkeypatch.setattr(glyphs, name, functools.lru_cache()(getattr(glyphs, name).__wrapped__))
 
 

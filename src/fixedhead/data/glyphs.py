@@ -219,9 +219,11 @@ class Plan:
     faces: list[Face]
 
 
-def _eligible(num_classes: int) -> tuple:
+@functools.lru_cache(maxsize=1)
+def _sides() -> tuple:
     """(source, faces, drawn, test designs, [(character, {is test: faces})]) of the characters with enough
-    designs on both sides; one line when no font is usable or fewer than `num_classes` characters are."""
+    designs on both sides (half a second over the ~10,000 candidates: kept, since every split load asks);
+    one line when no font is usable."""
     source = "system"
     faces, drawn = _survey("system")
     if not _test_designs(faces, drawn):
@@ -244,6 +246,12 @@ def _eligible(num_classes: int) -> tuple:
         if (len({design[f] for f in sides[False]}) >= MIN_TRAIN_DESIGNS
                 and len({design[f] for f in sides[True]}) >= MIN_TEST_DESIGNS):
             eligible.append((ch, sides))
+    return source, faces, drawn, test_designs, eligible
+
+
+def _eligible(num_classes: int) -> tuple:
+    """_sides(), after one line when fewer than `num_classes` characters have enough designs on both sides."""
+    source, faces, drawn, test_designs, eligible = _sides()
     if len(eligible) < num_classes:
         _too_many(len(eligible), num_classes, source)
     return source, faces, drawn, test_designs, eligible
