@@ -3,6 +3,7 @@ the batch-norm shift learning rate, the schedule's floor and the `airnet` encode
 oracle written from the published definitions (or against the peer port in benchmarks/)."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -181,7 +182,9 @@ def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_pat
     assert trained == [("peer", 0), ("ours", 0)]
     monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "2"])
     bench.main()
-    assert trained == [("peer", 0), ("ours", 0), ("peer", 1), ("ours", 1)]  # seed 0 kept, seed 1 trained
+    # seed 0 kept, seed 1 trained, ours first: the side that goes first alternates with the seed
+    assert trained == [("peer", 0), ("ours", 0), ("ours", 1), ("peer", 1)]
+    assert json.loads((tmp_path / "kept" / "seed-1.json").read_text())["first"] == "ours"
     out = capsys.readouterr().out
     assert '"kept": true' in out and "ours / peer 0.5 +/- 0 (n = 2" in out  # both seeds in the summary
     monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "1", "--set", "model.scale=8"])
