@@ -178,6 +178,24 @@ def test_select_keeps_the_value_best_on_validation_not_test(tmp_path):
     assert tables["model.scale"]["diffs"] == {}  # the selected value is a choice: no fixed - learned for it
 
 
+def test_a_tie_on_validation_accuracy_goes_to_the_lower_validation_loss():
+    """300 validation images give accuracies in steps of 1/300, so two values of S often tie: the one
+    listed first must not win by its place in the run names."""
+    from fixedhead.report import build_tables, selection_note
+
+    records = [{"status": "finished", "data.name": "a", "variant": "v", "model.scale": scale, "val_acc": 295 / 300,
+                "val_loss": loss, "test_acc": test} for scale, loss, test in ((16, 0.5, 0.90), (4, 0.05, 0.80))]
+    records.append({**records[0], "model.scale": 64, "val_acc": 294 / 300, "val_loss": 0.01})  # lower loss, not tied
+    layout = {"rows": ["data.name"], "columns": ["variant"], "metrics": ["test_acc", "model.scale"],
+              "select": {"key": "model.scale", "by": "val_acc"}}
+    tables = {t["metric"]: t for t in build_tables(records, layout)}
+    assert tables["model.scale"]["cells"]["a"]["v"]["mean"] == 4
+    assert tables["test_acc"]["cells"]["a"]["v"]["mean"] == pytest.approx(0.80)
+    without_loss = [{k: v for k, v in r.items() if k != "val_loss"} for r in records]
+    assert {t["metric"]: t for t in build_tables(without_loss, layout)}["model.scale"]["cells"]["a"]["v"]["mean"] == 16
+    assert "a tie: the lower mean val_loss" in selection_note(layout["select"], "results.csv")
+
+
 def test_every_shipped_experiment_file_expands(tmp_path):
     from pathlib import Path
 

@@ -167,16 +167,30 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
         groups.setdefault(cell, {}).setdefault(record.get(key), []).append(record)
     kept = []
     for candidates in groups.values():
-        scored = {v: np.mean([r[by] for r in rs]) for v, rs in candidates.items()}
-        kept += candidates[max(scored, key=scored.get)]
+        kept += candidates[_best(candidates, by)]
     return kept
+
+
+TIE_BREAK = "val_loss"  # a tie on the selecting metric (common on a small validation split) goes to the lower one
+
+
+def _best(candidates: dict, by: str):
+    """The value whose runs have the best mean `by`; among values tied on it, the lower mean val_loss where
+    every tied run has one (else the first listed)."""
+    scored = {v: float(np.mean([r[by] for r in rs])) for v, rs in candidates.items()}
+    top = max(scored.values())
+    tied = [v for v, score in scored.items() if math.isclose(score, top, rel_tol=1e-9, abs_tol=1e-12)]
+    if len(tied) > 1 and by != TIE_BREAK and all(isinstance(r.get(TIE_BREAK), (int, float))
+                                                 for v in tied for r in candidates[v]):
+        return min(tied, key=lambda v: np.mean([r[TIE_BREAK] for r in candidates[v]]))
+    return tied[0]
 
 
 def selection_note(choice: dict, all_runs: str) -> str:
     """The sentence that tells a reader which runs a selecting report shows (`all_runs`: where the rest are)."""
     where = "in each row, one value for all columns, by the mean over them" if choice.get("per") == "row" else "in each cell"
-    return (f"Selected on validation: {where}, the {choice['key']} with the best mean {choice['by']} over its seeds; "
-            f"the tables show those runs only (the others are in {all_runs}).")
+    return (f"Selected on validation: {where}, the {choice['key']} with the best mean {choice['by']} over its seeds "
+            f"(a tie: the lower mean {TIE_BREAK}); the tables show those runs only (the others are in {all_runs}).")
 
 
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
