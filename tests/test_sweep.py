@@ -194,6 +194,26 @@ def test_a_tie_on_validation_accuracy_goes_to_the_lower_validation_loss():
     without_loss = [{k: v for k, v in r.items() if k != "val_loss"} for r in records]
     assert {t["metric"]: t for t in build_tables(without_loss, layout)}["model.scale"]["cells"]["a"]["v"]["mean"] == 16
     assert "a tie: the lower mean val_loss" in selection_note(layout["select"], "results.csv")
+    by_loss = {**layout, "select": {"key": "model.scale", "by": "val_loss"}}  # lower is better: S=64's 0.01
+    assert {t["metric"]: t for t in build_tables(records, by_loss)}["model.scale"]["cells"]["a"]["v"]["mean"] == 64
+
+
+def test_select_by_a_test_metric_is_refused_by_the_sweep_and_by_the_report(tmp_path, capsys):
+    """A choice made on test would be reported as 'selected on validation': refused before any run, and
+    refused by the report of a folder whose experiment.yaml was edited to ask for it."""
+    from fixedhead.report import build_tables
+
+    experiment = {**EXPERIMENT, "report": {"rows": [], "columns": [], "metrics": ["test_acc"],
+                                           "select": {"key": "train.lr", "by": "test_acc"}}}
+    path = write(tmp_path, {k: v for k, v in experiment.items() if v is not None})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "val_acc|val_loss" in err and "never on test" in err, err
+    assert not (tmp_path / "o").exists()
+    records = [{"status": "finished", "variant": "v", "train.lr": lr, "test_acc": acc} for lr, acc in ((0.1, 0.9), (1, 0.8))]
+    with pytest.raises(UserError, match="accepted: val_acc, val_loss"):
+        build_tables(records, {"rows": [], "columns": ["variant"], "metrics": ["test_acc"],
+                               "select": {"key": "train.lr", "by": "test_acc"}})
 
 
 def test_every_shipped_experiment_file_expands(tmp_path):

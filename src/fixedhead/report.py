@@ -25,7 +25,7 @@ from .config import upgrade
 from .errors import UserError
 from .files import read_yaml, write_text
 from .robustness import read_evaluation
-from .runs import DIVERGENCE_RULE, SweepDir
+from .runs import DIVERGENCE_RULE, SELECT_BY, SweepDir
 from .tables import markdown_table
 
 
@@ -155,6 +155,9 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
     if not choice:
         return records
     key, by = choice["key"], choice["by"]
+    if by not in SELECT_BY:  # experiment.yaml is read from the run folder: checked here, not only by the sweep
+        raise UserError(f"report.select chooses by {by!r}; accepted: {', '.join(SELECT_BY)} (validation metrics: "
+                        "nothing is chosen on test)")
     missing = [r["run"] for r in records if not isinstance(r.get(by), (int, float))]
     if missing:
         raise UserError(f"report.select chooses {key} by {by!r}, but {len(missing)} finished run(s) lack it "
@@ -171,26 +174,32 @@ def select_runs(records: list[dict], layout: dict) -> list[dict]:
     return kept
 
 
-TIE_BREAK = "val_loss"  # a tie on the selecting metric (common on a small validation split) goes to the lower one
+def _other(by: str) -> str:
+    return next(key for key in SELECT_BY if key != by)
 
 
 def _best(candidates: dict, by: str):
-    """The value whose runs have the best mean `by`; among values tied on it, the lower mean val_loss where
-    every tied run has one (else the first listed)."""
-    scored = {v: float(np.mean([r[by] for r in rs])) for v, rs in candidates.items()}
-    top = max(scored.values())
-    tied = [v for v, score in scored.items() if math.isclose(score, top, rel_tol=1e-9, abs_tol=1e-12)]
-    if len(tied) > 1 and by != TIE_BREAK and all(isinstance(r.get(TIE_BREAK), (int, float))
-                                                 for v in tied for r in candidates[v]):
-        return min(tied, key=lambda v: np.mean([r[TIE_BREAK] for r in candidates[v]]))
+    """The value whose runs have the best mean `by`; among values tied on it, the best mean of the other
+    validation metric where every tied run has one (else the first listed)."""
+    def score(value, key: str) -> float:
+        return SELECT_BY[key] * float(np.mean([r[key] for r in candidates[value]]))
+
+    scores = {v: score(v, by) for v in candidates}
+    top = max(scores.values())
+    tied = [v for v, s in scores.items() if math.isclose(s, top, rel_tol=1e-9, abs_tol=1e-12)]
+    other = _other(by)
+    if len(tied) > 1 and all(isinstance(r.get(other), (int, float)) for v in tied for r in candidates[v]):
+        return max(tied, key=lambda v: score(v, other))
     return tied[0]
 
 
 def selection_note(choice: dict, all_runs: str) -> str:
     """The sentence that tells a reader which runs a selecting report shows (`all_runs`: where the rest are)."""
     where = "in each row, one value for all columns, by the mean over them" if choice.get("per") == "row" else "in each cell"
+    other = _other(choice["by"])
+    better = "higher" if SELECT_BY[other] > 0 else "lower"
     return (f"Selected on validation: {where}, the {choice['key']} with the best mean {choice['by']} over its seeds "
-            f"(a tie: the lower mean {TIE_BREAK}); the tables show those runs only (the others are in {all_runs}).")
+            f"(a tie: the {better} mean {other}); the tables show those runs only (the others are in {all_runs}).")
 
 
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:

@@ -52,6 +52,10 @@ def diverged(losses: tuple | None) -> bool:
 
 DIVERGENCE_RULE = "training loss non-finite, or higher in the last epoch than in the first"
 
+# What report.select may choose by: validation metrics only (a choice is never made on test), +1 where higher
+# is better, -1 where lower is. A tie on one goes to the better value of the other.
+SELECT_BY = {"val_acc": 1, "val_loss": -1}
+
 
 class RunInUse(UserError):
     """Another process is training into this run folder."""

@@ -28,7 +28,7 @@ from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
 from .devices import EMULATED_BF16, native_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .files import read_yaml
-from .runs import RunDir, RunInUse, SweepDir
+from .runs import SELECT_BY, RunDir, RunInUse, SweepDir
 
 EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "robustness", "report", "paper",
                    "source"}  # source: where the sweep read it (in the copy it leaves in --out)
@@ -94,8 +94,9 @@ def check_experiment(tree, path) -> dict:
             raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
         select = report.get("select")
         if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
-                                       and select.get("per", "cell") in ("cell", "row")):
-            raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: VALIDATION_METRIC[, per: cell|row]}}")
+                                       and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY):
+            raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: {'|'.join(SELECT_BY)}[, per: cell|row]}} "
+                            "(chosen on validation, never on test)")
     return tree
 
 
