@@ -1,4 +1,5 @@
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,3 +111,20 @@ def test_configs_saved_under_old_names_are_read_with_the_new_ones():
     config = saved_config({"model": {"head": "cosine", "feature_dim": 2, "scale": 4},
                            "train": {"schedule": "onecycle"}})
     assert (config.model.similarity, config.model.num_features, config.train.schedule) == ("cosine", 2, "linear")
+
+
+def test_bf16_is_true_false_or_auto_and_auto_follows_the_device(monkeypatch):
+    import fixedhead.devices as devices
+
+    assert make_config({"train.bf16": "auto"}).train.bf16 == "auto"
+    assert make_config(parse_overrides(["train.bf16=auto"])).train.bf16 == "auto"
+    assert make_config(parse_overrides(["train.bf16=true"])).train.bf16 is True
+    with pytest.raises(UserError, match="train.bf16 must be true or false or auto, got 'fast'"):
+        make_config({"train.bf16": "fast"})
+    x = torch.ones(4, 4)
+    for native in (False, True):
+        monkeypatch.setattr(devices, "native_bf16", lambda device, native=native: native)
+        for setting, expected in ((True, True), (False, False), ("auto", native)):
+            assert devices.use_bf16(setting, "cpu") is expected
+            with devices.autocast(torch.device("cpu"), setting):  # oracle: the dtype autocast gives a matmul
+                assert (x @ x).dtype == (torch.bfloat16 if expected else torch.float32), (native, setting)

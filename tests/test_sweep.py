@@ -253,7 +253,7 @@ def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path
         raise UserError("not trained in this test")
 
     monkeypatch.setattr(fixedhead.train, "fit", no_training)
-    for native, bf16, expected in ((False, True, 1), (False, False, 0), (True, True, 0)):
+    for native, bf16, expected in ((False, True, 1), (False, False, 0), (True, True, 0), (False, "auto", 0)):
         monkeypatch.setattr(sweep_module, "native_bf16", lambda device, native=native: native)
         lines = []
         experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.bf16": bf16, "train.device": "cpu"}}
@@ -261,7 +261,7 @@ def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path
         notes = [line for line in lines if "bf16" in line]
         assert len(notes) == expected, (native, bf16, lines)
         if expected:
-            assert notes[0].startswith("note: 8 of 8 run(s) to train") and "--set train.bf16=false" in notes[0]
+            assert notes[0].startswith("note: 8 of 8 run(s) to train") and "--set train.bf16=auto" in notes[0]
     out = tmp_path / "o-False-True"  # finished runs are not counted: they will not train again
     for name in sorted(p.name for p in out.iterdir() if p.is_dir())[:3]:
         (out / name / "final.json").write_text(json.dumps({"status": "finished", "test_acc": 0.5}))

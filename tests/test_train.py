@@ -13,8 +13,11 @@ TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3,
         "train.lr": 0.05}
 
 
-def test_fit_writes_a_self_describing_run(tmp_path):
-    config = make_config(TINY, {"model.similarity": "cosine", "model.fixed": True, "seed": 3})
+def test_fit_writes_a_self_describing_run(tmp_path, monkeypatch):
+    import fixedhead.devices
+
+    monkeypatch.setattr(fixedhead.devices, "native_bf16", lambda device: False)  # a CPU without bf16 instructions
+    config = make_config(TINY, {"model.similarity": "cosine", "model.fixed": True, "seed": 3, "train.bf16": "auto"})
     final = fit(config, tmp_path / "run", verbose=False)
     run = tmp_path / "run"
     for name in ("config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "final.json"):
@@ -25,6 +28,7 @@ def test_fit_writes_a_self_describing_run(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["torch"] == torch.__version__
+    assert meta["bf16"] is False  # what train.bf16: auto meant on this device
     saved = torch.load(run / "model.pt", weights_only=True)
     assert torch.equal(saved["model"]["head.weight"], class_vectors(10, 128, "random", seed=3))
 

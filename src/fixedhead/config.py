@@ -78,7 +78,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the cross-entropy
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
     select: str = "last"  # which weights are final: the last epoch's, or the best on validation
-    bf16: bool = False  # bf16 autocast
+    bf16: typing.Union[bool, str] = False  # bf16 autocast; auto: on where it is fast (CUDA, CPUs with bf16 instructions)
     channels_last: bool = False  # channels-last memory format (faster convolutions with bf16)
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     deterministic: bool = True  # cuDNN deterministic, no autotuning: runs and resumes repeat exactly
@@ -164,10 +164,17 @@ RANGES = {
 }
 
 
+# Keys that take a word as well as their type: train.bf16 is true, false or auto.
+WORDS = {"train.bf16": ("auto",)}
+
+
 def _coerce(key: str, value, kind):
     """Convert a YAML value to the field's type; strings from `--set` are parsed as YAML first."""
-    optional = typing.get_origin(kind) is typing.Union
-    base = next(t for t in typing.get_args(kind) if t is not type(None)) if optional else kind
+    if isinstance(value, str) and value.strip() in WORDS.get(key, ()):
+        return value.strip()
+    union = typing.get_origin(kind) is typing.Union
+    optional = union and type(None) in typing.get_args(kind)
+    base = next(t for t in typing.get_args(kind) if t is not type(None)) if union else kind
     if isinstance(value, str) and base is not str:
         try:
             value = yaml.load(value, Loader=files.BoundedLoader) if value.strip() else None  # noqa: S506
@@ -189,7 +196,8 @@ def _coerce(key: str, value, kind):
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
     name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
-    raise UserError(f"{key} must be {name}{' or null' if optional else ''}, got {shown(value)}")
+    words = "".join(f" or {word}" for word in WORDS.get(key, ()))
+    raise UserError(f"{key} must be {name}{words}{' or null' if optional else ''}, got {shown(value)}")
 
 
 # Keys that existed once: a config that still sets one gets a line saying why it went.
@@ -352,7 +360,7 @@ def reference_table() -> str:
     notes, rows = _field_notes(), []
     for key, default in flat(Config()).items():
         accepted = (", ".join(map(str, CHOICES[key])) if key in CHOICES else RANGES[key][1] if key in RANGES
-                    else "true, false" if isinstance(default, bool) else "")
+                    else ", ".join(("true", "false") + WORDS.get(key, ())) if isinstance(default, bool) else "")
         rows.append([f"`{key}`", f"`{default}`", accepted, notes.get(key, "")])
     return markdown_table(["key", "default", "accepted", "note"], rows)
 

@@ -44,8 +44,13 @@ def native_bf16(device) -> bool:
         return False
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on `device` when asked, else nothing."""
-    if not bf16:
+def use_bf16(bf16, device) -> bool:
+    """train.bf16 on `device`: true or false as set; auto is on where bf16 is fast (native_bf16)."""
+    return native_bf16(device) if bf16 == "auto" else bool(bf16)
+
+
+def autocast(device: torch.device, bf16):
+    """bf16 autocast on `device` when asked (train.bf16: true, or auto where native), else nothing."""
+    if not use_bf16(bf16, device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
