@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fixedhead.cli import main
-from fixedhead.data import glyphs, load
+from fixedhead.data import fonts, glyphs, load
 from fixedhead.errors import UserError
 
 
@@ -74,14 +74,14 @@ def test_too_many_classes_and_no_fonts_are_one_line(monkeypatch, capsys, tmp_pat
     assert main(["sweep", str(experiment), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "99999 asked" in err and not (tmp_path / "out").exists()
-    monkeypatch.setattr(glyphs, "_faces", lambda source: [])
+    monkeypatch.setattr(fonts, "faces", lambda source: [])
     fresh(monkeypatch)
     with pytest.raises(UserError, match="no usable fonts"):
         glyphs.plan(10)
 
 
 def test_without_system_fonts_matplotlib_fonts_give_a_smaller_set(monkeypatch):
-    monkeypatch.setattr(glyphs, "_system_faces", lambda: [])
+    monkeypatch.setattr(fonts, "system_faces", lambda: [])
     fresh(monkeypatch)
     plan = glyphs.plan(20)
     assert plan.source == "matplotlib" and all("matplotlib" in f.path for f in plan.faces)

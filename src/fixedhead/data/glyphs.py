@@ -8,15 +8,10 @@ classes; Pillow (FreeType) draws, fontTools (a matplotlib dependency) reads each
   can draw, so smaller sets are nested in larger ones. Look-alikes (o/O/0, l/I/1/|) stay; a character
   drawn like an earlier class (differing by less than SAME of its ink at a reference size) in most of
   the PROBES broadest designs that draw both (Latin A and Greek Alpha) is left out, since no model could tell them apart.
-- Math and symbol fonts are left out (NOT_TEXT: math alphabets, dingbats at letters' code points);
-  CJK fonts serve CJK classes only (they draw Latin, Greek and Cyrillic full-width, unlike the others).
-- Fonts come from fontconfig (`fc-list`); without it, or without any usable system font, from the
-  fonts matplotlib ships (DejaVu, STIX: a smaller dataset, said in one line). The Debian packages
-  that give the full set are listed in FONT_PACKAGES (`.ci/run` installs them).
-- A (font, character) pair is used only when the font's character map has the character, the glyph
-  is not `.notdef` (tofu) and it has ink (a non-empty bounding box).
-- Train and test fonts are disjoint: fonts are grouped into designs (the family name without style
-  words such as Bold, Mono, Narrow, Display; all faces of one .ttc file are one design), and about one
+- Which faces exist and which characters each draws: fonts.py (fontconfig, else matplotlib's fonts: a
+  smaller dataset, said in one line). CJK fonts serve CJK classes only (they draw Latin, Greek and
+  Cyrillic full-width, unlike the others).
+- Train and test fonts are disjoint: fonts are grouped into designs (fonts.Face.design), and about one
   design in five, chosen by a hash of its name, is a test design. A class needs at least
   MIN_TRAIN_DESIGNS training and MIN_TEST_DESIGNS test designs. Metric clones of one design under
   different names (Helvetica's: Nimbus Sans, Liberation Sans, TeX Gyre Heros) can fall on both sides.
@@ -32,9 +27,6 @@ import collections
 import functools
 import hashlib
 import os
-import re
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from . import fonts
+from .fonts import FONT_PACKAGES, Face
 
 NAME = "glyphs"
 SIZE = 32
@@ -55,18 +49,6 @@ PROBES, SAME = 9, 0.05  # look-alike check: designs compared; two glyphs differi
 SEED = 0
 CJK = 0x4E00  # the first CJK unified ideograph
 VERSION = 1  # of the generator: part of the cache key
-FONT_PACKAGES = ("fonts-dejavu-core", "fonts-urw-base35", "fonts-texgyre", "fonts-freefont-ttf", "fonts-liberation2",
-                 "fonts-crosextra-carlito", "fonts-crosextra-caladea", "fonts-linuxlibertine", "fonts-noto-core",
-                 "fonts-wqy-zenhei", "fonts-arphic-uming", "fonts-arphic-ukai", "fonts-ipafont-gothic",
-                 "fonts-ipafont-mincho")
-STYLE_WORDS = {"bold", "italic", "oblique", "regular", "light", "extralight", "medium", "semibold", "black", "book",
-               "condensed", "cn", "narrow", "mono", "sharp", "display", "ui", "text", "math", "slanted", "o"}
-# fonts whose letters are not letters: math alphabets, and symbol fonts that put dingbats at the code
-# points of Latin letters (D050000L is URW's Zapf Dingbats)
-NOT_TEXT = re.compile(r"math|symbol|dingbat|d050000l|wingding|webding|emoji|ornament", re.IGNORECASE)
-FALLBACK_PATTERN = re.compile(r"^(DejaVu|STIXGeneral)")  # matplotlib's fonts with a true Unicode map
-
-
 def _ranges(*pairs) -> list[str]:
     return [chr(c) for low, high in pairs for c in range(low, high + 1)]
 
@@ -82,97 +64,11 @@ def candidates() -> list[str]:
     return [small[k] for k in order] + _ranges((0x4E00, 0x9FFF))
 
 
-@dataclass(frozen=True)
-class Face:
-    path: str
-    index: int
-    family: str
-
-    @property
-    def design(self) -> str:
-        if self.path.lower().endswith((".ttc", ".otc")):
-            return Path(self.path).stem.lower()
-        words = [w for w in re.split(r"[\s_-]+", self.family.lower()) if w and w not in STYLE_WORDS]
-        return " ".join(words) or self.family.lower()
-
-
-def _system_faces() -> list[Face]:
-    if shutil.which("fc-list") is None:
-        return []
-    try:
-        out = subprocess.run(["fc-list", "--format", "%{file}\t%{index}\t%{family[0]}\n"], capture_output=True,
-                             text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    faces = []
-    for line in out.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3 and parts[0].lower().endswith((".ttf", ".otf", ".ttc", ".otc")) and parts[1].isdigit():
-            faces.append(Face(parts[0], int(parts[1]), parts[2]))
-    return faces
-
-
-def _matplotlib_faces() -> list[Face]:
-    import matplotlib
-
-    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    return [Face(str(p), 0, p.stem) for p in sorted(folder.glob("*.ttf")) if FALLBACK_PATTERN.match(p.stem)]
-
-
-def _check_face(face: Face, chars: list[str]) -> frozenset:
-    """The characters of `chars` this face draws: in its map, not .notdef, with ink."""
-    from fontTools.ttLib import TTFont
-    from PIL import ImageFont
-
-    try:
-        cmap = TTFont(face.path, fontNumber=face.index, lazy=True).getBestCmap() or {}
-        font = ImageFont.truetype(face.path, 24, index=face.index)
-    except Exception:  # an unreadable font file is not a font
-        return frozenset()
-    usable = []
-    for ch in chars:
-        name = cmap.get(ord(ch))
-        if name is None or name == ".notdef":
-            continue
-        left, top, right, bottom = font.getbbox(ch)
-        if right > left and bottom > top:
-            usable.append(ch)
-    return frozenset(usable)
-
-
-def _faces(source: str) -> list[Face]:
-    faces = _system_faces() if source == "system" else _matplotlib_faces()
-    return sorted({f for f in faces if not NOT_TEXT.search(f.family)}, key=lambda f: (f.path, f.index))
-
-
-def _drawn(faces: list[Face]) -> dict:
-    """{face: characters it draws}, from the cache when these font files were surveyed before (reading
-    every font's character map takes a quarter of a minute)."""
-    from ..files import read_json, write_json
-    from . import cache
-
-    path = cache.default_cache_dir() / f"glyphs-survey-{cache.source_key([Path(f.path) for f in faces], str(VERSION))}.json"
-    try:
-        saved = read_json(path, "glyph survey")
-        if isinstance(saved, list) and len(saved) == len(faces) and all(isinstance(s, str) for s in saved):
-            return {face: frozenset(s) for face, s in zip(faces, saved)}
-    except (UserError, OSError):
-        pass
-    chars = candidates()
-    drawn = {face: _check_face(face, chars) for face in faces}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, ["".join(sorted(drawn[f])) for f in faces])
-    except (UserError, OSError):
-        pass  # a cache that cannot be written is skipped
-    return drawn
-
-
 @functools.lru_cache(maxsize=4)
 def _survey(source: str) -> tuple[list[Face], dict]:
     """(faces, {face: characters it draws}) of the system fonts (or matplotlib's)."""
-    faces = _faces(source)
-    drawn = _drawn(faces)
+    faces = fonts.faces(source)
+    drawn = fonts.drawn(faces, candidates(), VERSION)
     for face in faces:  # CJK fonts draw Latin, Greek and Cyrillic full-width: they serve CJK classes only
         if sum(ord(c) >= CJK for c in drawn[face]) >= 100:
             drawn[face] = frozenset(c for c in drawn[face] if ord(c) >= CJK)
@@ -358,7 +254,7 @@ def render(plan_: Plan, split: str, processes: int | None = None) -> dict:
 def cache_key(num_classes: int | None, split: str) -> tuple[list[Path], str]:
     """The font files (their names, sizes and times key the cache) and the rest of the key, after the cheap
     part of the check that the fonts can draw `num_classes` classes (so that a sweep refuses before any run)."""
-    faces = _faces("system") + _faces("matplotlib")
+    faces = fonts.faces("system") + fonts.faces("matplotlib")
     num_classes = DEFAULT_CLASSES if num_classes is None else num_classes
     _eligible(num_classes)
     extra = f"{NAME}|v{VERSION}|{split}|{num_classes}|{TRAIN_PER_CLASS}|{TEST_PER_CLASS}|{SEED}"
