@@ -325,7 +325,7 @@ def test_diverged_runs_are_counted_in_their_cell_and_kept_in_the_csv(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| a | 85.00 ± 7.07 (n=2) [1/3 diverged] |" in text  # the two that trained; the third counted
     assert "| b | - [2/2 diverged] |" in text
-    assert "3 diverged" in text and "higher in the last epoch than in the first" in text
+    assert "3 diverged" in text and "higher in the last epoch than in the first" in text and "ln C" in text
     assert result["counts"]["diverged"] == 3
     csv_text = (tmp_path / "results.csv").read_text()
     assert "diverged" in csv_text and "0.137" in csv_text  # the diverged run's accuracy stays visible
@@ -334,8 +334,27 @@ def test_diverged_runs_are_counted_in_their_cell_and_kept_in_the_csv(tmp_path):
 def test_the_divergence_rule():
     from fixedhead.runs import diverged
 
-    assert not diverged(None) and not diverged((2.3, 0.4))
+    assert not diverged(None) and not diverged((2.3, 0.4)) and not diverged((2.3, 0.4), 10)
     assert diverged((2.3, 404.0)) and diverged((2.3, float("nan"))) and diverged((float("inf"),) * 2)
+    # Falling, but not below the loss of a uniform guess over C classes (ln C): the run learned nothing.
+    assert diverged((3.26, 2.52), 10) and not diverged((3.26, 2.52)) and not diverged((3.26, 2.30), 10)
+    assert diverged((8.0, 6.91), 1000) and not diverged((8.0, 6.90), 1000)  # ln 1000 = 6.9078
+
+
+def test_the_report_judges_runs_trained_under_an_older_rule_by_todays(tmp_path):
+    """A run recorded as finished whose loss fell from 3.35 to 2.40 over 10 classes (above ln 10 = 2.303, at
+    12.8% test accuracy) is counted as diverged, its accuracy kept in the csv; one at 2.20 still trained."""
+    for seed, (last, acc) in enumerate([(2.40, 0.128), (2.20, 0.30)]):
+        fixture_run(tmp_path, f"r-{seed}", "v", "a", seed, acc)
+        folder = tmp_path / f"r-{seed}"
+        final = json.loads((folder / "final.json").read_text())
+        (folder / "final.json").write_text(json.dumps({**final, "train_losses": [3.35, last]}))
+        (folder / "meta.json").write_text(json.dumps({"classes": [str(c) for c in range(10)]}))
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "old", "variants": {"v": {}}}))
+    result = write_report(tmp_path)
+    assert result["counts"] == {"finished": 1, "diverged": 1, "failed": 0, "unfinished": 0}
+    assert "30.00 (n=1) [1/2 diverged]" in (tmp_path / "report.md").read_text()
+    assert "0.128" in (tmp_path / "results.csv").read_text()
 
 
 def test_retained_accuracy_and_its_ci_against_scipy(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -85,6 +86,15 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     with pytest.raises(UserError, match="training diverged: loss is nan in epoch [12] "):
         fit(config, tmp_path / "run", verbose=False)
     assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "diverged"
+
+
+def test_a_run_that_ends_no_better_than_a_uniform_guess_is_diverged(tmp_path):
+    """lr 1e-4: the learned dot head's loss falls (2.79 -> 2.68 here) but stays above ln 10, the loss of
+    guessing uniformly: the run learned nothing, and counts as diverged though its loss fell."""
+    final = fit(make_config(TINY, {"train.epochs": 2, "train.lr": 1e-4}), tmp_path / "run", verbose=False)
+    first, last = final["train_losses"]
+    assert last < first and last >= math.log(10)
+    assert final["status"] == "diverged"
 
 
 def test_imagefolder_training_learns_colour_classes(image_folder, tmp_path):

@@ -8,7 +8,7 @@ import os
 import sys
 
 from .errors import UserError, one_line, shown
-from .runs import RunDir, SweepDir
+from .runs import DIVERGENCE_RULE, RunDir, SweepDir
 
 # flag dest -> config key; a flag left unset does not override the config file.
 TRAIN_FLAGS = {
@@ -82,8 +82,8 @@ def _train(args) -> int:
           f"{final['train_time_s']:.0f} s training) -> {args.out}")
     if final["status"] == "diverged":
         losses = final["train_losses"]
-        print(f"note: the run diverged: its training loss ended at {losses[-1]:.4g}, above the first epoch's "
-              f"{losses[0]:.4g}; reports count it as diverged", file=sys.stderr)
+        print(f"note: the run diverged ({DIVERGENCE_RULE}): its training loss went from {losses[0]:.4g} in the "
+              f"first epoch to {losses[-1]:.4g} in the last; reports count it as diverged", file=sys.stderr)
     return 0
 
 

@@ -25,7 +25,7 @@ from .config import upgrade
 from .errors import UserError
 from .files import read_yaml, write_text
 from .robustness import read_evaluation
-from .runs import DIVERGENCE_RULE, SELECT_BY, SweepDir
+from .runs import DIVERGENCE_RULE, SELECT_BY, SweepDir, diverged
 from .tables import markdown_table
 
 
@@ -87,8 +87,10 @@ def collect(root) -> list[dict]:
         record["variant"] = str(run.read_sweep_info().get("variant", ""))
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
         losses = final.get("train_losses")
-        if isinstance(losses, list) and losses and isinstance(losses[-1], (int, float)):
+        if isinstance(losses, list) and losses and all(isinstance(v, (int, float)) for v in losses):
             record["train_loss"] = losses[-1]  # the last epoch's mean training loss (the divergence rule's)
+            if record["status"] in ("finished", "diverged"):  # today's rule, also for runs trained under an older one
+                record["status"] = "diverged" if diverged(tuple(losses), run.num_classes()) else "finished"
         analysis = run.read_analysis() or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
         evaluation = read_evaluation(run.evaluation_path) if run.evaluation_path.exists() else {}

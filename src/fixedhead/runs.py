@@ -44,13 +44,21 @@ from .files import (
 from .version import VERSION
 
 
-def diverged(losses: tuple | None) -> bool:
-    """The divergence rule: a non-finite training loss (the run stops there), or a mean training loss in
-    the last epoch above the first epoch's (a blow-up that stayed finite)."""
-    return losses is not None and (not all(map(math.isfinite, losses)) or losses[-1] > losses[0])
+def diverged(losses: tuple | None, num_classes: int | None = None) -> bool:
+    """The divergence rule, over (first, last) epochs' mean training losses: a non-finite loss (the run stops
+    there), a last epoch's loss above the first's (a blow-up that stayed finite), or, where the number of
+    classes C is known, a last epoch's loss not below ln C: the cross-entropy of a uniform guess (label
+    smoothing or not), so the run ended no better than guessing (a learned dot head at lr 3.2 fell from
+    3.26 to 2.52 > ln 10 and scored 10%)."""
+    if losses is None:
+        return False
+    if not all(map(math.isfinite, losses)) or losses[-1] > losses[0]:
+        return True
+    return num_classes is not None and num_classes > 1 and losses[-1] >= math.log(num_classes)
 
 
-DIVERGENCE_RULE = "training loss non-finite, or higher in the last epoch than in the first"
+DIVERGENCE_RULE = ("training loss non-finite, higher in the last epoch than in the first, or not below ln C, "
+                   "the loss of a uniform guess over C classes")
 
 # What report.select may choose by: validation metrics only (a choice is never made on test), +1 where higher
 # is better, -1 where lower is. A tie on one goes to the better value of the other.
@@ -192,6 +200,11 @@ class RunDir:
 
     def write_meta(self, meta: dict) -> None:
         self._write_json(self.meta_path, meta)
+
+    def num_classes(self) -> int | None:
+        """The number of classes meta.json lists, or None (no meta.json, or no list of classes in it)."""
+        classes = (self._read_mapping(self.meta_path) or {}).get("classes")
+        return len(classes) if isinstance(classes, list) else None
 
     def write_final(self, final: dict) -> None:
         self._write_json(self.final_path, final)

@@ -302,7 +302,7 @@ def _finish(run: RunDir, training: Training) -> dict:
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
     run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
-        "status": "diverged" if diverged(training.losses) else "finished", **test,
+        "status": "diverged" if diverged(training.losses, len(data["classes"])) else "finished", **test,
         "train_losses": list(training.losses or ()), "train_time_s": training.train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": training.epochs, "train_images": len(data["train"].labels),
         "images_seen": training.epochs * images_per_epoch(data["train"]),
