@@ -120,7 +120,10 @@ def test_a_100k_class_run_trains_from_the_cli_without_forming_logits(tmp_path, c
     monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: logits_made.append(a[0].shape) or original(*a, **k))
     assert main(argv) == 0, capsys.readouterr().err
     final = json.loads((out / "final.json").read_text())
-    assert final["status"] == "finished" and final["num_test"] == 512
+    # Random labels over 100,000 classes: 4 steps cannot beat a uniform guess (loss ln C), so the divergence
+    # rule may call the run diverged; what matters here is that it ran to its end, with finite losses.
+    assert final["status"] in ("finished", "diverged") and final["num_test"] == 512
+    assert len(final["train_losses"]) == 2 and all(np.isfinite(final["train_losses"]))
     assert 0 <= final["test_acc"] <= 1 and np.isfinite(final["test_loss"])
     assert not logits_made  # never an F.cross_entropy over (B, C) logits
     state = torch.load(out / "model.pt", weights_only=True)["model"]
