@@ -158,7 +158,7 @@ def test_a_run_written_under_the_old_names_still_scores_and_resumes(tmp_path, ca
 def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch):
     import fixedhead.train as train_module
 
-    monkeypatch.setattr(train_module, "diverged", lambda losses, num_classes=None: True)  # as a loss that ended above its start
+    monkeypatch.setattr(train_module, "diverged", lambda losses, num_classes=None: True)  # as if the loss had blown up
     code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", tmp_path / "r", *FAST)
     assert code == 0 and "the run diverged" in err
     assert json.loads((tmp_path / "r" / "final.json").read_text())["status"] == "diverged"
