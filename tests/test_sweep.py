@@ -246,6 +246,7 @@ def test_every_accuracy_is_shown_in_percent_and_other_metrics_are_not():
 
 
 def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path, monkeypatch):
+    import fixedhead.devices
     import fixedhead.sweep as sweep_module
     import fixedhead.train
 
@@ -254,7 +255,7 @@ def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path
 
     monkeypatch.setattr(fixedhead.train, "fit", no_training)
     for native, bf16, expected in ((False, True, 1), (False, False, 0), (True, True, 0), (False, "auto", 0)):
-        monkeypatch.setattr(sweep_module, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(fixedhead.devices, "native_bf16", lambda device, native=native: native)
         lines = []
         experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.bf16": bf16, "train.device": "cpu"}}
         run_sweep(write(tmp_path, experiment), tmp_path / f"o-{native}-{bf16}", log=lines.append)
@@ -265,7 +266,7 @@ def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path
     out = tmp_path / "o-False-True"  # finished runs are not counted: they will not train again
     for name in sorted(p.name for p in out.iterdir() if p.is_dir())[:3]:
         (out / name / "final.json").write_text(json.dumps({"status": "finished", "test_acc": 0.5}))
-    monkeypatch.setattr(sweep_module, "native_bf16", lambda device: False)
+    monkeypatch.setattr(fixedhead.devices, "native_bf16", lambda device: False)
     monkeypatch.setattr(sweep_module, "_stale", lambda run_dir, config: None)
     lines = []
     run_sweep(write(tmp_path, {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.bf16": True, "train.device": "cpu"}}),

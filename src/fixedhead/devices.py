@@ -49,6 +49,11 @@ def use_bf16(bf16, device) -> bool:
     return native_bf16(device) if bf16 == "auto" else bool(bf16)
 
 
+def emulated_bf16(bf16, device) -> bool:
+    """Whether train.bf16 asks for bf16 outright (true, not auto) on a device that only emulates it."""
+    return bf16 is True and not native_bf16(device)
+
+
 def autocast(device: torch.device, bf16):
     """bf16 autocast on `device` when asked (train.bf16: true, or auto where native), else nothing."""
     if not use_bf16(bf16, device):

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
-from .devices import EMULATED_BF16, native_bf16, resolve_device
+from .devices import EMULATED_BF16, emulated_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .files import read_yaml
 from .runs import SELECT_BY, RunDir, RunInUse, SweepDir
@@ -288,7 +288,7 @@ def emulated_bf16_note(configs) -> str | None:
     """A line when runs still to train ask for bf16 autocast on a device that only emulates it (a CPU without bf16
     instructions: several times slower than float32), or None. The shipped experiment files ask for auto
     (never slow); a file or --set saying true would otherwise silently take hours longer there."""
-    slow = sum(c.train.bf16 is True and not native_bf16(resolve_device(c.train.device)) for c in configs)
+    slow = sum(emulated_bf16(c.train.bf16, resolve_device(c.train.device)) for c in configs)
     if not slow:
         return None
     return (f"note: {slow} of {len(configs)} run(s) to train ask for bf16 autocast: {EMULATED_BF16}; "

@@ -14,7 +14,7 @@ from . import config as config_mod
 from . import distributed, zoo
 from .data import made
 from .data.loaders import prepare
-from .devices import EMULATED_BF16, native_bf16, resolve_device, use_bf16
+from .devices import EMULATED_BF16, emulated_bf16, resolve_device, use_bf16
 from .errors import UserError, reason, shown
 from .evaluate import predict, scores
 from .files import check_fields
@@ -221,7 +221,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
-    if verbose and tc.bf16 is True and not native_bf16(next(training.model.parameters()).device):
+    if verbose and emulated_bf16(tc.bf16, next(training.model.parameters()).device):
         print(f"note: {EMULATED_BF16}; drop --bf16 (or --set train.bf16=auto)", file=sys.stderr)
     on_step = training.lookahead.step if training.lookahead is not None else None
     with StopSignals() as stop:
