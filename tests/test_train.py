@@ -123,6 +123,21 @@ def test_the_plateau_schedule_watches_the_validation_metric_asked_for(tmp_path, 
     assert plateau["mode"] == mode and plateau["best"] == pick(logged)
 
 
+def test_a_resume_records_where_and_in_which_precision_it_went_on(tmp_path, monkeypatch, capsys):
+    import fixedhead.devices
+
+    config = make_config(TINY, {"train.epochs": 2, "train.bf16": "auto"})
+    monkeypatch.setattr(fixedhead.devices, "native_bf16", lambda device: False)  # started without fast bf16
+    fit_interrupted(config, tmp_path / "cut", 1, monkeypatch)
+    monkeypatch.setattr(fixedhead.devices, "native_bf16", lambda device: True)  # moved to a device with it
+    capsys.readouterr()
+    fit(config, tmp_path / "cut", resume=True, verbose=True)
+    meta = json.loads((tmp_path / "cut" / "meta.json").read_text())
+    assert meta["bf16"] is False  # what the first part meant by auto
+    assert meta["resumed"] == [{"epoch": 1, "device": "cpu", "bf16": True}]
+    assert "started without bf16 autocast and goes on with it" in capsys.readouterr().err
+
+
 def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypatch):
     """train.images_seen: the same number of training images whatever the training-set size."""
     from fixedhead.runs import RunDir

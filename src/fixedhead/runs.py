@@ -201,6 +201,15 @@ class RunDir:
     def write_meta(self, meta: dict) -> None:
         self._write_json(self.meta_path, meta)
 
+    def record_resume(self, epoch: int, device: str, bf16: bool) -> bool | None:
+        """Add to meta.json's `resumed` list where and in which precision training went on after `epoch`;
+        returns the bf16 the run started with (None when meta.json does not say)."""
+        meta = self._read_mapping(self.meta_path) or {}
+        resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
+        meta["resumed"] = [*resumed, {"epoch": epoch, "device": device, "bf16": bf16}]
+        self.write_meta(meta)
+        return meta.get("bf16") if isinstance(meta.get("bf16"), bool) else None
+
     def num_classes(self) -> int | None:
         """The number of classes meta.json lists, or None (no meta.json, or no list of classes in it)."""
         classes = (self._read_mapping(self.meta_path) or {}).get("classes")
