@@ -40,6 +40,14 @@ def test_config_file_and_set_overrides(tmp_path, capsys):
     assert "scale: 4.0" in saved and "epochs: 1" in saved and "init: simplex" in saved
 
 
+@pytest.mark.parametrize("args,saved", [(["--bf16"], "bf16: true"), (["--bf16", "auto"], "bf16: auto"),
+                                        (["--bf16", "false"], "bf16: false"), ([], "bf16: false")])
+def test_the_bf16_flag_says_true_false_or_auto(tmp_path, capsys, args, saved):
+    code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "0", "--out", tmp_path / "r", *FAST, *args)
+    assert code == 0, err
+    assert f"  {saved}" in (tmp_path / "r" / "config.yaml").read_text().splitlines()  # under train:
+
+
 @pytest.mark.parametrize("args,message", [
     (["--data", "imagenet"], "unknown dataset 'imagenet' (data.name); choose one of: digits, imagefolder"),
     (["--arch", "resnet1000"], "unknown arch 'resnet1000' (model.arch); choose one of: resnet18"),
@@ -52,6 +60,7 @@ def test_config_file_and_set_overrides(tmp_path, capsys):
     (["--data", "imagefolder", "--data-dir", "/nonexistent/x"], "data folder /nonexistent/x does not exist"),
     (["--set", "train.momentum=2"], "train.momentum must be a number in [0, 1)"),
     (["--device", "cuda:7"], "device 'cuda:7'"),
+    (["--bf16", "sometimes"], "train.bf16 must be true or false or auto, got 'sometimes'"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "r", *FAST, *args)

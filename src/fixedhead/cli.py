@@ -38,7 +38,7 @@ TRAIN_HELP = {
 
 
 def _add_train(sub):
-    from .config import CHOICES, RANGES, Config, flat
+    from .config import CHOICES, RANGES, WORDS, Config, flat
 
     defaults = flat(Config())
     p = sub.add_parser("train", help="train one run into --out")
@@ -47,7 +47,11 @@ def _add_train(sub):
         text += f": {', '.join(map(str, CHOICES[key]))}" if key in CHOICES else ""
         text += f"; {RANGES[key][1]}" if key in RANGES else ""
         flag = "--" + dest.replace("_", "-")
-        if isinstance(default, bool):
+        if isinstance(default, bool) and key in WORDS:  # --bf16 alone is true; --bf16 auto|false as written
+            words = ("true", "false", *WORDS[key])
+            p.add_argument(flag, nargs="?", const=True, default=None, metavar="|".join(words),
+                           help=f"{text}: {', '.join(words)}; the flag alone is true (default: {'on' if default else 'off'})")
+        elif isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=f"{text} (default: {'on' if default else 'off'})")
         else:
             kind = type(default) if isinstance(default, (int, float)) else str

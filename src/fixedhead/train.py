@@ -228,7 +228,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
               file=sys.stderr)
     if verbose and emulated_bf16(tc.bf16, next(training.model.parameters()).device):
-        print(f"note: {EMULATED_BF16}; drop --bf16 (or --set train.bf16=auto)", file=sys.stderr)
+        print(f"note: {EMULATED_BF16}; use --bf16 auto (or --set train.bf16=auto)", file=sys.stderr)
     on_step = training.lookahead.step if training.lookahead is not None else None
     with StopSignals() as stop:
         for epoch in range(training.epoch, training.epochs):
