@@ -50,7 +50,8 @@ def _add_train(sub):
         if isinstance(default, bool) and key in WORDS:  # --bf16 alone is true; --bf16 auto|false as written
             words = ("true", "false", *WORDS[key])
             p.add_argument(flag, nargs="?", const=True, default=None, metavar="|".join(words),
-                           help=f"{text}: {', '.join(words)}; the flag alone is true (default: {'on' if default else 'off'})")
+                           help=f"{text}: {', '.join(words)}; the flag alone is true "
+                                f"(default: {'on' if default else 'off'})")
         elif isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=f"{text} (default: {'on' if default else 'off'})")
         else:

@@ -58,12 +58,12 @@ def system_faces() -> list[Face]:
                              text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    faces = []
+    found = []
     for line in out.splitlines():
         parts = line.split("\t")
         if len(parts) == 3 and parts[0].lower().endswith((".ttf", ".otf", ".ttc", ".otc")) and parts[1].isdigit():
-            faces.append(Face(parts[0], int(parts[1]), parts[2]))
-    return faces
+            found.append(Face(parts[0], int(parts[1]), parts[2]))
+    return found
 
 
 def matplotlib_faces() -> list[Face]:
@@ -95,26 +95,27 @@ def check_face(face: Face, chars: list[str]) -> frozenset:
 
 
 def faces(source: str) -> list[Face]:
-    faces = system_faces() if source == "system" else matplotlib_faces()
-    return sorted({f for f in faces if not NOT_TEXT.search(f.family)}, key=lambda f: (f.path, f.index))
+    listed = system_faces() if source == "system" else matplotlib_faces()
+    return sorted({f for f in listed if not NOT_TEXT.search(f.family)}, key=lambda f: (f.path, f.index))
 
 
-def drawn(faces: list[Face], chars: list[str], version: int) -> dict:
+def drawn(surveyed: list[Face], chars: list[str], version: int) -> dict:
     """{face: the characters of `chars` it draws}, from the cache when these font files were surveyed
     before for this `version` of the caller's characters (reading every font's character map takes a
     quarter of a minute)."""
 
-    path = cache.default_cache_dir() / f"glyphs-survey-{cache.source_key([Path(f.path) for f in faces], str(version))}.json"
+    key = cache.source_key([Path(f.path) for f in surveyed], str(version))
+    path = cache.default_cache_dir() / f"glyphs-survey-{key}.json"
     try:
         saved = read_json(path, "glyph survey")
-        if isinstance(saved, list) and len(saved) == len(faces) and all(isinstance(s, str) for s in saved):
-            return {face: frozenset(s) for face, s in zip(faces, saved)}
+        if isinstance(saved, list) and len(saved) == len(surveyed) and all(isinstance(s, str) for s in saved):
+            return {face: frozenset(s) for face, s in zip(surveyed, saved)}
     except (UserError, OSError):
         pass
-    found = {face: check_face(face, chars) for face in faces}
+    found = {face: check_face(face, chars) for face in surveyed}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, ["".join(sorted(found[f])) for f in faces])
+        write_json(path, ["".join(sorted(found[f])) for f in surveyed])
     except (UserError, OSError):
         pass  # a cache that cannot be written is skipped
     return found
