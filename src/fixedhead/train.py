@@ -208,7 +208,7 @@ def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: 
         if started is not None and started != bf16 and run.writable:
             print(f"note: this run started {'with' if started else 'without'} bf16 autocast and goes on "
                   f"{'with' if bf16 else 'without'} it here (train.bf16: {training.config.train.bf16}); "
-                  "meta.json's 'resumed' list records where each part trained", file=sys.stderr)
+                  "the run's 'resumed' record lists where each part trained", file=sys.stderr)
         return
     config, model = training.config, training.model
     run.write_config(config_mod.to_dict(config))
