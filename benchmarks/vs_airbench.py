@@ -24,7 +24,6 @@ import argparse
 import functools
 import json
 import platform
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +39,7 @@ from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
 from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
+from fixedhead.intervals import mean_ci, summarise  # noqa: E402
 from fixedhead.sweep import experiment_file  # noqa: E402
 
 # Which side trains first, by seed parity: the first run of a process pays one-time costs (measured: the peer
@@ -116,11 +116,9 @@ def summary(values: list) -> str:
         return "not reached"
     if len(values) == 1:
         return f"{values[0]:.4g} (n = 1)"
-    from scipy import stats
-
-    mean, std = statistics.mean(values), statistics.stdev(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
-    return f"{mean:.4g} +/- {std:.2g} (n = {len(values)}, 95% CI {mean - half:.4g} .. {mean + half:.4g})"
+    cell = summarise(values)
+    mean, low, high = mean_ci(cell)
+    return f"{mean:.4g} +/- {cell['std']:.2g} (n = {len(values)}, 95% CI {low:.4g} .. {high:.4g})"
 
 
 def main():

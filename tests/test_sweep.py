@@ -12,7 +12,8 @@ from scipy import stats
 
 from fixedhead.cli import main
 from fixedhead.errors import UserError
-from fixedhead.report import difference_ci, write_report
+from fixedhead.intervals import difference_ci
+from fixedhead.report import write_report
 from fixedhead.sweep import expand, load_experiment, parse_shard, run_sweep, shard
 
 EXPERIMENT = {

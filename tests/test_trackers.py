@@ -128,7 +128,7 @@ def test_the_analysis_pca_axes_carry_the_explained_variance(tmp_path, drawn):
 def test_curve_confidence_interval_against_scipy():
     from scipy import stats
 
-    from fixedhead.report import mean_ci, summarise
+    from fixedhead.intervals import mean_ci, summarise
 
     values = [0.61, 0.64, 0.66, 0.59]
     low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
