@@ -333,6 +333,22 @@ def test_diverged_runs_are_counted_in_their_cell_and_kept_in_the_csv(tmp_path):
     assert "diverged" in csv_text and "0.137" in csv_text  # the diverged run's accuracy stays visible
 
 
+def test_a_cell_pooling_runs_of_different_settings_says_which(tmp_path):
+    """Runs kept from an earlier experiment file (here another train.bf16) or a grid key the layout does
+    not show end up in one cell: the report names the cell and the keys instead of pooling silently."""
+    for seed, (bf16, lr) in enumerate([(True, 0.1), ("auto", 0.1), (True, 0.2)]):
+        fixture_run(tmp_path, f"a-{seed}", "v", "a", seed, 0.8 + seed / 100)
+        config = {"seed": seed, "data": {"name": "a", "data_dir": f"/d{seed}"}, "train": {"bf16": bf16, "lr": lr}}
+        (tmp_path / f"a-{seed}" / "config.yaml").write_text(yaml.safe_dump(config))
+    fixture_run(tmp_path, "b-0", "v", "b", 0, 0.7)
+    fixture_run(tmp_path, "b-1", "v", "b", 1, 0.6)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "mix", "grid": {"data.name": ["a", "b"]},
+                                                              "variants": {"v": {}}}))
+    write_report(tmp_path)
+    lines = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("- ")]
+    assert lines == ["- a | v: train.bf16 = True / auto; train.lr = 0.1 / 0.2"]  # not data_dir, not seed, not b
+
+
 def test_the_divergence_rule():
     from fixedhead.runs import diverged
 

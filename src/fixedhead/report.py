@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import upgrade
+from .config import PLACE_KEYS, all_keys, upgrade
 from .errors import UserError
 from .files import read_yaml, write_text
 from .intervals import difference_ci, mean_ci, summarise
@@ -172,6 +172,22 @@ def selection_note(choice: dict, all_runs: str) -> str:
             f"(a tie: the {better} mean {other}); the tables show those runs only (the others are in {all_runs}).")
 
 
+def mixed_cells(records: list[dict], layout: dict) -> list[str]:
+    """Cells whose runs differ in a setting other than the seed, the place keys and the layout's own keys
+    (runs kept from an earlier experiment file, or a grid key the layout pools over): one line per cell,
+    naming the keys and their values, so that a mean over unlike runs is never silent."""
+    same = set(all_keys()) - {"seed", *PLACE_KEYS, *layout["rows"], *layout["columns"]}
+    cells: dict = {}
+    for record in records:
+        cells.setdefault((_label(record, layout["rows"]), _label(record, layout["columns"])), []).append(record)
+    lines = []
+    for (row, column), runs in sorted(cells.items()):
+        keys = sorted(k for k in same if len({repr(r.get(k)) for r in runs}) > 1)
+        values = (f"{k} = {' / '.join(sorted({str(r.get(k)) for r in runs}))}" for k in keys)
+        lines += [f"{row} | {column}: {'; '.join(values)}"] if keys else []
+    return lines
+
+
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
     with `diverged`, the number of the cell's runs that diverged (their values are not in the summary),
@@ -307,6 +323,9 @@ def write_report(root) -> dict:
     for (title, section), layout in zip(sections, layouts):
         body += [f"## {title}\n"] if title else []
         body += [selection_note(layout["select"], sweep_dir.csv_path.name) + "\n"] if layout.get("select") else []
+        mixed = mixed_cells(select_runs([r for r in records if r["status"] == "finished"], layout), layout)
+        body += ["Runs that differ in more than the seed share these cells (their means pool unlike runs):\n",
+                 *(f"- {line}" for line in mixed), ""] if mixed else []
         body += [markdown(t) + "\n" for t in section]
     text = "\n".join(header + body)
     write_text(sweep_dir.report_path, text)
