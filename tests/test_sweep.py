@@ -349,6 +349,16 @@ def test_a_cell_pooling_runs_of_different_settings_says_which(tmp_path):
     assert lines == ["- a | v: train.bf16 = True / auto; train.lr = 0.1 / 0.2"]  # not data_dir, not seed, not b
 
 
+def test_variants_down_the_side_are_not_also_across_the_top(tmp_path):
+    """report: rows: [variant] (the speed files) gives one column, not a diagonal of one cell per row."""
+    for variant, acc in (("s8", 0.88), ("s16", 0.89)):
+        fixture_run(tmp_path, f"{variant}-0", variant, "a", 0, acc)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "side", "variants": {"s8": {}, "s16": {}},
+                                                              "report": {"rows": ["variant"]}}))
+    table = write_report(tmp_path)["tables"][0]
+    assert table["columns"] == ["all"] and table["cells"]["s16"]["all"]["mean"] == pytest.approx(0.89)
+
+
 def test_the_divergence_rule():
     from fixedhead.runs import diverged
 

@@ -286,7 +286,8 @@ def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
     layouts = []
     for given in report_layouts(experiment) or [{}]:
         layout = dict(given)
-        layout.setdefault("columns", ["variant"] if experiment.get("variants") else [])
+        across = experiment.get("variants") and "variant" not in layout.get("rows", [])  # not both ways: a diagonal
+        layout.setdefault("columns", ["variant"] if across else [])
         layout.setdefault("rows", [k for k in varying if k not in layout["columns"]])
         layout.setdefault("metrics", ["test_acc"])
         layouts.append(layout)
