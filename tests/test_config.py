@@ -33,7 +33,6 @@ def test_yaml_file(tmp_path):
     ({"train.epochs": -1}, r"train.epochs must be an integer in \[0, 100_000\]"),
     ({"train.epochs": 2.5}, "train.epochs must be an integer"),
     ({"model.fixed": "maybe"}, "model.fixed must be true or false"),
-    ({"model.scale": 2}, "cosine heads only"),
     ({"seed.x": 1}, "unknown config key"),
 ])
 def test_bad_values_name_the_key_and_the_choices(layer, match):

@@ -50,7 +50,7 @@ def test_head_numbers_against_numpy():
     assert numbers["head_cos_mean"] == pytest.approx(off.mean(), abs=1e-6)
     assert numbers["head_cos_max"] == pytest.approx(off.max(), abs=1e-6)
     assert numbers["head_scale"] == pytest.approx(3.0)
-    assert "head_scale" not in head_numbers(ClassHead(16, 7))
+    assert head_numbers(ClassHead(16, 7, "dot", scale=0.25))["head_scale"] == pytest.approx(0.25)
 
 
 def test_tensorboard_holds_the_logged_curves(tmp_path):

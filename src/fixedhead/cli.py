@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 TRAIN_HELP = {
     "data": "dataset", "data_dir": "folder holding the dataset", "arch": "encoder",
     "similarity": "how features meet class vectors", "fixed": "freeze the class vectors at their random draw",
-    "scale": "cosine scale S", "learn_scale": "learn S", "init": "how class vectors are drawn",
+    "scale": "logit scale S", "learn_scale": "learn S", "init": "how class vectors are drawn",
     "epochs": "epochs", "batch_size": "global batch size", "lr": "peak learning rate", "seed": "seed of everything",
     "device": "auto, cpu, cuda or cuda:N", "bf16": "bf16 autocast", "channels_last": "channels-last memory format",
     "sync_bn": "torchrun: batch norm over the global batch", "compile": "torch.compile the model",

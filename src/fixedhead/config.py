@@ -16,7 +16,7 @@ import yaml
 from . import files, zoo
 from .data import DATASETS, check_num_classes
 from .errors import UserError, shown
-from .heads import INITS, SIMILARITIES, check_scale
+from .heads import INITS, SIMILARITIES
 from .many_classes import VECTORS
 from .models import ENCODERS, NECKS
 from .trackers import TRACKERS, check_tracker
@@ -47,8 +47,8 @@ class ModelConfig:
     pretrained: bool = False  # timm:/torchvision: models: start from the library's pretrained weights
     similarity: str = "dot"  # dot or cosine: how features meet class vectors (the paper's word)
     fixed: bool = False  # class vectors frozen at their random draw (a buffer, never trained)
-    scale: float = 1.0  # S of a cosine head: logits = S cos(f, w)
-    learn_scale: bool = False  # learn S (cosine heads)
+    scale: float = 1.0  # logit scale S: S cos(f, w) (cosine) or S f.w (dot); airbench: dot, 1/9
+    learn_scale: bool = False  # learn S
     init: str = "random"  # how class vectors are drawn (README: Heads in any model)
     bias: bool = False  # a learned bias per class
     head_seed: Optional[int] = None  # None: the run's seed
@@ -319,7 +319,6 @@ def validate(config: Config) -> None:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
     check_num_classes(config.data.name, config.data.num_classes)
-    check_scale(config.model.similarity, config.model.scale, config.model.learn_scale)
     _check_vectors(config)
     check_tracker(config.train.log)
 

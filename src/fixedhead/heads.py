@@ -1,7 +1,8 @@
 """Class vectors and the classification head: logits are computed here and nowhere else.
 
-A head holds `weight` (C, D), one row per class. Dot product: logits = features @ weight.T (+ bias).
-Cosine: logits = scale * normalize(features) @ normalize(weight).T. Fixed heads keep `weight` as a
+A head holds `weight` (C, D), one row per class, and a logit scale S (1 unless set; fixed or learned).
+Dot product: logits = S * features @ weight.T (+ bias). Cosine: logits = S * normalize(features) @
+normalize(weight).T (+ bias). (airbench's learned linear head is a dot head with S = 1/9.) Fixed heads keep `weight` as a
 buffer (in `state_dict`, never in `parameters()`); learned heads keep it as a Parameter.
 """
 
@@ -99,12 +100,6 @@ def class_vectors(num_classes: int, num_features: int, init: str = "random", see
     return weight.div_(weight.norm(dim=1, keepdim=True)).float()  # in place: one (C, D) copy at most
 
 
-def check_scale(similarity: str, scale: float, learn_scale: bool) -> None:
-    """A scale S (fixed or learned) belongs to cosine heads only: a dot head's logits have no S."""
-    if similarity == "dot" and (scale != 1.0 or learn_scale):
-        raise UserError("scale and learn_scale apply to cosine heads only; use the cosine similarity (--similarity cosine)")
-
-
 class ClassHead(nn.Module):
     """Maps features (B, D) to logits (B, C) by dot product or scaled cosine with class vectors.
 
@@ -129,7 +124,6 @@ class ClassHead(nn.Module):
             raise UserError(f"unknown similarity {similarity!r}; choose one of: {', '.join(SIMILARITIES)}")
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise UserError(f"scale must be a finite number > 0, got {scale!r}")
-        check_scale(similarity, scale, learn_scale)
         self.num_features, self.num_classes = int(num_features), int(num_classes)
         self.similarity, self.fixed, self.init, self.seed = similarity, bool(fixed), init, int(seed)
         weight = class_vectors(self.num_classes, self.num_features, init, seed)
@@ -162,9 +156,9 @@ class ClassHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.similarity == "dot":
-            return F.linear(features, self.weight, self.bias)  # (B, D) @ (D, C) -> (B, C)
-        # Fixed rows are already unit-norm, so the (C, D) normalisation is skipped for them.
-        logits = F.linear(F.normalize(features, dim=1), self.unit_weight())  # (B, C), in [-1, 1]
+            logits = F.linear(features, self.weight)  # (B, D) @ (D, C) -> (B, C)
+        else:  # fixed rows are already unit-norm, so the (C, D) normalisation is skipped for them
+            logits = F.linear(F.normalize(features, dim=1), self.unit_weight())  # (B, C), in [-1, 1]
         logits = logits * self.scale.to(logits.dtype)
         return logits if self.bias is None else logits + self.bias
 
@@ -174,8 +168,8 @@ class ClassHead(nn.Module):
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing), logits.argmax(1)
 
     def extra_repr(self) -> str:
-        scale = f", scale={self.scale.item():.4g}" if self.similarity == "cosine" else ""
         return (
             f"num_features={self.num_features}, num_classes={self.num_classes}, similarity={self.similarity}, "
-            f"fixed={self.fixed}, init={self.init}, seed={self.seed}{scale}, bias={self.bias is not None}"
+            f"fixed={self.fixed}, init={self.init}, seed={self.seed}, scale={self.scale.item():.4g}, "
+            f"bias={self.bias is not None}"
         )

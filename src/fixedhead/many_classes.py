@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .heads import SIMILARITIES, check_scale, class_vectors
+from .heads import SIMILARITIES, class_vectors
 
 VECTORS = ("stored", "bf16", "regenerate")  # model.vectors: stored is ClassHead's float32
 REGENERATION_ROWS = 4096  # a regenerated head draws its vectors in blocks of this many classes
@@ -67,7 +67,6 @@ class ManyClassHead(nn.Module):
             raise UserError("vectors 'regenerate' redraws Gaussian rows from the seed: it needs init 'random'")
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise UserError(f"scale must be a finite number > 0, got {scale!r}")
-        check_scale(similarity, scale, False)
         self.num_features, self.num_classes = int(num_features), int(num_classes)
         self.similarity, self.init, self.seed, self.storage = similarity, init, int(seed), vectors
         self.block_size = int(block_size)
@@ -103,8 +102,8 @@ class ManyClassHead(nn.Module):
     def _inputs(self, features: torch.Tensor) -> tuple[torch.Tensor, float]:
         features = features.float()
         if self.similarity == "cosine":
-            return F.normalize(features, dim=1), self.scale.item()
-        return features, 1.0
+            features = F.normalize(features, dim=1)
+        return features, self.scale.item()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """All logits (B, C): for a few images at a time; training and evaluation use the blockwise paths."""
@@ -128,9 +127,8 @@ class ManyClassHead(nn.Module):
         return lse - target, predicted
 
     def extra_repr(self) -> str:
-        scale = f", scale={self.scale.item():.4g}" if self.similarity == "cosine" else ""
         return (f"num_features={self.num_features}, num_classes={self.num_classes}, similarity={self.similarity}, "
-                f"fixed=True, init={self.init}, seed={self.seed}{scale}, vectors={self.storage}")
+                f"fixed=True, init={self.init}, seed={self.seed}, scale={self.scale.item():.4g}, vectors={self.storage}")
 
 
 def _visit(features, labels, scale, blocks):

@@ -3,7 +3,7 @@ callable.
 
 The contract is one callable: `fit(..., callbacks=[cb])` calls `cb(record)` after every epoch with
 that epoch's record (the line of metrics.jsonl: epoch, lr, train_loss, train_acc, val_*, and the head's
-numbers, `head_cos_mean`/`head_cos_max` between class vectors and `head_scale` of a cosine head), and
+numbers, `head_cos_mean`/`head_cos_max` between class vectors and the logit scale `head_scale`), and
 `cb.close(final)` at the end if the callable has a `close` method (final.json's dict; None when training
 stopped early). Only the main process calls them under torchrun. The trackers below import their
 package only when used (extras `fixedhead[tensorboard]`, `fixedhead[wandb]`).
@@ -22,8 +22,8 @@ TRACKERS = ("none", "tensorboard", "wandb")  # train.log
 
 
 def head_numbers(head) -> dict:
-    """Mean and largest cosine between two distinct class vectors, and S of a cosine head (float)."""
-    numbers = {"head_scale": head.scale.detach().item()} if head.similarity == "cosine" else {}
+    """Mean and largest cosine between two distinct class vectors, and the head's logit scale S (float)."""
+    numbers = {"head_scale": head.scale.detach().item()}
     vectors = getattr(head, "weight", None)
     if not isinstance(vectors, torch.Tensor) or not 2 <= len(vectors) <= 4096:  # a many-class head: too costly
         return numbers
