@@ -459,13 +459,17 @@ def test_an_edited_experiment_does_not_silently_reuse_runs_of_the_old_one(tmp_pa
     # Same experiment again (data_dir is where, not what): reused.
     assert main(["sweep", str(path), "--out", str(out), "--set", "data.data_dir=/elsewhere"]) == 0
     capsys.readouterr()
+    stored = (out / "experiment.yaml").read_text()
     experiment["base"]["train.epochs"] = 2
+    experiment["grid"]["train.lr"] = [0.05, 0.1]  # and a run the old file did not have
     write(tmp_path, experiment)
-    assert main(["sweep", str(path), "--out", str(out)]) == 1
-    text = capsys.readouterr()
-    assert "another train.epochs" in text.err and "1 failed" in text.out
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 finished run(s)" in err and "another train.epochs" in err and len(err.strip().splitlines()) == 1
     assert (out / "lr=0.05__seed=0" / "final.json").read_text() == final  # the old result is left as it was
     assert not (out / "lr=0.05__seed=0" / "failure.json").exists()
+    # Nothing else happened: the new run was not trained beside the old one, the stored file not replaced.
+    assert not (out / "lr=0.1__seed=0").exists() and (out / "experiment.yaml").read_text() == stored
 
 
 def test_the_last_training_loss_is_a_report_metric(tmp_path):

@@ -231,7 +231,9 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     configs = [make_config(experiment["base"], run.overrides) for run in planned]
     _check_devices({config.train.device for config in configs})
     sweep_dir = SweepDir(out)
-    to_train = [c for run, c in zip(planned, configs) if not _finished(sweep_dir.run(run.name))]
+    finished = [_finished(sweep_dir.run(run.name)) for run in planned]
+    _check_kept(sweep_dir, [(r, c) for r, c, done in zip(planned, configs, finished) if done])
+    to_train = [c for c, done in zip(configs, finished) if not done]
     _check_data(to_train)
     note = emulated_bf16_note(to_train)
     if note:
@@ -240,12 +242,7 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     for number, (run, config) in enumerate(zip(planned, configs), 1):
         run_dir = sweep_dir.run(run.name)
         try:
-            if run_dir.is_finished():
-                stale = _stale(run_dir, config)
-                if stale:  # not the run's failure: its folder is left as it is
-                    log(f"{run.name} failed: {stale}")
-                    summary["failed"].append(run.name)
-                    continue
+            if run_dir.is_finished():  # kept: _check_kept found it trained with this config
                 summary["skipped"].append(run.name)
             else:
                 log(f"[{number}/{len(planned)}] {run.name}")
@@ -280,8 +277,16 @@ def _stale(run_dir: RunDir, config) -> str | None:
     changed = [k for k in differences(saved_config(run_dir.read_config()), config) if k not in PLACE_KEYS]
     if not changed:
         return None
-    return (f"{run_dir.path} holds a finished run trained with another {changed[0]} ({len(changed)} key(s) differ "
-            "from the experiment file); sweep into another --out, or delete that run folder")
+    return f"{run_dir.path.name} was trained with another {changed[0]} ({len(changed)} key(s) differ)"
+
+
+def _check_kept(sweep_dir: SweepDir, kept) -> None:
+    """Finished runs trained with another config stop the whole sweep before anything is trained or written:
+    training the file's other runs beside them would leave one folder (and one report) of two settings."""
+    stale = [why for why in (_stale(sweep_dir.run(run.name), config) for run, config in kept) if why]
+    if stale:
+        raise UserError(f"{len(stale)} finished run(s) in {sweep_dir.path} do not match the experiment file "
+                        f"({stale[0]}); sweep into another --out, or delete those run folders")
 
 
 def emulated_bf16_note(configs) -> str | None:
