@@ -340,13 +340,19 @@ def test_a_cell_pooling_runs_of_different_settings_says_which(tmp_path):
         fixture_run(tmp_path, f"a-{seed}", "v", "a", seed, 0.8 + seed / 100)
         config = {"seed": seed, "data": {"name": "a", "data_dir": f"/d{seed}"}, "train": {"bf16": bf16, "lr": lr}}
         (tmp_path / f"a-{seed}" / "config.yaml").write_text(yaml.safe_dump(config))
-    fixture_run(tmp_path, "b-0", "v", "b", 0, 0.7)
-    fixture_run(tmp_path, "b-1", "v", "b", 1, 0.6)
-    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "mix", "grid": {"data.name": ["a", "b"]},
+    # Cell b: the same saved config, but train.bf16 auto resolved on two machines (meta.json says how).
+    for seed, meta in enumerate([{"bf16": True}, {"bf16": False}]):
+        fixture_run(tmp_path, f"b-{seed}", "v", "b", seed, 0.7 - seed / 10)
+        (tmp_path / f"b-{seed}" / "meta.json").write_text(json.dumps(meta))
+    fixture_run(tmp_path, "c-0", "v", "c", 0, 0.7)  # cell c: one run started in bf16, resumed in float32,
+    (tmp_path / "c-0" / "meta.json").write_text(json.dumps({"bf16": True, "resumed": [{"epoch": 3, "bf16": False}]}))
+    fixture_run(tmp_path, "c-1", "v", "c", 1, 0.6)  # and one whose meta.json says nothing
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "mix", "grid": {"data.name": ["a", "b", "c"]},
                                                               "variants": {"v": {}}}))
     write_report(tmp_path)
     lines = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("- ")]
-    assert lines == ["- a | v: train.bf16 = True / auto; train.lr = 0.1 / 0.2"]  # not data_dir, not seed, not b
+    assert lines == ["- a | v: train.bf16 = True / auto; train.lr = 0.1 / 0.2",  # not data_dir, not seed
+                     "- b | v: precision = bf16 / float32", "- c | v: precision = bf16 + float32 / not recorded"]
 
 
 def test_variants_down_the_side_are_not_also_across_the_top(tmp_path):

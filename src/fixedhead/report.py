@@ -75,6 +75,7 @@ def collect(root) -> list[dict]:
         final = run.final() or {}
         record = {"run": run.path.name, "status": final.get("status", "unfinished"), **upgrade(run.read_config())}
         record["variant"] = str(run.read_sweep_info().get("variant", ""))
+        record["precision"] = run.precision() or "not recorded"
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
         losses = final.get("train_losses")
         if isinstance(losses, list) and losses and all(isinstance(v, (int, float)) for v in losses):
@@ -174,9 +175,10 @@ def selection_note(choice: dict, all_runs: str) -> str:
 
 def mixed_cells(records: list[dict], layout: dict) -> list[str]:
     """Cells whose runs differ in a setting other than the seed, the place keys and the layout's own keys
-    (runs kept from an earlier experiment file, or a grid key the layout pools over): one line per cell,
-    naming the keys and their values, so that a mean over unlike runs is never silent."""
-    same = set(all_keys()) - {"seed", *PLACE_KEYS, *layout["rows"], *layout["columns"]}
+    (runs kept from an earlier experiment file, or a grid key the layout pools over), or in the precision
+    they computed in (train.bf16 auto on two machines): one line per cell, naming the keys and their
+    values, so that a mean over unlike runs is never silent."""
+    same = {*all_keys(), "precision"} - {"seed", *PLACE_KEYS, *layout["rows"], *layout["columns"]}
     cells: dict = {}
     for record in records:
         cells.setdefault((_label(record, layout["rows"]), _label(record, layout["columns"])), []).append(record)

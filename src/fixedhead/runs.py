@@ -210,6 +210,14 @@ class RunDir:
         self.write_meta(meta)
         return meta.get("bf16") if isinstance(meta.get("bf16"), bool) else None
 
+    def precision(self) -> str | None:
+        """How the run computed, from meta.json: "bf16" or "float32" (train.bf16 auto resolves per machine),
+        "bf16 + float32" when it was resumed in the other one; None when meta.json does not say."""
+        meta = self._read_mapping(self.meta_path) or {}
+        resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
+        used = {entry.get("bf16") for entry in [meta, *resumed] if isinstance(entry, dict)} & {True, False}
+        return " + ".join(name for flag, name in ((True, "bf16"), (False, "float32")) if flag in used) or None
+
     def num_classes(self) -> int | None:
         """The number of classes meta.json lists, or None (no meta.json, or no list of classes in it)."""
         classes = (self._read_mapping(self.meta_path) or {}).get("classes")
