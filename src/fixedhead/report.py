@@ -173,15 +173,20 @@ def selection_note(choice: dict, all_runs: str) -> str:
             f"(a tie: the {better} mean {other}); the tables show those runs only (the others are in {all_runs}).")
 
 
-def mixed_cells(records: list[dict], layout: dict) -> list[str]:
-    """Cells whose runs differ in a setting other than the seed, the place keys and the layout's own keys
-    (runs kept from an earlier experiment file, or a grid key the layout pools over), or in the precision
-    they computed in (train.bf16 auto on two machines): one line per cell, naming the keys and their
-    values, so that a mean over unlike runs is never silent."""
-    same = {*all_keys(), "precision"} - {"seed", *PLACE_KEYS, *layout["rows"], *layout["columns"]}
+def cell_runs(records: list[dict], layout: dict) -> dict:
+    """The finished runs the tables show (after the layout's selection), by cell (row label, column label)."""
     cells: dict = {}
-    for record in records:
+    for record in select_runs([r for r in records if r["status"] == "finished"], layout):
         cells.setdefault((_label(record, layout["rows"]), _label(record, layout["columns"])), []).append(record)
+    return cells
+
+
+def mixed_cells(cells: dict, layout: dict) -> list[str]:
+    """Cells (from cell_runs) whose runs differ in a setting other than the seed, the place keys and the
+    layout's own keys (runs kept from an earlier experiment file, or a grid key the layout pools over), or
+    in the precision they computed in (train.bf16 auto on two machines): one line per cell, naming the
+    keys and their values, so that a mean over unlike runs is never silent."""
+    same = {*all_keys(), "precision"} - {"seed", *PLACE_KEYS, *layout["rows"], *layout["columns"]}
     lines = []
     for (row, column), runs in sorted(cells.items()):
         keys = sorted(k for k in same if len({repr(r.get(k)) for r in runs}) > 1)
@@ -190,11 +195,12 @@ def mixed_cells(records: list[dict], layout: dict) -> list[str]:
     return lines
 
 
-def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -> list[dict]:
+def build_tables(records: list[dict], layout: dict, paper: dict | None = None, cells: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
     with `diverged`, the number of the cell's runs that diverged (their values are not in the summary),
-    and `undefined`, the number whose value is not a number (a Spearman over no confusions at all)."""
-    finished = select_runs([r for r in records if r["status"] == "finished"], layout)
+    and `undefined`, the number whose value is not a number (a Spearman over no confusions at all).
+    `cells`: cell_runs(records, layout), when the caller has it already."""
+    runs_by_cell = cell_runs(records, layout) if cells is None else cells
     diverged: dict = {}
     for record in records:
         if record["status"] == "diverged":
@@ -204,11 +210,12 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None) -
     for metric in layout["metrics"]:
         cells: dict = {}
         undefined: dict = {}
-        for record in finished:
-            if isinstance(record.get(metric), (int, float)):
-                cell = row, column = _label(record, layout["rows"]), _label(record, layout["columns"])
+        for cell, runs in runs_by_cell.items():
+            for record in runs:
+                if not isinstance(record.get(metric), (int, float)):
+                    continue
                 if math.isfinite(record[metric]):
-                    cells.setdefault(row, {}).setdefault(column, []).append(record[metric])
+                    cells.setdefault(cell[0], {}).setdefault(cell[1], []).append(record[metric])
                 else:
                     undefined[cell] = undefined.get(cell, 0) + 1
         if not cells and not diverged and not undefined:
@@ -312,8 +319,12 @@ def write_report(root) -> dict:
 
         experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
     layouts = default_layouts(records, experiment)
-    sections = [(layout.get("title"), build_tables(records, layout, experiment.get("paper"))) for layout in layouts]
-    tables = [table for _, section in sections for table in section]
+    sections = []
+    for layout in layouts:
+        cells = cell_runs(records, layout)
+        sections.append((layout.get("title"), build_tables(records, layout, experiment.get("paper"), cells),
+                         mixed_cells(cells, layout)))
+    tables = [table for _, section, _ in sections for table in section]
     counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "diverged", "failed", "unfinished")}
     header = [f"# Report: {experiment.get('name', root.name)}", "",
               f"{len(records)} runs: {counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} "
@@ -323,10 +334,9 @@ def write_report(root) -> dict:
               "(a Spearman correlation with no confusion to correlate), left out of the mean. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     body = []
-    for (title, section), layout in zip(sections, layouts):
+    for (title, section, mixed), layout in zip(sections, layouts):
         body += [f"## {title}\n"] if title else []
         body += [selection_note(layout["select"], sweep_dir.csv_path.name) + "\n"] if layout.get("select") else []
-        mixed = mixed_cells(select_runs([r for r in records if r["status"] == "finished"], layout), layout)
         body += ["Runs that differ in more than the seed share these cells (their means pool unlike runs):\n",
                  *(f"- {line}" for line in mixed), ""] if mixed else []
         body += [markdown(t) + "\n" for t in section]
@@ -342,7 +352,7 @@ def write_report(root) -> dict:
     tex = "\n\n".join(latex(t) for t in tables) + "\n"
     write_text(sweep_dir.latex_path, tex)
     figures = []
-    for k, ((_, section), layout) in enumerate(zip(sections, layouts)):
+    for k, ((_, section, _), layout) in enumerate(zip(sections, layouts)):
         for t in section:
             name = t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"
             stem = sweep_dir.figure(name)
