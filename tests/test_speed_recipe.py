@@ -193,3 +193,38 @@ def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_pat
     (tmp_path / "kept" / "seed-0.json").write_text('{"setup": {}, "peer": 1}')  # damaged: an error, not a KeyError
     with pytest.raises(bench.UserError, match="seed-0.json"):
         bench.main()
+
+
+def test_the_whitening_bias_learns_for_its_epochs_then_stays_put_with_no_gradient(tmp_path, monkeypatch):
+    """model.whiten_bias_epochs (airbench's whiten_bias_epochs): the stem's bias moves in the first N epochs
+    only; frozen, it gets no gradient (so backward stops before the stem), and a resume keeps the rule."""
+    from fixedhead import fit
+    from fixedhead import train as train_mod
+    from fixedhead.errors import UserError
+    from fixedhead.whitening import first_conv
+    from interrupts import fit_interrupted, same_result
+
+    overrides = {"data.name": "digits", "model.arch": "airnet", "model.whiten": "frozen", "train.epochs": 3,
+                 "train.batch_size": 128, "train.lr": 2.0, "train.decoupled": True, "model.whiten_bias_epochs": 1}
+    seen, original = [], train_mod._whiten_bias
+
+    def watch(model, model_cfg, epoch):  # the bias as each epoch starts, before the rule is applied
+        seen.append((epoch, first_conv(model.encoder).bias.detach().clone(), model))
+        original(model, model_cfg, epoch)
+
+    monkeypatch.setattr(train_mod, "_whiten_bias", watch)
+    fit(make_config(overrides), tmp_path / "run", verbose=False)
+    (_, start, model), (_, after_1, _), (_, after_2, _) = seen
+    bias = first_conv(model.encoder).bias
+    assert not torch.equal(start, after_1)  # epoch 1 trained it
+    assert torch.equal(after_1, after_2) and torch.equal(after_1, bias.detach())  # epochs 2-3 did not
+    assert not bias.requires_grad and bias.grad is None
+    monkeypatch.setattr(train_mod, "_whiten_bias", original)
+    fit_interrupted(make_config(overrides), tmp_path / "cut", 2, monkeypatch)
+    fit(make_config(overrides), tmp_path / "cut", resume=True, verbose=False)
+    assert same_result(tmp_path / "run", tmp_path / "cut")
+    with pytest.raises(UserError, match="needs model.whiten init or frozen"):
+        make_config({**overrides, "model.whiten": "none"})
+    with pytest.raises(UserError, match="fastnet-small's has none"):
+        fit(make_config({**overrides, "model.arch": "fastnet-small"}), tmp_path / "no-bias", verbose=False)
+    assert not (tmp_path / "no-bias").exists()

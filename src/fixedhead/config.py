@@ -57,6 +57,7 @@ class ModelConfig:
     neck: str = "none"  # bn: batch norm after the encoder, so features take both signs (lifts the cosine ceiling)
     vectors: str = "stored"  # fixed heads with very many classes: bf16 or regenerate (from the seed), blockwise loss
     whiten: str = "none"  # first convolution: "init" patch-whitening filters of the training images, "frozen" too
+    whiten_bias_epochs: Optional[int] = None  # the whitened conv's bias learns this many epochs only (airbench: 3)
 
 
 @dataclass
@@ -146,6 +147,7 @@ RANGES = {
     "data.crop_padding": _count(0, 256, optional=True),
     "model.scale": _within(0, 10_000, low_open=True),
     "model.head_seed": _count(0, MAX_SEED, optional=True),
+    "model.whiten_bias_epochs": _count(0, 100_000, optional=True),
     "model.num_features": _count(1, 65536, optional=True),
     "data.num_classes": _count(2, 100_000, optional=True, note=" (glyphs only)"),
     "train.epochs": _count(0, 100_000),
@@ -319,6 +321,9 @@ def validate(config: Config) -> None:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
     check_num_classes(config.data.name, config.data.num_classes)
+    if config.model.whiten_bias_epochs is not None and config.model.whiten == "none":
+        raise UserError("model.whiten_bias_epochs stops training the whitened first convolution's bias; it needs "
+                        "model.whiten init or frozen")
     _check_vectors(config)
     check_tracker(config.train.log)
 
