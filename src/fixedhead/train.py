@@ -269,7 +269,7 @@ def _check_whiten_bias(config, model, ctx) -> None:
 def _whiten_bias(model, model_cfg, epoch: int) -> None:
     """model.whiten_bias_epochs: the first convolution's bias learns in epochs 0..N-1 only. Frozen, nothing
     before the second convolution needs a gradient, so backward skips that convolution's input gradient at
-    full resolution (airbench93's own reason; its epochs after the third run about a fifth faster)."""
+    full resolution (airbench93's rule; its epochs after the third ran about 12% faster in docs/speed.md)."""
     if model_cfg.whiten_bias_epochs is not None:
         first_conv(model.encoder).bias.requires_grad_(epoch < model_cfg.whiten_bias_epochs)
 
