@@ -195,12 +195,12 @@ def mixed_cells(cells: dict, layout: dict) -> list[str]:
     return lines
 
 
-def build_tables(records: list[dict], layout: dict, paper: dict | None = None, cells: dict | None = None) -> list[dict]:
+def build_tables(records: list[dict], layout: dict, paper: dict | None = None, by_cell: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
     with `diverged`, the number of the cell's runs that diverged (their values are not in the summary),
     and `undefined`, the number whose value is not a number (a Spearman over no confusions at all).
-    `cells`: cell_runs(records, layout), when the caller has it already."""
-    runs_by_cell = cell_runs(records, layout) if cells is None else cells
+    `by_cell`: cell_runs(records, layout), when the caller has it already."""
+    runs_by_cell = cell_runs(records, layout) if by_cell is None else by_cell
     diverged: dict = {}
     for record in records:
         if record["status"] == "diverged":
@@ -321,9 +321,9 @@ def write_report(root) -> dict:
     layouts = default_layouts(records, experiment)
     sections = []
     for layout in layouts:
-        cells = cell_runs(records, layout)
-        sections.append((layout.get("title"), build_tables(records, layout, experiment.get("paper"), cells),
-                         mixed_cells(cells, layout)))
+        by_cell = cell_runs(records, layout)
+        sections.append((layout.get("title"), build_tables(records, layout, experiment.get("paper"), by_cell),
+                         mixed_cells(by_cell, layout)))
     tables = [table for _, section, _ in sections for table in section]
     counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "diverged", "failed", "unfinished")}
     header = [f"# Report: {experiment.get('name', root.name)}", "",
