@@ -53,6 +53,7 @@ PEER_AS_CONFIG = {
     "train.batch_size": 1024, "train.decoupled": True, "train.lr": 11.5, "train.momentum": 0.85,
     "train.weight_decay": 0.0153, "train.bn_bias_lr": 64.0, "train.label_smoothing": 0.2, "train.final_lr": 0.07,
     "train.lookahead": 5, "train.channels_last": True, "train.tta": "none",
+    "model.whiten_bias_epochs": 3, "train.warmup_start": 0.2, "data.crop_padding_mode": "reflect",
 }
 
 

@@ -61,6 +61,9 @@ def test_the_bf16_flag_says_true_false_or_auto(tmp_path, capsys, args, saved):
     (["--set", "train.momentum=2"], "train.momentum must be a number in [0, 1)"),
     (["--device", "cuda:7"], "device 'cuda:7'"),
     (["--bf16", "sometimes"], "train.bf16 must be true or false or auto, got 'sometimes'"),
+    (["--set", "data.crop_padding_mode=mirror"], "(data.crop_padding_mode); choose one of: zeros, reflect"),
+    (["--set", "data.crop_padding_mode=reflect", "--set", "data.crop_padding=16"],
+     "data.crop_padding must be below the image side (16 px), got 16"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "r", *FAST, *args)

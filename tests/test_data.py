@@ -97,6 +97,17 @@ def test_random_crop_equals_per_image_pad_and_slice():
         assert np.array_equal(out[n].numpy(), expected)
 
 
+def test_reflect_padded_crop_equals_numpy_reflect_pad_and_slice():
+    """data.crop_padding_mode=reflect (airbench's translations): numpy's 'reflect' (edge not repeated), as torch's."""
+    images = torch.randint(0, 256, (5, 3, 9, 7), dtype=torch.uint8)
+    out = pipeline.random_crop(images, 2, torch.Generator().manual_seed(4), "reflect")
+    dy, dx = torch.randint(0, 5, (2, 5), generator=torch.Generator().manual_seed(4))
+    padded = np.pad(images.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    for n in range(5):
+        assert np.array_equal(out[n].numpy(), padded[n, :, dy[n]:dy[n] + 9, dx[n]:dx[n] + 7])
+    assert not torch.equal(out, pipeline.random_crop(images, 2, torch.Generator().manual_seed(4)))
+
+
 def test_loader_epochs_are_reproducible_and_cover_everything():
     images = torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(37)

@@ -91,6 +91,17 @@ def test_the_linear_schedule_ends_at_its_floor():
     assert cosine == pytest.approx(final) and steps.lr_factor(0, total, 0, "cosine", final) == 1.0
 
 
+def test_the_warm_up_can_start_above_zero_as_the_peers_does():
+    """train.warmup_start: the factor climbs in a straight line from `start` (before step 0) to 1 (after the
+    last warm-up step): airbench's 0.2 + 0.8 t / T, one step later as our warm-up always is; 0 is the old ramp."""
+    total, warmup, final, start = 100, 23, 0.07, 0.2
+    factors = [steps.lr_factor(s, total, warmup, "linear", final, start) for s in range(total)]
+    np.testing.assert_allclose(factors[:warmup], np.interp(np.arange(1, warmup + 1), [0, warmup], [start, 1.0]),
+                               rtol=1e-12)
+    assert factors[warmup:] == [steps.lr_factor(s, total, warmup, "linear", final) for s in range(warmup, total)]
+    assert steps.lr_factor(0, total, warmup, "linear", final, 0.0) == pytest.approx(1 / warmup)
+
+
 def test_airnet_is_the_peer_network():
     """Same layers, shapes and initialisation rules as the port of airbench93 (benchmarks/airbench93.py):
     with the port's weights copied in order, airnet's features are the port's input to its linear head."""
@@ -143,9 +154,11 @@ def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_
     hyp = bench.airbench93.HYP
     peer = make_config(bench.PEER_AS_CONFIG)
     assert (peer.train.lr, peer.train.momentum, peer.train.weight_decay, peer.train.bn_bias_lr, peer.train.batch_size,
-            peer.train.label_smoothing, peer.train.final_lr, peer.train.lookahead, peer.data.crop_padding) == \
+            peer.train.label_smoothing, peer.train.final_lr, peer.train.lookahead, peer.data.crop_padding,
+            peer.model.whiten_bias_epochs, peer.train.warmup_start, peer.data.crop_padding_mode) == \
         (hyp["lr"], hyp["momentum"], hyp["weight_decay"], hyp["bias_scaler"], hyp["batch_size"],
-         hyp["label_smoothing"], hyp["end_lr"], hyp["lookahead_every"], hyp["translate"])
+         hyp["label_smoothing"], hyp["end_lr"], hyp["lookahead_every"], hyp["translate"],
+         hyp["whiten_bias_epochs"], 0.2, "reflect")
     for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-head"):
         recipe = make_config(bench.recipe_config(name))
         assert recipe.model.arch == "airnet" and recipe.train.decoupled and recipe.model.fixed

@@ -15,6 +15,7 @@ import yaml
 
 from . import files, zoo
 from .data import DATASETS, check_num_classes
+from .data.pipeline import PADDING_MODES
 from .errors import UserError, shown
 from .heads import INITS, SIMILARITIES
 from .many_classes import VECTORS
@@ -37,6 +38,7 @@ class DataConfig:
     val_fraction: float = 0.0  # held out of train; 0.1 is used when the schedule or selection needs one
     augment: bool = True  # random crops (and flips) of the training images
     crop_padding: Optional[int] = None  # None: image side // 8 (4 at 32 px)
+    crop_padding_mode: str = "zeros"  # what the crop pads with: zeros (black) or reflect (mirrored edge; airbench)
     flip: Optional[bool] = None  # None: the dataset's default (no flips for digits)
     alternating_flip: bool = False  # mirror each image in every other epoch instead of at random
 
@@ -75,6 +77,7 @@ class TrainConfig:
     schedule: str = "linear"  # linear: warm-up then decay to 0; plateau: x0.2 after 3 epochs without better val loss
     plateau_on: str = "loss"  # what the plateau schedule watches on validation: loss (min) or acc (max, the authors')
     warmup_epochs: float = 1.0  # linear warm-up length (not for plateau)
+    warmup_start: float = 0.0  # the warm-up starts at this fraction of the peak lr (airbench: 0.2)
     final_lr: float = 0.0  # the linear and cosine schedules end at this fraction of the peak lr (airbench: 0.07)
     label_smoothing: float = 0.0  # of the cross-entropy
     lookahead: int = 0  # sync slow and fast weights every this many steps (airbench: 5); 0: off
@@ -101,6 +104,7 @@ class Config:
 
 CHOICES = {
     "data.name": tuple(DATASETS),
+    "data.crop_padding_mode": PADDING_MODES,
     "model.arch": (*ENCODERS, "timm:NAME", "torchvision:NAME"),
     "model.similarity": SIMILARITIES,
     "model.init": tuple(INITS),
@@ -160,6 +164,7 @@ RANGES = {
     "train.head_weight_decay": _within(0, 1, optional=True),
     "train.warmup_epochs": _within(0, 100_000),
     "train.final_lr": _within(0, 1),
+    "train.warmup_start": _within(0, 1),
     "train.bn_bias_lr": _within(0, 10_000, low_open=True),
     "train.label_smoothing": _within(0, 1, high_open=True),
     "train.lookahead": _count(0, 1_000_000, note=" (0: off)"),

@@ -66,13 +66,13 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
                            nesterov=train_cfg.nesterov and train_cfg.momentum > 0)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step` of `total`; linear and cosine
-    decay to `final` (a fraction of the peak)."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float = 0.0, start: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` of `total`: a linear warm-up from
+    `start` (a fraction of the peak) over `warmup` steps, then linear and cosine decay to `final`."""
     if schedule == "plateau":
         return 1.0  # ReduceLROnPlateau acts per epoch on validation loss
     if step < warmup:
-        return (step + 1) / warmup
+        return start + (1 - start) * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     if schedule == "cosine":
         return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -169,7 +169,7 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     epochs = planned_epochs(tc, images_per_epoch(data["train"]))
     steps, warmup = epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule, tc.final_lr))
+        optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule, tc.final_lr, tc.warmup_start))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if tc.plateau_on == "loss" else "max",
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)

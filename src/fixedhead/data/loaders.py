@@ -26,6 +26,9 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     mean, std = channel_stats(train_images)
     side = train.images.shape[-1]
     padding = data_cfg.crop_padding if data_cfg.crop_padding is not None else max(1, side // 8)
+    if data_cfg.crop_padding_mode == "reflect" and data_cfg.augment and padding >= side:
+        raise UserError(f"data.crop_padding_mode=reflect mirrors the image's edge, so data.crop_padding must be "
+                        f"below the image side ({side} px), got {padding}; lower it or use zeros")
     flip = DATASETS[data_cfg.name].flip if data_cfg.flip is None else data_cfg.flip
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     out = {"classes": train.classes, "mean": mean, "std": std, "in_channels": train.images.shape[1],
@@ -33,7 +36,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True,
                                drop_last=len(train_labels) > batch_size,
                                crop_padding=padding if data_cfg.augment else 0, flip=flip and data_cfg.augment,
-                               alternating_flip=data_cfg.alternating_flip,
+                               alternating_flip=data_cfg.alternating_flip, crop_padding_mode=data_cfg.crop_padding_mode,
                                **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+PADDING_MODES = ("zeros", "reflect")  # what a random crop pads with (torch's names; reflect: airbench)
+
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale."""
@@ -32,10 +34,11 @@ def split_validation(num_items: int, fraction: float, labels: torch.Tensor, seed
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by `padding`, then cut each image at its own random offset (B, C, H, W) -> same."""
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator, mode: str = "zeros") -> torch.Tensor:
+    """Pad by `padding` (zeros, or the edge mirrored: reflect), then cut each image at its own random
+    offset (B, C, H, W) -> same."""
     batch, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    padded = torch.nn.functional.pad(images, (padding,) * 4, mode="constant" if mode == "zeros" else mode)
     dy, dx = (torch.randint(0, 2 * padding + 1, (2, batch), generator=generator)).to(images.device)
     rows = (dy[:, None] + torch.arange(height, device=images.device))[:, :, None]  # (B, H, 1)
     cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, :]  # (B, 1, W)
@@ -56,11 +59,13 @@ class BatchLoader:
     """
 
     def __init__(self, images, labels, batch_size, mean, std, device="cpu", shuffle=False,
-                 crop_padding=0, flip=False, drop_last=False, channels_last=False, alternating_flip=False):
+                 crop_padding=0, flip=False, drop_last=False, channels_last=False, alternating_flip=False,
+                 crop_padding_mode="zeros"):
         self.images, self.labels = images.to(device), labels.to(device)
         self.alternating_flip = alternating_flip
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip, self.channels_last = crop_padding, flip, channels_last
+        self.crop_padding_mode = crop_padding_mode
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
@@ -93,7 +98,7 @@ class BatchLoader:
             index = order[start:start + self.batch_size]
             images = self.images[index]
             if self.crop_padding:
-                images = random_crop(images, self.crop_padding, generator)
+                images = random_crop(images, self.crop_padding, generator, self.crop_padding_mode)
             if self.flip:
                 images = flip_where(images, mirrored[index] if self.alternating_flip
                                     else torch.rand(len(images), generator=generator) < 0.5)
