@@ -102,6 +102,29 @@ def test_the_warm_up_can_start_above_zero_as_the_peers_does():
     assert steps.lr_factor(0, total, warmup, "linear", final, 0.0) == pytest.approx(1 / warmup)
 
 
+def test_flip_shift_tta_is_the_peers_level_two_tta():
+    """train.tta=flip-shift averages the same six views with the same weights as airbench's TTA level 2:
+    labels taken from our averaged logits are all right under the port's evaluate, and plain-view labels are not."""
+    from fixedhead.evaluate import tta_views
+
+    port = _port()
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 5)).double().eval()
+    images = torch.randn(64, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        ours = sum(weight * net(view) for weight, view in tta_views(images, "flip-shift")).argmax(1)
+        plain = net(images).argmax(1)
+
+    class Batches(list):
+        labels = None
+
+    for labels, expected in ((ours, 1.0), (plain, (plain == ours).double().mean().item())):
+        loader = Batches([(images, labels)])
+        loader.labels = labels
+        assert port.evaluate(net, loader, tta=True, bf16=False) == expected
+    assert not torch.equal(plain, ours)  # the views matter for this net, so the first check could fail
+
+
 def test_airnet_is_the_peer_network():
     """Same layers, shapes and initialisation rules as the port of airbench93 (benchmarks/airbench93.py):
     with the port's weights copied in order, airnet's features are the port's input to its linear head."""
