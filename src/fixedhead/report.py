@@ -25,7 +25,7 @@ from .errors import UserError
 from .files import read_yaml, write_text
 from .intervals import difference_ci, mean_ci, summarise
 from .robustness import read_evaluation
-from .runs import DIVERGENCE_RULE, SELECT_BY, SweepDir, diverged
+from .runs import DIVERGENCE_RULE, SELECT_BY, SweepDir, diverged, num_classes, precision
 from .tables import markdown_table
 
 
@@ -75,13 +75,14 @@ def collect(root) -> list[dict]:
         final = run.final() or {}
         record = {"run": run.path.name, "status": final.get("status", "unfinished"), **upgrade(run.read_config())}
         record["variant"] = str(run.read_sweep_info().get("variant", ""))
-        record["precision"] = run.precision() or "not recorded"
+        meta = run.read_meta()
+        record["precision"] = precision(meta) or "not recorded"
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
         losses = final.get("train_losses")
         if isinstance(losses, list) and losses and all(isinstance(v, (int, float)) for v in losses):
             record["train_loss"] = losses[-1]  # the last epoch's mean training loss (the divergence rule's)
             if record["status"] in ("finished", "diverged"):  # today's rule, also for runs trained under an older one
-                record["status"] = "diverged" if diverged(tuple(losses), run.num_classes()) else "finished"
+                record["status"] = "diverged" if diverged(tuple(losses), num_classes(meta)) else "finished"
         analysis = run.read_analysis() or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
         evaluation = read_evaluation(run.evaluation_path) if run.evaluation_path.exists() else {}

@@ -204,24 +204,15 @@ class RunDir:
     def record_resume(self, epoch: int, device: str, bf16: bool) -> bool | None:
         """Add to meta.json's `resumed` list where and in which precision training went on after `epoch`;
         returns the bf16 the run started with (None when meta.json does not say)."""
-        meta = self._read_mapping(self.meta_path) or {}
+        meta = self.read_meta()
         resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
         meta["resumed"] = [*resumed, {"epoch": epoch, "device": device, "bf16": bf16}]
         self.write_meta(meta)
         return meta.get("bf16") if isinstance(meta.get("bf16"), bool) else None
 
-    def precision(self) -> str | None:
-        """How the run computed, from meta.json: "bf16" or "float32" (train.bf16 auto resolves per machine),
-        "bf16 + float32" when it was resumed in the other one; None when meta.json does not say."""
-        meta = self._read_mapping(self.meta_path) or {}
-        resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
-        used = {entry.get("bf16") for entry in [meta, *resumed] if isinstance(entry, dict)} & {True, False}
-        return " + ".join(name for flag, name in ((True, "bf16"), (False, "float32")) if flag in used) or None
-
-    def num_classes(self) -> int | None:
-        """The number of classes meta.json lists, or None (no meta.json, or no list of classes in it)."""
-        classes = (self._read_mapping(self.meta_path) or {}).get("classes")
-        return len(classes) if isinstance(classes, list) else None
+    def read_meta(self) -> dict:
+        """meta.json as a mapping ({} when absent); read it with precision() and num_classes() below."""
+        return self._read_mapping(self.meta_path) or {}
 
     def write_final(self, final: dict) -> None:
         self._write_json(self.final_path, final)
@@ -347,3 +338,17 @@ class SweepDir:
 
     def write_experiment(self, experiment: dict) -> None:
         write_yaml(self.experiment_path, experiment)
+
+
+def precision(meta: dict) -> str | None:
+    """How a run computed, from its meta.json: "bf16" or "float32" (train.bf16 auto resolves per machine),
+    "bf16 + float32" when it was resumed in the other one; None when meta.json does not say."""
+    resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
+    used = {entry.get("bf16") for entry in [meta, *resumed] if isinstance(entry, dict)} & {True, False}
+    return " + ".join(name for flag, name in ((True, "bf16"), (False, "float32")) if flag in used) or None
+
+
+def num_classes(meta: dict) -> int | None:
+    """The number of classes a run's meta.json lists, or None (no list of classes in it)."""
+    classes = meta.get("classes")
+    return len(classes) if isinstance(classes, list) else None
