@@ -34,6 +34,8 @@ def test_yaml_file(tmp_path):
     ({"train.epochs": 2.5}, "train.epochs must be an integer"),
     ({"model.fixed": "maybe"}, "model.fixed must be true or false"),
     ({"seed.x": 1}, "unknown config key"),
+    ({"train.warmup_start": 0.2, "train.warmup_epochs": 0}, "train.warmup_start=0.2 sets where the warm-up starts"),
+    ({"train.warmup_start": 0.2, "train.schedule": "plateau"}, "has none"),
 ])
 def test_bad_values_name_the_key_and_the_choices(layer, match):
     with pytest.raises(UserError, match=match):

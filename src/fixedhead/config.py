@@ -329,6 +329,9 @@ def validate(config: Config) -> None:
     if config.model.whiten_bias_epochs is not None and config.model.whiten == "none":
         raise UserError("model.whiten_bias_epochs stops training the whitened first convolution's bias; it needs "
                         "model.whiten init or frozen")
+    if config.train.warmup_start > 0 and (config.train.schedule == "plateau" or config.train.warmup_epochs == 0):
+        raise UserError(f"train.warmup_start={config.train.warmup_start} sets where the warm-up starts, but this run "
+                        "has none (train.warmup_epochs=0 or train.schedule=plateau); give it a warm-up or leave it at 0")
     _check_vectors(config)
     check_tracker(config.train.log)
 
