@@ -27,3 +27,11 @@ def test_recipe_on_validation_scores_one_training_run_under_each_tta():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result["val_acc"]) == {"none", "shift"} and result["epochs"] == 2
     assert all(0.5 < acc <= 1 for acc in result["val_acc"].values())  # 10 digits: chance is 0.1
+
+
+def test_airnet_step_times_the_peers_net_and_ours_in_one_process():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), "--batch", "16", "--rounds", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if "x the peer's" in line]
+    assert len(rows) == 3 and rows[0].rstrip().endswith("1.000x the peer's")

@@ -1,0 +1,91 @@
+"""One training step of airbench93's network, three ways, interleaved in one process: the peer's port with
+its learned linear head (x 1/9), the port with fixedhead's fixed cosine head (S = 16), and fixedhead's own
+`airnet` encoder with that head (optionally torch.compile'd). Batch 1,024 of random images, the peer's loss
+(label smoothing 0.2, summed), Nesterov SGD; the stem frozen as after the peer's third epoch.
+
+Question (issue 17): is a fixed cosine head dearer per step than the peer's linear one, and is our encoder
+the peer's network at the peer's cost? Times are medians over rounds that alternate the order, so the
+ratios share the machine's drift (about 10% within an hour here).
+
+    python benchmarks/airnet_step.py [--rounds 12] [--bf16 auto|on|off] [--compile] [--batch 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import airbench93  # noqa: E402  (the peer, beside this file)
+
+from fixedhead import ClassHead, Classifier, build_encoder  # noqa: E402
+from fixedhead.devices import native_bf16  # noqa: E402
+
+
+def ours(compile_it: bool) -> torch.nn.Module:
+    encoder = build_encoder("airnet", 3, 32)
+    encoder.body[0].requires_grad_(False)
+    net = Classifier(encoder, ClassHead(encoder.num_features, 10, "cosine", fixed=True, scale=16.0))
+    net = net.to(memory_format=torch.channels_last)
+    return torch.compile(net) if compile_it else net
+
+
+def peer(head: str) -> torch.nn.Module:
+    net = airbench93.make_net(head)
+    net[0].requires_grad_(False)
+    return net
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--compile", action="store_true", help="add fixedhead's airnet under torch.compile")
+    parser.add_argument("--batch", type=int, default=1024, help="images per step (the peer's 1,024)")
+    args = parser.parse_args()
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(torch.device("cpu")))
+    torch.manual_seed(0)
+    nets = {"peer, linear head": peer("linear"), "peer, fixed cosine head": peer("cosine-fixed"),
+            "fixedhead airnet, fixed cosine head": ours(False)}
+    if args.compile:
+        nets["the same, torch.compile"] = ours(True)
+    images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (args.batch,))
+    optimizers = {name: torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.85,
+                                        nesterov=True) for name, net in nets.items()}
+
+    def step(name: str) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            logits = nets[name](images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.2, reduction="sum")
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+        return time.perf_counter() - start
+
+    for name in nets:  # warm-up (and compilation) untimed
+        step(name), step(name)
+    times = {name: [] for name in nets}
+    for r in range(args.rounds):
+        for name in (list(nets) if r % 2 == 0 else list(nets)[::-1]):
+            times[name].append(step(name))
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{'bf16 autocast' if bf16 else 'float32'}, batch {args.batch:,}, {args.rounds} interleaved rounds")
+    base = statistics.median(times["peer, linear head"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        quartiles = statistics.quantiles(values, n=4)
+        print(f"{name:38s} median {median:.3f} s (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}), "
+              f"{median / base:.3f}x the peer's")
+
+
+if __name__ == "__main__":
+    main()
