@@ -50,8 +50,8 @@ def test_a_built_wheel_runs_its_commands_without_the_clone(tmp_path):
     where = run("-c", "import fixedhead; print(fixedhead.__file__)").stdout.strip()
     assert where.startswith(str(target)), where
     assert "usage: fixedhead demo" in run("-m", "fixedhead", "demo", "--help").stdout
-    listed = run("-m", "fixedhead", "sweep", "paper/table1", "--out", "o", "--dry-run").stderr
+    listed = run("-m", "fixedhead", "sweep", "paper/table1", "--out", "o", "--dry-run").stdout
     assert "runs planned" in run("-m", "fixedhead", "sweep", "configs/mini/table3.yaml", "--out", "o",
-                                 "--dry-run").stdout + listed
+                                 "--dry-run").stdout
     assert "authors-dot-learned" in listed or "seed=0" in listed
     run("-c", "import fixedhead.data as d; assert len(d.load('fashion-mnist-mini', split='test').labels) == 2000")

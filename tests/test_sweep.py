@@ -73,7 +73,10 @@ def test_bad_shard_specs(spec):
 def test_cli_dry_run_and_bad_shard(tmp_path, capsys):
     path = write(tmp_path, EXPERIMENT)
     assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--shard", "2/3"]) == 0
-    assert "3 runs planned" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "3 runs planned" and len(out) == 4 and not (tmp_path / "o").exists()
+    expected = shard(expand(load_experiment(path)), *parse_shard("2/3"))
+    assert [line.split()[0] for line in out[:-1]] == [r.name for r in expected]
     assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--shard", "3/2"]) == 2
     assert "--shard takes i/n" in capsys.readouterr().err
 

@@ -246,7 +246,9 @@ def _sweep(args) -> int:
         from .files import write_json
 
         write_json(args.summary, summary)
-    if args.dry_run:
+    if args.dry_run:  # the plan is the output: on stdout, one run a line, the count last
+        for name, overrides in zip(summary["planned"], summary["overrides"]):
+            print(f"{name}  {overrides}")
         print(f"{len(summary['planned'])} runs planned")
         return 0
     busy = f", {len(summary['busy'])} in use by another process" if summary["busy"] else ""

@@ -217,7 +217,8 @@ def _after(run_dir: Path, experiment: dict, log) -> None:
 def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, shard_spec: str | None = None,
               dry_run: bool = False, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Run (or list) this shard's runs; finished runs are skipped, interrupted ones resumed, failures
-    recorded and passed over. Returns {"planned", "finished", "skipped", "failed"} run names."""
+    recorded and passed over. Returns {"planned", "finished", "skipped", "failed", "busy"} run names; a dry
+    run trains nothing and returns "overrides" too, each planned run's, in order."""
     from .trackers import Progress
     from .train import fit
 
@@ -225,9 +226,7 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     planned = shard(expand(experiment), *parse_shard(shard_spec))
     summary = {"planned": [r.name for r in planned], "finished": [], "skipped": [], "failed": [], "busy": []}
     if dry_run:
-        for run in planned:
-            log(f"{run.name}  {run.overrides}")
-        return summary
+        return {**summary, "overrides": [run.overrides for run in planned]}
     configs = [make_config(experiment["base"], run.overrides) for run in planned]
     _check_devices({config.train.device for config in configs})
     sweep_dir = SweepDir(out)
