@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from fixedhead import fit
-from fixedhead.config import TTA_MODES, make_config, parse_overrides
+from fixedhead.accepted import TTA_MODES
+from fixedhead.config import make_config, parse_overrides
 from fixedhead.data.loaders import prepare
 from fixedhead.devices import native_bf16
 from fixedhead.evaluate import load_run_model, predict, scores

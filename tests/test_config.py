@@ -3,7 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixedhead.config import RANGES, Config, all_keys, flat, make_config, parse_overrides, read_yaml, to_dict
+from fixedhead.accepted import RANGES
+from fixedhead.config import Config, all_keys, flat, make_config, parse_overrides, read_yaml, to_dict
 from fixedhead.errors import UserError
 
 

@@ -38,7 +38,8 @@ TRAIN_HELP = {
 
 
 def _add_train(sub):
-    from .config import CHOICES, RANGES, WORDS, Config, flat
+    from .accepted import CHOICES, RANGES, WORDS
+    from .config import Config, flat
 
     defaults = flat(Config())
     p = sub.add_parser("train", help="train one run into --out")

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data, metrics
-from .config import TTA_MODES, make_config, saved_config, upgrade
+from .accepted import TTA_MODES
+from .config import make_config, saved_config, upgrade
 from .data.pipeline import BatchLoader
 from .devices import autocast, resolve_device
 from .errors import UserError, reason

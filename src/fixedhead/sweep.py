@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import MAX_SEED, PLACE_KEYS, differences, make_config, saved_config
+from .accepted import MAX_SEED
+from .config import PLACE_KEYS, differences, make_config, saved_config
 from .devices import EMULATED_BF16, emulated_bf16, resolve_device
 from .errors import UserError, reason, shown
 from .files import read_yaml
