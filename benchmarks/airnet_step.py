@@ -8,6 +8,10 @@ the peer's network at the peer's cost? Times are medians over rounds that altern
 ratios share the machine's drift (about 10% within an hour here).
 
     python benchmarks/airnet_step.py [--rounds 12] [--bf16 auto|on|off] [--compile] [--batch 1024]
+
+With --loader it times the other half of an epoch instead: one pass of augmentation over 50,000 random
+uint8 images through fixedhead's BatchLoader (the recipe's settings: batch 1,024, 2-pixel reflect-padded
+translations, alternating flips, channels-last) and through the port's Loader, interleaved, no network.
 """
 
 from __future__ import annotations
@@ -43,13 +47,50 @@ def peer(head: str) -> torch.nn.Module:
     return net
 
 
+def time_loaders(rounds: int, count: int) -> dict:
+    """Seconds of one augmented training epoch per round, for each loader; the first round is untimed (the
+    port pads the whole set in its first epoch)."""
+    from fixedhead.data.pipeline import BatchLoader
+
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,))
+    ours = BatchLoader(images, labels, 1024, airbench93.MEAN, airbench93.STD, shuffle=True, crop_padding=2,
+                       flip=True, drop_last=True, channels_last=True, alternating_flip=True,
+                       crop_padding_mode="reflect")
+    port = airbench93.Loader(images, labels, 1024, train=True)
+    passes = {"fixedhead BatchLoader": lambda e: sum(1 for _ in ours.epoch(0, e)),
+              "the port's Loader": lambda e: sum(1 for _ in port)}
+    times = {name: [] for name in passes}
+    for r in range(rounds + 1):
+        for name in (list(passes) if r % 2 == 0 else list(passes)[::-1]):
+            start = time.perf_counter()
+            passes[name](r)
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(times: dict, base: str, what: str) -> None:
+    reference = statistics.median(times[base])
+    for name, values in times.items():
+        median = statistics.median(values)
+        low, high = (min(values), max(values)) if len(values) < 4 else statistics.quantiles(values, n=4)[::2]
+        print(f"{name:38s} median {median:.3f} s (quartiles {low:.3f}-{high:.3f}), {median / reference:.3f}x {what}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--compile", action="store_true", help="add fixedhead's airnet under torch.compile")
     parser.add_argument("--batch", type=int, default=1024, help="images per step (the peer's 1,024)")
+    parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
+    parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
+    if args.loader:
+        print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+              f"one epoch of {args.images:,} images, {args.rounds} interleaved rounds")
+        return report(time_loaders(args.rounds, args.images), "the port's Loader", "the port's")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(torch.device("cpu")))
     torch.manual_seed(0)
     nets = {"peer, linear head": peer("linear"), "peer, fixed cosine head": peer("cosine-fixed"),
@@ -79,12 +120,7 @@ def main():
             times[name].append(step(name))
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'bf16 autocast' if bf16 else 'float32'}, batch {args.batch:,}, {args.rounds} interleaved rounds")
-    base = statistics.median(times["peer, linear head"])
-    for name, values in times.items():
-        median = statistics.median(values)
-        quartiles = statistics.quantiles(values, n=4)
-        print(f"{name:38s} median {median:.3f} s (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}), "
-              f"{median / base:.3f}x the peer's")
+    report(times, "peer, linear head", "the peer's")
 
 
 if __name__ == "__main__":

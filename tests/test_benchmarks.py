@@ -35,3 +35,8 @@ def test_airnet_step_times_the_peers_net_and_ours_in_one_process():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if "x the peer's" in line]
     assert len(rows) == 3 and rows[0].rstrip().endswith("1.000x the peer's")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), "--loader", "--images", "3072",
+                           "--rounds", "2"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if "x the port's" in line]
+    assert len(rows) == 2 and rows[1].startswith("the port's Loader") and rows[1].rstrip().endswith("1.000x the port's")
