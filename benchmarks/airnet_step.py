@@ -8,6 +8,7 @@ the peer's network at the peer's cost? Times are medians over rounds that altern
 ratios share the machine's drift (about 10% within an hour here).
 
     python benchmarks/airnet_step.py [--rounds 12] [--bf16 auto|on|off] [--compile] [--batch 1024]
+                                     [--also airnet-small ...]   # more of fixedhead's encoders, same head
 
 With --loader it times the other half of an epoch instead: one pass of augmentation over 50,000 random
 uint8 images through fixedhead's BatchLoader (the recipe's settings: batch 1,024, 2-pixel reflect-padded
@@ -33,8 +34,8 @@ from fixedhead import ClassHead, Classifier, build_encoder  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 
 
-def ours(compile_it: bool) -> torch.nn.Module:
-    encoder = build_encoder("airnet", 3, 32)
+def ours(compile_it: bool, arch: str = "airnet") -> torch.nn.Module:
+    encoder = build_encoder(arch, 3, 32)
     encoder.body[0].requires_grad_(False)
     net = Classifier(encoder, ClassHead(encoder.num_features, 10, "cosine", fixed=True, scale=16.0))
     net = net.to(memory_format=torch.channels_last)
@@ -84,6 +85,8 @@ def main():
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--compile", action="store_true", help="add fixedhead's airnet under torch.compile")
     parser.add_argument("--batch", type=int, default=1024, help="images per step (the peer's 1,024)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="ARCH",
+                        help="more fixedhead encoders with the same head, e.g. airnet-small")
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
@@ -95,6 +98,8 @@ def main():
     torch.manual_seed(0)
     nets = {"peer, linear head": peer("linear"), "peer, fixed cosine head": peer("cosine-fixed"),
             "fixedhead airnet, fixed cosine head": ours(False)}
+    for arch in args.also:
+        nets[f"fixedhead {arch}, fixed cosine head"] = ours(False, arch)
     if args.compile:
         nets["the same, torch.compile"] = ours(True)
     images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)

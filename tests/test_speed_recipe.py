@@ -156,6 +156,37 @@ def test_airnet_convolutions_start_as_identities_and_the_stem_takes_all_whitenin
     torch.testing.assert_close(stem.weight, whitening_filters(images, 2))  # 12-d patches: all 24 filters used
 
 
+def _conv_macs(encoder) -> int:
+    """Multiply-adds of the encoder's convolutions for one 32-px image, counted from the outputs it makes."""
+    total = []
+    hooks = [m.register_forward_hook(lambda m, i, o: total.append(o[0].numel() * m.in_channels * m.kernel_size[0]
+                                                                  * m.kernel_size[1]))
+             for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    encoder(torch.randn(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    return sum(total)
+
+
+def test_airnet_small_is_airnet_at_three_quarter_width_and_six_tenths_of_its_multiply_adds():
+    full, small = build_encoder("airnet"), build_encoder("airnet-small")
+    assert [type(m) for m in small.modules()] == [type(m) for m in full.modules()]
+    assert [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)] == [24, 48, 48, 96, 96, 96, 96]
+    assert small.num_features == 96 and small(torch.randn(2, 3, 32, 32)).shape == (2, 96)
+
+    def by_hand(widths):  # the 2x2 stem on 32 px gives 31 px; each block: 3x3 conv, max-pool (halves), 3x3 conv
+        total, side, cin = 24 * 3 * 2 * 2 * 31 * 31, 31, 24
+        for width in widths:
+            total += width * cin * 9 * side * side
+            side //= 2
+            total += width * width * 9 * side * side
+            cin = width
+        return total
+
+    assert _conv_macs(full) == by_hand((64, 128, 128)) and _conv_macs(small) == by_hand((48, 96, 96))
+    assert 0.58 < _conv_macs(small) / _conv_macs(full) < 0.63
+
+
 def test_airnet_trains_with_the_recipe_keys(tmp_path):
     from fixedhead import fit
 

@@ -209,3 +209,9 @@ def fastnet_small(in_channels=3, **_):
 def fastnet_wide(in_channels=3, **_):
     """The GPU fast encoder: widths of a ResNet-9 (64-128-256-512), about 4x fastnet's compute."""
     return FastNet(in_channels, widths=(64, 128, 256, 512))
+
+
+def airnet_small(in_channels=3, **_):
+    """airnet at 3/4 width (48-96-96): about 0.6x its multiply-adds (the convolutions' cost goes with the
+    square of the width), the candidate for issue 17's "88% in 0.6x the peer's time" (docs/speed.md)."""
+    return AirNet(in_channels, widths=(48, 96, 96))
