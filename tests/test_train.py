@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import write_image_folder
 from fixedhead import class_vectors, fit, steps
 from fixedhead.config import make_config
 from fixedhead.errors import UserError
@@ -97,11 +98,14 @@ def test_a_run_that_ends_no_better_than_a_uniform_guess_is_diverged(tmp_path):
     assert final["status"] == "diverged"
 
 
-def test_imagefolder_training_learns_colour_classes(image_folder, tmp_path):
-    config = make_config({"data.name": "imagefolder", "data.data_dir": str(image_folder), "model.arch": "resnet20",
+def test_imagefolder_training_learns_colour_classes(tmp_path):
+    """24 images a class (72 steps): with 6 a class (18 steps) the batch-norm running statistics lagged so far
+    that eval-mode accuracy was 1/3 on an Intel AMX machine for some seeds, though the training loss was 0.12."""
+    folder = write_image_folder(tmp_path / "images", per_class=24)
+    config = make_config({"data.name": "imagefolder", "data.data_dir": str(folder), "model.arch": "resnet20",
                           "train.epochs": 6, "train.batch_size": 6, "train.lr": 0.05})
     final = fit(config, tmp_path / "run", verbose=False)
-    assert final["num_test"] == 18 and final["test_acc"] > 0.6  # chance is 1/3
+    assert final["num_test"] == 72 and final["test_acc"] > 0.6  # chance is 1/3
 
 
 def test_interrupted_epoch_sums_follow_each_rank_or_fall_to_rank_zero():
