@@ -76,7 +76,7 @@ def report(times: dict, base: str, what: str) -> None:
     for name, values in times.items():
         median = statistics.median(values)
         low, high = (min(values), max(values)) if len(values) < 4 else statistics.quantiles(values, n=4)[::2]
-        print(f"{name:38s} median {median:.3f} s (quartiles {low:.3f}-{high:.3f}), {median / reference:.3f}x {what}")
+        print(f"{name:42s} median {median:.3f} s (quartiles {low:.3f}-{high:.3f}), {median / reference:.3f}x {what}")
 
 
 def main():
