@@ -32,6 +32,7 @@ import airbench93  # noqa: E402  (the peer, beside this file)
 
 from fixedhead import ClassHead, Classifier, build_encoder  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
+from fixedhead.models import ENCODERS  # noqa: E402
 
 
 def ours(compile_it: bool, arch: str = "airnet") -> torch.nn.Module:
@@ -85,7 +86,7 @@ def main():
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--compile", action="store_true", help="add fixedhead's airnet under torch.compile")
     parser.add_argument("--batch", type=int, default=1024, help="images per step (the peer's 1,024)")
-    parser.add_argument("--also", nargs="+", default=[], metavar="ARCH",
+    parser.add_argument("--also", nargs="+", default=[], metavar="ARCH", choices=sorted(ENCODERS),
                         help="more fixedhead encoders with the same head, e.g. airnet-small")
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
