@@ -422,6 +422,11 @@ VALUE_CASES = {
     "the old command name evaluate": lambda c: ["evaluate", str(c.run())],
     "experiment report rows that are a number": lambda c: _sweep_file(c, "grid: {train.lr: [0.1]}\nreport: {rows: 3}\n"),
     "experiment that is a list": lambda c: _sweep_file(c, "- grid\n"),
+    "experiment whose base_from names itself": lambda c: _sweep_file(c, "base_from: e.yaml\ngrid: {train.lr: [0.1]}\n"),
+    "experiment whose base_from is missing": lambda c: _sweep_file(c, "base_from: nowhere.yaml\ngrid: {train.lr: [0.1]}\n"),
+    "experiment whose base_from climbs out of the shipped files": lambda c: _sweep_file(
+        c, "base_from: configs/../../../etc/passwd\ngrid: {train.lr: [0.1]}\n"),
+    "experiment whose base_from is a list": lambda c: _sweep_file(c, "base_from: [a.yaml]\ngrid: {train.lr: [0.1]}\n"),
     "colour images for a grey run": _rgb_folder_for_grey_run,
     "offline Fashion-MNIST download": lambda c: _offline(c, ["data", "download", "fashion-mnist", "--data-dir",
                                                             str(c.tmp / "new" / "dl")]),

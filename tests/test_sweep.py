@@ -4,17 +4,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from scipy import stats
 
+import fixedhead
 from fixedhead.cli import main
 from fixedhead.errors import UserError
+from fixedhead.experiments import load_experiment
 from fixedhead.intervals import difference_ci
 from fixedhead.report import write_report
-from fixedhead.sweep import expand, load_experiment, parse_shard, run_sweep, shard
+from fixedhead.sweep import expand, parse_shard, run_sweep, shard
 
 EXPERIMENT = {
     "name": "t",
@@ -533,3 +536,45 @@ def test_a_missing_dataset_is_one_error_before_any_run(tmp_path, capsys):
     folder.mkdir()
     assert main(["sweep", str(experiment), "--out", str(tmp_path / "out"), "--set", f"data.data_dir={folder}"]) == 2
     assert "missing file" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_base_from_starts_from_the_named_files_base_and_this_files_keys_win(tmp_path):
+    (tmp_path / "parts").mkdir()
+    write(tmp_path / "parts", {"base": {"data.name": "digits", "train.epochs": 2, "train.lr": 0.5},
+                               "variants": {"x": {}}}, "root.yaml")
+    write(tmp_path / "parts", {"base_from": "root.yaml", "base": {"train.lr": 0.2, "train.batch_size": 64},
+                               "variants": {"y": {}}}, "middle.yaml")
+    leaf = write(tmp_path, {"base_from": "parts/middle.yaml", "base": {"train.batch_size": 32},
+                            "variants": {"z": {}}, "seeds": 1})
+    experiment = load_experiment(leaf, sets={"train.epochs": "3"})
+    # resolved beside each file that names it, parents first, then each child's keys, then --set
+    assert experiment["base"] == {"data.name": "digits", "train.epochs": "3", "train.lr": 0.2, "train.batch_size": 32}
+    assert "base_from" not in experiment  # the record a sweep leaves in --out stands alone
+    assert [r.variant for r in expand(experiment)] == ["z"]  # only the base is inherited
+
+
+def test_base_from_is_read_beside_the_file_not_in_the_working_folder(tmp_path, monkeypatch):
+    write(tmp_path, {"base": {"train.lr": 0.5}, "variants": {"x": {}}}, "root.yaml")
+    (tmp_path / "elsewhere").mkdir()
+    leaf = write(tmp_path / "elsewhere", {"base_from": "root.yaml", "variants": {"z": {}}})
+    monkeypatch.chdir(tmp_path)  # root.yaml is in the working folder, but not beside leaf
+    with pytest.raises(UserError, match="neither a file beside it nor a shipped experiment"):
+        load_experiment(leaf)
+
+
+def test_base_from_in_a_circle_is_one_error(tmp_path):
+    write(tmp_path, {"base_from": "b.yaml", "variants": {"x": {}}}, "a.yaml")
+    write(tmp_path, {"base_from": "a.yaml", "variants": {"x": {}}}, "b.yaml")
+    with pytest.raises(UserError, match="circle"):
+        load_experiment(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("name", ["speed/cpu-fast-epochs", "speed/cpu-fast-small"])
+def test_shipped_files_built_on_cpu_fast_differ_from_it_only_where_they_say(name):
+    """Recomputed from the YAML text alone: cpu-fast's base, then the file's own base, key by key."""
+    shipped = Path(fixedhead.__file__).parent / "configs"
+    recipe = yaml.safe_load((shipped / "speed/cpu-fast.yaml").read_text())
+    child = yaml.safe_load((shipped / f"{name}.yaml").read_text())
+    assert child["base_from"] == "cpu-fast.yaml"
+    assert load_experiment(name)["base"] == {**recipe["base"], **child["base"]}
+    assert set(child["base"]) <= {"data.val_fraction", "model.arch"}  # validation only; a narrower net at most

@@ -290,7 +290,7 @@ def latex(table: dict) -> str:
 
 def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
     """The experiment's report layouts (one or a list), with rows, columns and metrics filled in."""
-    from .sweep import report_layouts
+    from .experiments import report_layouts
 
     varying = [k for k in (experiment.get("grid") or {})]
     layouts = []
@@ -316,7 +316,7 @@ def write_report(root) -> dict:
         raise UserError(f"{root} holds no finished runs ({len(records)} run folders); run fixedhead sweep first")
     experiment = {}
     if sweep_dir.experiment_path.exists():
-        from .sweep import check_experiment
+        from .experiments import check_experiment
 
         experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
     layouts = default_layouts(records, experiment)

@@ -1,13 +1,6 @@
-"""Experiment files -> runs: grid expansion, deterministic names, shards, skip finished, resume the rest.
+"""Experiment -> runs: grid expansion, deterministic names, shards, skip finished, resume the rest.
 
-An experiment file (YAML) holds:
-  base:      config overrides for every run (nested or dotted keys)
-  grid:      key -> list of values; every combination is run
-  variants:  name -> overrides (optional): e.g. the paper's four heads, each with its own lr
-  seeds:     a count n (seeds 0..n-1) or a list
-  after:     [analyze, robustness]: measurements made once a run has finished
-  robustness: options of `fixedhead robustness` (corruptions, severities, preset, generalization)
-  report:    rows / columns / metrics / compare (see report.py)
+The experiment file's format and its reading live in experiments.py.
 """
 
 from __future__ import annotations
@@ -22,20 +15,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from .accepted import MAX_SEED
 from .config import PLACE_KEYS, differences, make_config, saved_config
 from .devices import EMULATED_BF16, emulated_bf16, resolve_device
-from .errors import UserError, reason, shown
-from .files import read_yaml
-from .runs import SELECT_BY, RunDir, RunInUse, SweepDir
-
-EXPERIMENT_KEYS = {"name", "description", "base", "grid", "variants", "seeds", "after", "robustness", "report", "paper",
-                   "source"}  # source: where the sweep read it (in the copy it leaves in --out)
-AFTER = ("analyze", "robustness")
-RENAMED = {"evaluate": "robustness"}  # old experiment-file word -> new one
-MAX_SEEDS = 10_000
+from .errors import UserError, reason
+from .experiments import load_experiment
+from .runs import RunDir, RunInUse, SweepDir
 
 
 @dataclass(frozen=True)
@@ -43,121 +27,6 @@ class PlannedRun:
     name: str
     overrides: dict  # dotted key -> value, applied after `base`
     variant: str = ""
-
-
-ROBUSTNESS_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
-REPORT_OPTIONS = {"title": str, "rows": list, "columns": list, "metrics": list, "compare": list, "select": dict,
-                  "curve": bool}
-
-
-def _check_section(value, kind, where: str):
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-        names = {dict: "a mapping", list: "a list"}
-        wanted = " or ".join(names.get(k, f"a {k.__name__}") for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise UserError(f"{where} must be {wanted}, found {shown(value)}")
-    return value
-
-
-def check_experiment(tree, path) -> dict:
-    """An experiment file's sections with the types the sweep and the report read; else one error."""
-    if not isinstance(tree, dict):
-        raise UserError(f"{path} must hold a mapping (base, grid, variants, seeds, ...)")
-    after = tree.get("after") if isinstance(tree.get("after"), list) else []
-    old = [word for word in RENAMED if word in tree or word in after]
-    if old:
-        raise UserError(f"{path}: '{old[0]}' was renamed '{RENAMED[old[0]]}' (in after: and as a section)")
-    unknown = sorted(str(k) for k in set(tree) - EXPERIMENT_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown key {shown(unknown[0])}; an experiment file has: "
-                        f"{', '.join(sorted(EXPERIMENT_KEYS))}")
-    sections = {"name": str, "description": str, "source": str, "base": dict, "grid": dict, "variants": dict,
-                "after": list, "robustness": dict, "report": (dict, list), "paper": dict}
-    for key, kind in sections.items():
-        _check_section(tree.get(key), kind, f"{path}: {key}")
-    for report in report_layouts(tree):
-        _check_section(report, dict, f"{path}: each report in the report list")
-    grid = tree.get("grid") or {}
-    if any(not isinstance(v, list) or not v for v in grid.values()):
-        raise UserError(f"{path}: grid must map config keys to non-empty lists of values")
-    for name, overrides in (tree.get("variants") or {}).items():
-        _check_section(overrides, dict, f"{path}: variant {shown(name)}")
-    bad_after = [a for a in tree.get("after") or [] if a not in AFTER]
-    if bad_after:
-        raise UserError(f"{path}: unknown step {shown(bad_after[0])} in after; choose from: {', '.join(AFTER)}")
-    for section, tree_part, options in [("robustness", tree.get("robustness"), ROBUSTNESS_OPTIONS),
-                                        *(("report", r, REPORT_OPTIONS) for r in report_layouts(tree))]:
-        for key, value in (tree_part or {}).items():
-            if key not in options:
-                raise UserError(f"{path}: unknown key {shown(key)} in {section}; accepted: {', '.join(options)}")
-            _check_section(value, options[key], f"{path}: {section}.{key}")
-    for report in report_layouts(tree):
-        if any(not (isinstance(p, list) and len(p) == 2) for p in report.get("compare") or []):
-            raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
-        select = report.get("select")
-        if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
-                                       and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY):
-            raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: {'|'.join(SELECT_BY)}[, per: cell|row]}} "
-                            "(chosen on validation, never on test)")
-    return tree
-
-
-def report_layouts(tree: dict) -> list:
-    """The experiment's report section as a list of layouts (a single mapping is one layout)."""
-    report = tree.get("report")
-    return [] if report is None else report if isinstance(report, list) else [report]
-
-
-PACKAGED = Path(__file__).parent / "configs"  # the experiment files that ship with fixedhead
-
-
-def experiment_file(name) -> Path:
-    """A path to an experiment file, or the name of one that ships with fixedhead: `paper/table1`
-    (`configs/paper/table1.yaml`, as the docs write it, works from any folder too)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    short = str(name).removeprefix("configs/").removesuffix(".yaml")
-    packaged = PACKAGED / f"{short}.yaml"
-    if ".." not in Path(short).parts and packaged.is_file():
-        return packaged
-    if path.exists():
-        return path  # not a file: read_yaml says so
-    names = sorted(str(p.relative_to(PACKAGED).with_suffix("")) for p in PACKAGED.rglob("*.yaml"))
-    raise UserError(f"no experiment file {shown(str(name))}; give a path, or the name of one that ships with "
-                    f"fixedhead: {', '.join(names)}")
-
-
-def load_experiment(path, seeds: int | None = None, sets: dict | None = None) -> dict:
-    path = experiment_file(path)
-    experiment = check_experiment(read_yaml(path, "experiment file"), path)
-    if not experiment.get("grid") and not experiment.get("variants"):
-        raise UserError(f"{path}: the grid is empty; give a grid (key: [values]) or variants")
-    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
-        raise UserError(f"--seeds takes a number of seeds in 1..{MAX_SEEDS}, got {seeds}")
-    sets = dict(sets or {})
-    grid = experiment.get("grid") or {}
-    for key in [k for k in sets if k in grid]:  # the grid would override it: restrict the grid instead
-        values = [yaml.safe_load(v) if v.strip() else v for v in str(sets.pop(key)).split(",")]
-        if any(isinstance(v, (dict, list)) for v in values):
-            raise UserError(f"--set {key}=... on a grid key takes plain values, comma-separated")
-        grid[key] = values
-    varied = sorted({k for overrides in (experiment.get("variants") or {}).values() for k in (overrides or {})} & set(sets))
-    if varied:
-        raise UserError(f"--set {varied[0]} would be overridden by the variants of {path}, which set it; "
-                        "edit the file or choose variants there")
-    experiment["base"] = {**(experiment.get("base") or {}), **sets}
-    experiment["seeds"] = list(range(seeds)) if seeds is not None else _seeds(experiment.get("seeds", 1), path)
-    return experiment
-
-
-def _seeds(value, path) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEEDS:
-        return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and
-                                                 0 <= v <= MAX_SEED for v in value):
-        return value
-    raise UserError(f"{path}: seeds must be a count in 1..{MAX_SEEDS} or a list of integers in 0..{MAX_SEED}, "
-                    f"got {shown(value)}")
 
 
 def _slug(value) -> str:
