@@ -96,15 +96,22 @@ def report_layouts(tree: dict) -> list:
 PACKAGED = Path(__file__).parent / "configs"  # the experiment files that ship with fixedhead
 
 
+def shipped(name: str) -> Path | None:
+    """The shipped experiment file `name` names (`paper/table1`, or `configs/paper/table1.yaml` as the docs
+    write it), or None; a name cannot climb out of the shipped folder."""
+    short = name.removeprefix("configs/").removesuffix(".yaml")
+    packaged = PACKAGED / f"{short}.yaml"
+    return packaged if ".." not in Path(short).parts and packaged.is_file() else None
+
+
 def experiment_file(name) -> Path:
     """A path to an experiment file, or the name of one that ships with fixedhead: `paper/table1`
     (`configs/paper/table1.yaml`, as the docs write it, works from any folder too)."""
     path = Path(name)
     if path.is_file():
         return path
-    short = str(name).removeprefix("configs/").removesuffix(".yaml")
-    packaged = PACKAGED / f"{short}.yaml"
-    if ".." not in Path(short).parts and packaged.is_file():
+    packaged = shipped(str(name))
+    if packaged is not None:
         return packaged
     if path.exists():
         return path  # not a file: read_yaml says so
@@ -147,8 +154,6 @@ def _seeds(value, path) -> list[int]:
                     f"got {shown(value)}")
 
 
-
-
 MAX_BASE_DEPTH = 8  # base_from chains longer than this are a mistake, not a design
 
 
@@ -171,9 +176,8 @@ def _base_file(name: str, path: Path) -> Path:
     beside = path.parent / name
     if beside.is_file():
         return beside
-    short = name.removeprefix("configs/").removesuffix(".yaml")
-    packaged = PACKAGED / f"{short}.yaml"
-    if ".." not in Path(short).parts and packaged.is_file():
+    packaged = shipped(name)
+    if packaged is not None:
         return packaged
     raise UserError(f"{path}: base_from {shown(name)} is neither a file beside it nor a shipped experiment "
                     "(e.g. speed/cpu-fast)")
