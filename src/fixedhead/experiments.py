@@ -37,7 +37,7 @@ REPORT_OPTIONS = {"title": str, "rows": list, "columns": list, "metrics": list, 
 
 def _check_section(value, kind, where: str):
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-        names = {dict: "a mapping", list: "a list"}
+        names = {dict: "a mapping", list: "a list", str: "text"}
         wanted = " or ".join(names.get(k, f"a {k.__name__}") for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise UserError(f"{where} must be {wanted}, found {shown(value)}")
     return value
