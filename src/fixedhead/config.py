@@ -61,6 +61,9 @@ class TrainConfig:
     decoupled: bool = False  # lr and weight_decay in airbench's units: per 1,024 images, apart from momentum and each other
     bn_bias_lr: float = 1.0  # lr multiplier of batch-norm shifts, their weight decay divided by it (airbench: 64)
     nesterov: bool = True  # Nesterov momentum
+    optimizer: str = "sgd"  # sgd; muon: conv filters take Muon steps (airbench94_muon), the rest SGD (batch-normed nets)
+    muon_lr: float = 0.24  # Muon's step for the filters, each bank rescaled to norm sqrt(out) first (airbench94_muon: 0.24)
+    muon_momentum: float = 0.6  # Muon's momentum (airbench94_muon: 0.6)
     weight_decay: float = 5e-4  # on encoder parameters; none on the head's bias or scale
     head_weight_decay: Optional[float] = None  # learned class vectors; None: same as weight_decay
     schedule: str = "linear"  # linear: warm-up then decay to 0; plateau: x0.2 after 3 epochs without better val loss

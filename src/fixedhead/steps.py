@@ -14,6 +14,8 @@ import torch
 
 from . import distributed
 from .devices import autocast
+from .errors import UserError
+from .muon import SGDMuon, is_filter
 
 
 def sgd_hyperparameters(train_cfg) -> tuple[float, float]:
@@ -38,6 +40,7 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     scale get none; every encoder parameter gets weight_decay, except those the model names in
     `no_weight_decay()` (timm's hook: a ViT's position embedding and class token). Batch-norm shifts
     get train.bn_bias_lr times the lr and their decay divided by it, so that the decay per step stays.
+    With train.optimizer muon, the encoder's convolution filters take Muon steps instead (muon.py).
     """
     lr, decay = sgd_hyperparameters(train_cfg)
     head_decay = decay if train_cfg.head_weight_decay is None else (
@@ -45,11 +48,15 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     shifts = set() if train_cfg.bn_bias_lr == 1.0 else {  # at 1.0 the shifts stay in the encoder group
         id(m.bias) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
-    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": [], "bn_shifts": []}
+    muon = train_cfg.optimizer == "muon"
+    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": [], "bn_shifts": [],
+              "filters": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name == "head.weight":
+        if muon and is_filter(param) and not name.startswith("head.") and name not in exempt:
+            groups["filters"].append(param)
+        elif name == "head.weight":
             groups["class_vectors"].append(param)
         elif name in exempt:
             groups["no_weight_decay"].append(param)
@@ -61,9 +68,15 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     settings = {"encoder": (decay, 1.0), "class_vectors": (head_decay, 1.0), "head_other": (0.0, 1.0),
                 "no_weight_decay": (0.0, 1.0), "bn_shifts": (decay / scale, scale)}  # (weight decay, lr multiplier)
     param_groups = [{"params": p, "weight_decay": settings[k][0], "lr": lr * settings[k][1], "name": k}
-                    for k, p in groups.items() if p]
-    return torch.optim.SGD(param_groups, lr=lr, momentum=train_cfg.momentum,
-                           nesterov=train_cfg.nesterov and train_cfg.momentum > 0)
+                    for k, p in groups.items() if p and k != "filters"]
+    if muon and not groups["filters"]:
+        raise UserError("train.optimizer muon trains convolution filters, and this model trains none; "
+                        "accepted: sgd for it")
+    if muon:
+        param_groups.append({"params": groups["filters"], "lr": train_cfg.muon_lr, "momentum": train_cfg.muon_momentum,
+                             "nesterov": train_cfg.nesterov, "weight_decay": 0.0, "muon": True, "name": "filters"})
+    return (SGDMuon if muon else torch.optim.SGD)(param_groups, lr=lr, momentum=train_cfg.momentum,
+                                                   nesterov=train_cfg.nesterov and train_cfg.momentum > 0)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float = 0.0, start: float = 0.0) -> float:

@@ -1,0 +1,138 @@
+"""train.optimizer muon against airbench94_muon's optimizer as published (Jordan 2024), written out here
+from its definition: a summed momentum, each filter bank rescaled to norm sqrt(out) before the step, and
+three quintic Newton-Schulz steps on the bank as an (out, in * kh * kw) matrix."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fixedhead import steps
+from fixedhead.config import TrainConfig
+from fixedhead.errors import UserError
+
+A, B, C = 3.4445, -4.7750, 2.0315  # airbench94_muon's coefficients
+
+
+def _newton_schulz(g, iterations=3):
+    x = g.bfloat16()
+    x = x / (x.norm() + 1e-7)
+    wide = g.size(0) <= g.size(1)
+    x = x if wide else x.T
+    for _ in range(iterations):
+        a = x @ x.T
+        x = A * x + (B * a + C * a @ a) @ x
+    return (x if wide else x.T).float()
+
+
+def _airbench_muon_step(filters, buffers, lr, momentum):
+    for p, buf in zip(filters, buffers):
+        buf.mul_(momentum).add_(p.grad)
+        g = p.grad + momentum * buf
+        p.data.mul_(len(p) ** 0.5 / p.data.norm())
+        p.data.add_(_newton_schulz(g.reshape(len(g), -1)).view(g.shape), alpha=-lr)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.GELU(),
+                         nn.Conv2d(8, 16, 3, bias=False), nn.BatchNorm2d(16), nn.GELU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+
+def _batches(n=5):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 3, 10, 10, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(n)]
+
+
+def _train(model, optimizer, batches, channels_last=False):
+    for x, y in batches:
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def _config(**kw):
+    return TrainConfig(**{"optimizer": "muon", "muon_lr": 0.2, "muon_momentum": 0.6, "lr": 0.05, "momentum": 0.85,
+                          "weight_decay": 0.0, **kw})
+
+
+def test_filters_take_airbench_muon_steps_and_the_rest_sgd():
+    batches = _batches()
+    ours = _net()
+    _train(ours, steps.make_optimizer(ours, _config()), batches)
+
+    theirs = _net()
+    filters = [p for p in theirs.parameters() if p.ndim == 4]
+    rest = [p for p in theirs.parameters() if p.ndim != 4]
+    buffers = [torch.zeros_like(p) for p in filters]
+    sgd = torch.optim.SGD(rest, lr=0.05, momentum=0.85, nesterov=True)
+    for x, y in batches:
+        sgd.zero_grad(set_to_none=True)
+        for p in filters:
+            p.grad = None
+        nn.functional.cross_entropy(theirs(x), y).backward()
+        sgd.step()
+        with torch.no_grad():
+            _airbench_muon_step(filters, buffers, 0.2, 0.6)
+
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        # bf16 Newton-Schulz: the two orders of operations round apart by about a bf16 ulp per step
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-2, msg=name)
+    start = _net()
+    moved = [(a - s).norm() / s.norm() for a, s in zip(ours.parameters(), start.parameters()) if a.ndim == 4]
+    assert min(moved) > 0.05  # the filters did move, far beyond the tolerance above
+
+
+def test_each_filter_bank_is_rescaled_to_norm_sqrt_out_before_its_step():
+    model = _net()
+    optimizer = steps.make_optimizer(model, _config(muon_lr=1e-9))
+    with torch.no_grad():
+        model[0].weight.mul_(7.0)
+    _train(model, optimizer, _batches(1))
+    for conv in (model[0], model[3]):
+        assert conv.weight.norm().item() == pytest.approx(math.sqrt(conv.out_channels), rel=1e-5)
+
+
+def test_channels_last_filters_take_the_same_steps():
+    """Filters stored channels-last are viewed in their memory order (columns permuted), which Muon does not see."""
+    batches = _batches(3)
+    plain, last = _net(), _net().to(memory_format=torch.channels_last)
+    assert last[3].weight.is_contiguous(memory_format=torch.channels_last)
+    _train(plain, steps.make_optimizer(plain, _config()), batches)
+    _train(last, steps.make_optimizer(last, _config()), batches, channels_last=True)
+    for a, b in zip(plain.parameters(), last.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
+    assert last[3].weight.is_contiguous(memory_format=torch.channels_last)  # trained in place
+
+
+def test_resuming_from_the_optimizer_state_continues_the_same_run():
+    batches = _batches(4)
+    straight = _net()
+    _train(straight, steps.make_optimizer(straight, _config()), batches)
+
+    first = _net()
+    optimizer = steps.make_optimizer(first, _config())
+    _train(first, optimizer, batches[:2])
+    saved = {"model": first.state_dict(), "optimizer": optimizer.state_dict()}
+    assert any(len(s.get("momentum_buffer", ())) for s in saved["optimizer"]["state"].values())
+    resumed = _net(seed=5)
+    resumed.load_state_dict(saved["model"])
+    optimizer = steps.make_optimizer(resumed, _config())
+    optimizer.load_state_dict(saved["optimizer"])
+    _train(resumed, optimizer, batches[2:])
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_groups_and_a_model_without_filters():
+    model = _net()
+    groups = {g["name"]: g for g in steps.make_optimizer(model, _config()).param_groups}
+    assert {id(p) for p in groups["filters"]["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert groups["filters"]["lr"] == 0.2 and groups["filters"]["momentum"] == 0.6
+    assert groups["filters"]["weight_decay"] == 0.0
+    assert all(p.ndim != 4 for name, g in groups.items() if name != "filters" for p in g["params"])
+    with pytest.raises(UserError, match="train.optimizer muon trains convolution filters"):
+        steps.make_optimizer(nn.Sequential(nn.Linear(3, 4)), _config())
