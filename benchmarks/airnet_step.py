@@ -9,6 +9,7 @@ ratios share the machine's drift (about 10% within an hour here).
 
     python benchmarks/airnet_step.py [--rounds 12] [--bf16 auto|on|off] [--compile] [--batch 1024]
                                      [--also airnet-small ...]   # more of fixedhead's encoders, same head
+                                     [--muon]   # and airnet whose filters take Muon steps (train.optimizer muon)
 
 With --loader it times the other half of an epoch instead: one pass of augmentation over 50,000 random
 uint8 images through fixedhead's BatchLoader (the recipe's settings: batch 1,024, 2-pixel reflect-padded
@@ -31,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airbench93  # noqa: E402  (the peer, beside this file)
 
 from fixedhead import ClassHead, Classifier, build_encoder  # noqa: E402
+from fixedhead.config import TrainConfig  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 from fixedhead.models import ENCODERS  # noqa: E402
+from fixedhead.steps import make_optimizer  # noqa: E402
 
 
 def ours(compile_it: bool, arch: str = "airnet") -> torch.nn.Module:
@@ -88,6 +91,7 @@ def main():
     parser.add_argument("--batch", type=int, default=1024, help="images per step (the peer's 1,024)")
     parser.add_argument("--also", nargs="+", default=[], metavar="ARCH", choices=sorted(ENCODERS),
                         help="more fixedhead encoders with the same head, e.g. airnet-small")
+    parser.add_argument("--muon", action="store_true", help="add airnet with Muon for its filters (train.optimizer muon)")
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
@@ -103,10 +107,16 @@ def main():
         nets[f"fixedhead {arch}, fixed cosine head"] = ours(False, arch)
     if args.compile:
         nets["the same, torch.compile"] = ours(True)
+    muon = "fixedhead airnet, Muon for the filters"
+    if args.muon:
+        nets[muon] = ours(False)
     images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (args.batch,))
     optimizers = {name: torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.85,
-                                        nesterov=True) for name, net in nets.items()}
+                                        nesterov=True) for name, net in nets.items() if name != muon}
+    if args.muon:  # the recipe's optimizer: Muon for the filters, SGD for the batch-norm shifts
+        optimizers[muon] = make_optimizer(nets[muon], TrainConfig(optimizer="muon", lr=1e-4, momentum=0.85,
+                                                                  bn_bias_lr=64.0, batch_size=args.batch))
 
     def step(name: str) -> float:
         start = time.perf_counter()
