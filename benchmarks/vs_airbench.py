@@ -179,7 +179,8 @@ def main():
         print(f"seconds per epoch, fixedhead: {summary([m['train_time_s'] / m['epochs'] for _, m in rows])}")
         print(f"fixedhead / peer: {summary(ratios)}")
         return
-    for side, index in (("peer (airbench93, learned head)", 0), ("ours (" + args.recipe + ")", 1)):
+    ours_name = " ".join([args.recipe, *args.set])  # the recipe with what --set changed in it
+    for side, index in (("peer (airbench93, learned head)", 0), (f"ours ({ours_name})", 1)):
         runs = [r[index] for r in rows]
         print(f"{side}: TTA test accuracy {summary([r['test_acc_tta'] for r in runs])}; "
               f"training s {summary([r['train_time_s'] for r in runs])}")
