@@ -72,7 +72,7 @@ class SGDMuon(torch.optim.SGD):
         views = []
         for param in params:
             view = matrix(param.detach())  # a leaf that shares the filter's storage
-            view.mul_(math.sqrt(len(view)) / view.norm())  # the bank's norm back to sqrt(out)
+            view.mul_(math.sqrt(len(view)) / view.norm().clamp(min=1e-12))  # the bank's norm back to sqrt(out)
             view.grad = matrix(param, param.grad)
             views.append(view)
         muon = torch.optim.Muon(views, lr=group["lr"], weight_decay=0.0, momentum=group["momentum"],
