@@ -49,13 +49,13 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     shifts = set() if train_cfg.bn_bias_lr == 1.0 else {  # at 1.0 the shifts stay in the encoder group
         id(m.bias) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
     muon = train_cfg.optimizer == "muon"
-    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": [], "bn_shifts": [],
-              "filters": []}
+    groups = {"encoder": [], "class_vectors": [], "head_other": [], "no_weight_decay": [], "bn_shifts": []}
+    filters = []  # Muon's, with its own lr and momentum
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if muon and is_filter(param) and not name.startswith("head.") and name not in exempt:
-            groups["filters"].append(param)
+            filters.append(param)
         elif name == "head.weight":
             groups["class_vectors"].append(param)
         elif name in exempt:
@@ -68,12 +68,12 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     settings = {"encoder": (decay, 1.0), "class_vectors": (head_decay, 1.0), "head_other": (0.0, 1.0),
                 "no_weight_decay": (0.0, 1.0), "bn_shifts": (decay / scale, scale)}  # (weight decay, lr multiplier)
     param_groups = [{"params": p, "weight_decay": settings[k][0], "lr": lr * settings[k][1], "name": k}
-                    for k, p in groups.items() if p and k != "filters"]
-    if muon and not groups["filters"]:
+                    for k, p in groups.items() if p]
+    if muon and not filters:
         raise UserError("train.optimizer muon trains convolution filters, and this model trains none; "
                         "accepted: sgd for it")
     if muon:
-        param_groups.append({"params": groups["filters"], "lr": train_cfg.muon_lr, "momentum": train_cfg.muon_momentum,
+        param_groups.append({"params": filters, "lr": train_cfg.muon_lr, "momentum": train_cfg.muon_momentum,
                              "nesterov": train_cfg.nesterov, "weight_decay": 0.0, "muon": True, "name": "filters"})
     return (SGDMuon if muon else torch.optim.SGD)(param_groups, lr=lr, momentum=train_cfg.momentum,
                                                    nesterov=train_cfg.nesterov and train_cfg.momentum > 0)
