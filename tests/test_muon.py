@@ -4,11 +4,12 @@ three quintic Newton-Schulz steps on the bank as an (out, in * kh * kw) matrix."
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from fixedhead import steps
+from fixedhead import muon, steps
 from fixedhead.config import TrainConfig
 from fixedhead.errors import UserError
 
@@ -136,3 +137,53 @@ def test_the_groups_and_a_model_without_filters():
     assert all(p.ndim != 4 for name, g in groups.items() if name != "filters" for p in g["params"])
     with pytest.raises(UserError, match="train.optimizer muon trains convolution filters"):
         steps.make_optimizer(nn.Sequential(nn.Linear(3, 4)), _config())
+
+
+@pytest.mark.parametrize("shape", [(8, 27), (16, 4), (12, 12)])
+def test_orthogonalise_is_the_quintic_newton_schulz_in_float32(shape):
+    """Against the iteration in float64 numpy: float32 rounding only (torch's Muon would be bf16's)."""
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    x = g.double().numpy()
+    x = x.T if shape[0] > shape[1] else x
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(3):
+        gram = x @ x.T
+        x = A * x + (B * gram + C * gram @ gram) @ x
+    x = x.T if shape[0] > shape[1] else x
+    ours = muon.orthogonalise(g)
+    assert ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), x, rtol=0, atol=1e-5)
+    singular = np.linalg.svd(x, compute_uv=False)
+    assert singular.min() > 0.3 and singular.max() < 1.3  # roughly orthogonal: what the iteration is for
+
+
+def test_filter_steps_are_torch_muons_on_the_rescaled_matrix():
+    """torch.optim.Muon (the reference; bf16 inside) on each filter bank viewed as a matrix, rescaled first:
+    a tall bank (16 filters of 1 x 2 x 2) checks torch's lr factor sqrt(rows / cols)."""
+    def net():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(1, 16, 2, bias=False), nn.BatchNorm2d(16), nn.GELU(),
+                             nn.Conv2d(16, 8, 3, bias=False), nn.BatchNorm2d(8), nn.GELU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(16, 1, 9, 9, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(4)]
+    ours = net()
+    config = _config(lr=1e-9, muon_momentum=0.8)  # nesterov: TrainConfig's default
+    _train(ours, steps.make_optimizer(ours, config), batches)
+
+    theirs = net()
+    filters = [m.weight for m in theirs if isinstance(m, nn.Conv2d)]
+    views = [f.detach().view(len(f), -1) for f in filters]
+    reference = torch.optim.Muon(views, lr=0.2, weight_decay=0.0, momentum=0.8, nesterov=config.nesterov, ns_steps=3)
+    for x, y in batches:
+        for f in filters:
+            f.grad = None
+        nn.functional.cross_entropy(theirs(x), y).backward()
+        with torch.no_grad():
+            for f, view in zip(filters, views):
+                view.mul_(len(view) ** 0.5 / view.norm())
+                view.grad = f.grad.view(len(f), -1)
+        reference.step()
+    for ours_filter, their_filter in zip((m.weight for m in ours if isinstance(m, nn.Conv2d)), filters):
+        torch.testing.assert_close(ours_filter, their_filter, rtol=0, atol=2e-2)  # bf16 in torch's
+    assert (ours[0].weight - net()[0].weight).norm() > 0.5  # they moved, far beyond the tolerance
