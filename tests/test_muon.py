@@ -187,3 +187,14 @@ def test_filter_steps_are_torch_muons_on_the_rescaled_matrix():
     for ours_filter, their_filter in zip((m.weight for m in ours if isinstance(m, nn.Conv2d)), filters):
         torch.testing.assert_close(ours_filter, their_filter, rtol=0, atol=2e-2)  # bf16 in torch's
     assert (ours[0].weight - net()[0].weight).norm() > 0.5  # they moved, far beyond the tolerance
+
+
+def test_step_hooks_run_once_a_step():
+    """SGDMuon's step calls SGD's inside, which torch also wraps with the hooks once a plain SGD exists."""
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # hooks SGD.step, class-wide
+    model = _net()
+    optimizer = steps.make_optimizer(model, _config())
+    calls = []
+    optimizer.register_step_post_hook(lambda *_: calls.append(1))
+    _train(model, optimizer, _batches(2))
+    assert len(calls) == 2

@@ -61,9 +61,11 @@ class SGDMuon(torch.optim.SGD):
             with torch.enable_grad():
                 loss = closure()
         groups = self.param_groups
+        sgd_step = torch.optim.SGD.step  # torch wraps it with the step hooks once any SGD exists: ours ran them
+        sgd_step = sgd_step.__wrapped__ if getattr(sgd_step, "hooked", False) else sgd_step
         try:  # SGD steps the other groups; it reads self.param_groups, so it sees only those
             self.param_groups = [g for g in groups if not g.get("muon")]
-            super().step()
+            sgd_step(self)
         finally:
             self.param_groups = groups
         for group in groups:
