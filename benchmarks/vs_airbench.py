@@ -38,7 +38,7 @@ from fixedhead.config import make_config, parse_overrides  # noqa: E402
 from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
-from fixedhead.experiments import experiment_file  # noqa: E402
+from fixedhead.experiments import load_experiment  # noqa: E402
 from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
 from fixedhead.intervals import mean_ci, summarise  # noqa: E402
 
@@ -58,12 +58,14 @@ PEER_AS_CONFIG = {
 
 
 def recipe_config(path: str) -> dict:
-    """The base of an experiment file with one variant (configs/speed/cpu-fast.yaml)."""
-    import yaml
-
-    experiment = yaml.safe_load(experiment_file(path).read_text())
+    """The one run an experiment file describes (configs/speed/cpu-fast.yaml): its base, `base_from`
+    resolved, with its one variant; a file with a grid or several variants is not one recipe."""
+    experiment = load_experiment(path)
     variants = list((experiment.get("variants") or {"": {}}).values())
-    return {**experiment["base"], **variants[0]}
+    if experiment.get("grid") or len(variants) != 1:
+        raise UserError(f"{path} describes several runs (a grid or {len(variants)} variants); the side by side "
+                        "takes a recipe with one variant, e.g. speed/cpu-fast or speed/cpu-fast-muon6")
+    return {**experiment["base"], **(variants[0] or {})}
 
 
 def ours(overrides: dict, data_dir: str, seed: int, folder: Path) -> dict:
@@ -112,14 +114,17 @@ def first_time(history: list, target: float):
 
 
 def summary(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+    """mean +/- std and a 95% t-interval of the values that exist; seeds without one (a target not reached)
+    are counted in the line, not dropped from it silently."""
+    reached = [v for v in values if v is not None]
+    missing = f"; not reached in {len(values) - len(reached)} of {len(values)} seeds" if len(reached) < len(values) else ""
+    if not reached:
         return "not reached"
-    if len(values) == 1:
-        return f"{values[0]:.4g} (n = 1)"
-    cell = summarise(values)
+    if len(reached) == 1:
+        return f"{reached[0]:.4g} (n = 1{missing})"
+    cell = summarise(reached)
     mean, low, high = mean_ci(cell)
-    return f"{mean:.4g} +/- {cell['std']:.2g} (n = {len(values)}, 95% CI {low:.4g} .. {high:.4g})"
+    return f"{mean:.4g} +/- {cell['std']:.2g} (n = {len(reached)}, 95% CI {low:.4g} .. {high:.4g}{missing})"
 
 
 def main():
@@ -186,7 +191,7 @@ def main():
               f"training s {summary([r['train_time_s'] for r in runs])}")
     for target in args.targets:
         times = [(first_time(p["history"], target), first_time(m["history"], target)) for p, m in rows]
-        ratios = [m / p for p, m in times if p is not None and m is not None]
+        ratios = [m / p if p is not None and m is not None else None for p, m in times]
         print(f"to {target:.0%}: peer {summary([p for p, _ in times])} s, ours {summary([m for _, m in times])} s, "
               f"ours / peer {summary(ratios)}")
 

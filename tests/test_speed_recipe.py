@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import fixedhead
 from fixedhead import steps
 from fixedhead.config import TrainConfig, make_config
 from fixedhead.models import build_encoder, build_model
@@ -211,9 +212,37 @@ def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_
         (hyp["lr"], hyp["momentum"], hyp["weight_decay"], hyp["bias_scaler"], hyp["batch_size"],
          hyp["label_smoothing"], hyp["end_lr"], hyp["lookahead_every"], hyp["translate"],
          hyp["whiten_bias_epochs"], 0.2, "reflect")
-    for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-head"):
+    for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-muon6"):
         recipe = make_config(bench.recipe_config(name))
         assert recipe.model.arch == "airnet" and recipe.train.decoupled and recipe.model.fixed
+
+
+def test_the_side_by_side_reads_a_recipe_through_base_from_and_refuses_a_file_of_several_runs():
+    """vs_airbench --recipe: cpu-fast-muon6 is cpu-fast's base (recomputed from the YAML text) with its own keys
+    over it; a file of several variants (cpu-fast-muon) is refused, not silently cut to its first variant."""
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shipped = Path(fixedhead.__file__).parent / "configs" / "speed"
+    parent = yaml.safe_load((shipped / "cpu-fast.yaml").read_text())["base"]
+    short = bench.recipe_config("configs/speed/cpu-fast-muon6.yaml")
+    assert short == {**parent, "train.optimizer": "muon", "train.epochs": 6, "train.warmup_epochs": 1.38}
+    assert short["train.warmup_epochs"] == pytest.approx(0.23 * short["train.epochs"], abs=0.005)
+    with pytest.raises(bench.UserError, match="4 variants"):
+        bench.recipe_config("speed/cpu-fast-muon")
+
+
+def test_the_side_by_side_summary_counts_seeds_that_missed_a_target():
+    """A target one side never reached in a seed is said in the line, not dropped from n silently."""
+    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    line = bench.summary([2.0, None, 4.0])
+    assert line.startswith("3 +/- 1.4 (n = 2") and "not reached in 1 of 3 seeds" in line
+    assert "not reached" not in bench.summary([2.0, 4.0])
+    assert bench.summary([None, 5.0]) == "5 (n = 1; not reached in 1 of 2 seeds)"
 
 
 def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_path, monkeypatch, capsys):
