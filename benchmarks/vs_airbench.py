@@ -144,7 +144,6 @@ def main():
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(torch.device("cpu")))
     if args.tiny:
         args.data_dir, args.epochs, args.seeds = tiny_folder(Path(tempfile.mkdtemp())), 1, 1
-    train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
     if args.overhead:
         overrides = {**PEER_AS_CONFIG, "train.epochs": args.epochs, "train.warmup_epochs": 0.23 * args.epochs}
         peer_head = "cosine-fixed"
@@ -155,6 +154,7 @@ def main():
         overrides["train.epochs"] = args.epochs
     overrides.update(parse_overrides(args.set))
     overrides["train.bf16"] = bf16
+    train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images", flush=True)
     setup = {"overrides": {k: v for k, v in overrides.items() if k != "data.data_dir"}, "peer_head": peer_head,
