@@ -21,8 +21,9 @@ from fixedhead.whitening import whiten_first_conv, whitening_filters
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench93.py"
 
 
-def _port():
-    spec = importlib.util.spec_from_file_location("airbench93", PORT)
+def _port(name="airbench93"):
+    """A script of benchmarks/ as a module: the peer's port, or the side by side ("vs_airbench")."""
+    spec = importlib.util.spec_from_file_location(name, PORT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -201,9 +202,7 @@ def test_airnet_trains_with_the_recipe_keys(tmp_path):
 
 
 def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_port():
-    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _port("vs_airbench")
     hyp = bench.airbench93.HYP
     peer = make_config(bench.PEER_AS_CONFIG)
     assert (peer.train.lr, peer.train.momentum, peer.train.weight_decay, peer.train.bn_bias_lr, peer.train.batch_size,
@@ -222,9 +221,7 @@ def test_the_side_by_side_reads_a_recipe_through_base_from_and_refuses_a_file_of
     over it; a file of several variants (cpu-fast-muon) is refused, not silently cut to its first variant."""
     import yaml
 
-    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _port("vs_airbench")
     shipped = Path(fixedhead.__file__).parent / "configs" / "speed"
     parent = yaml.safe_load((shipped / "cpu-fast.yaml").read_text())["base"]
     short = bench.recipe_config("configs/speed/cpu-fast-muon6.yaml")
@@ -236,9 +233,7 @@ def test_the_side_by_side_reads_a_recipe_through_base_from_and_refuses_a_file_of
 
 def test_the_side_by_side_summary_counts_seeds_that_missed_a_target():
     """A target one side never reached in a seed is said in the line, not dropped from n silently."""
-    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _port("vs_airbench")
     line = bench.summary([2.0, None, 4.0])
     assert line.startswith("3 +/- 1.4 (n = 2") and "not reached in 1 of 3 seeds" in line
     assert "not reached" not in bench.summary([2.0, 4.0])
@@ -250,9 +245,7 @@ def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_pat
     with the same setup; a rerun with another setup is refused rather than mixed in."""
     import sys
 
-    spec = importlib.util.spec_from_file_location("vs_airbench", PORT.parent / "vs_airbench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _port("vs_airbench")
     trained = []
 
     def result(seconds):
