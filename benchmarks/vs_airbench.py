@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airbench93  # noqa: E402  (the peer, beside this file)
 
 from fixedhead import fit  # noqa: E402
-from fixedhead.config import make_config, parse_overrides  # noqa: E402
+from fixedhead.config import flat, flatten, make_config, parse_overrides  # noqa: E402
 from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
@@ -97,6 +97,13 @@ def tiny_folder(root: Path) -> str:
     return str(root)
 
 
+def typed(overrides: dict, data_dir: str) -> dict:
+    """The overrides as the trainer reads them (`--set train.muon_lr=0.16` is the number 0.16, as in a recipe
+    file), checked before anything trains: a bad key or value is one line now, not after the peer's run."""
+    values = flat(make_config({**overrides, "data.data_dir": data_dir}))
+    return {key: values[key] for key in flatten(overrides)}
+
+
 def kept_pair(out: Path | None, seed: int, setup: dict) -> tuple | None:
     """The (peer, ours) results of `seed` kept in `out` by an earlier invocation with the same setup, or None."""
     path = out / f"seed-{seed}.json" if out else None
@@ -154,6 +161,7 @@ def main():
         overrides["train.epochs"] = args.epochs
     overrides.update(parse_overrides(args.set))
     overrides["train.bf16"] = bf16
+    overrides = typed(overrides, args.data_dir)
     train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images", flush=True)

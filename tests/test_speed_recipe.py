@@ -275,6 +275,13 @@ def test_the_side_by_side_keeps_finished_pairs_and_refuses_another_setup(tmp_pat
     assert json.loads((tmp_path / "kept" / "seed-1.json").read_text())["first"] == "ours"
     out = capsys.readouterr().out
     assert '"kept": true' in out and "ours / peer 0.5 +/- 0 (n = 2" in out  # both seeds in the summary
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "2", "--set", "model.scale=16"])  # the recipe's 16.0, as text
+    bench.main()
+    assert len(trained) == 4  # the same setup however it is spelt: both seeds kept
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "3", "--set", "train.muon_momentum=1"])
+    with pytest.raises(bench.UserError, match="muon_momentum"):
+        bench.main()
+    assert len(trained) == 4  # a bad value is refused before either side trains
     monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "1", "--set", "model.scale=8"])
     with pytest.raises(bench.UserError, match="another setup"):
         bench.main()
