@@ -10,6 +10,7 @@ ratios share the machine's drift (about 10% within an hour here).
     python benchmarks/airnet_step.py [--rounds 12] [--bf16 auto|on|off] [--compile] [--batch 1024]
                                      [--also airnet-small ...]   # more of fixedhead's encoders, same head
                                      [--muon]   # and airnet whose filters take Muon steps (train.optimizer muon)
+                                     [--stem-bias]   # and (with --muon) that net while its stem's bias learns
 
 With --loader it times the other half of an epoch instead: one pass of augmentation over 50,000 random
 uint8 images through fixedhead's BatchLoader (the recipe's settings: batch 1,024, 2-pixel reflect-padded
@@ -38,9 +39,10 @@ from fixedhead.models import ENCODERS  # noqa: E402
 from fixedhead.steps import make_optimizer  # noqa: E402
 
 
-def ours(compile_it: bool, arch: str = "airnet") -> torch.nn.Module:
+def ours(compile_it: bool, arch: str = "airnet", stem_bias: bool = False) -> torch.nn.Module:
     encoder = build_encoder(arch, 3, 32)
     encoder.body[0].requires_grad_(False)
+    encoder.body[0].bias.requires_grad_(stem_bias)  # learning: a step of the first model.whiten_bias_epochs
     net = Classifier(encoder, ClassHead(encoder.num_features, 10, "cosine", fixed=True, scale=16.0))
     net = net.to(memory_format=torch.channels_last)
     return torch.compile(net) if compile_it else net
@@ -92,6 +94,8 @@ def main():
     parser.add_argument("--also", nargs="+", default=[], metavar="ARCH", choices=sorted(ENCODERS),
                         help="more fixedhead encoders with the same head, e.g. airnet-small")
     parser.add_argument("--muon", action="store_true", help="add airnet with Muon for its filters (train.optimizer muon)")
+    parser.add_argument("--stem-bias", action="store_true",
+                        help="with --muon: add that net while its stem's bias learns (model.whiten_bias_epochs)")
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
@@ -108,14 +112,18 @@ def main():
     if args.compile:
         nets["the same, torch.compile"] = ours(True)
     muon = "fixedhead airnet, Muon for the filters"
+    muons = [muon] if args.muon else []
     if args.muon:
         nets[muon] = ours(False)
+    if args.muon and args.stem_bias:
+        muons.append(f"{muon}, stem bias learning")
+        nets[muons[-1]] = ours(False, stem_bias=True)
     images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (args.batch,))
     optimizers = {name: torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.85,
-                                        nesterov=True) for name, net in nets.items() if name != muon}
-    if args.muon:  # the recipe's optimizer: Muon for the filters, SGD for the batch-norm shifts
-        optimizers[muon] = make_optimizer(nets[muon], TrainConfig(optimizer="muon", lr=1e-4, momentum=0.85,
+                                        nesterov=True) for name, net in nets.items() if name not in muons}
+    for name in muons:  # the recipe's optimizer: Muon for the filters, SGD for the batch-norm shifts
+        optimizers[name] = make_optimizer(nets[name], TrainConfig(optimizer="muon", lr=1e-4, momentum=0.85,
                                                                   bn_bias_lr=64.0, batch_size=args.batch))
 
     def step(name: str) -> float:
