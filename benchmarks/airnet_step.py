@@ -99,6 +99,8 @@ def main():
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
+    if args.stem_bias and not args.muon:
+        parser.error("--stem-bias adds the Muon net with its stem's bias learning; give --muon with it")
     if args.loader:
         print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
               f"one epoch of {args.images:,} images, {args.rounds} interleaved rounds")
