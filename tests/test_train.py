@@ -9,7 +9,7 @@ from fixedhead import class_vectors, fit, steps
 from fixedhead.config import make_config
 from fixedhead.errors import UserError
 from fixedhead.models import build_model
-from interrupts import fit_interrupted
+from interrupts import fit_interrupted, same_result
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3, "train.batch_size": 128,
         "train.lr": 0.05}
@@ -69,6 +69,34 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_a_fraction_of_an_epoch_ends_the_last_one_early_and_resumes_inside_it(tmp_path, monkeypatch):
+    """train.epochs 2.4 with 8 steps an epoch: 19 steps, the third epoch 3 of 8, the linear schedule ending
+    at 0 on the 19th step; a stop inside that short epoch resumes to the same weights."""
+    import fixedhead.steps
+    from fixedhead.steps import Interrupted
+
+    config = make_config(TINY, {"train.epochs": 2.4, "train.select": "best_val"})
+    whole = fit(config, tmp_path / "whole", verbose=False)
+    per_epoch = whole["train_images"] // 128  # the last partial batch is dropped
+    shown = per_epoch * 128
+    planned = round(2.4 * per_epoch)
+    assert (whole["steps"], whole["epochs"]) == (planned, 3)
+    assert whole["images_seen"] == 2 * shown + (planned - 2 * per_epoch) * 128
+    state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == planned  # the scheduler stepped once per optimizer step
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)  # decayed to 0 at the last step
+    metrics = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and all("val_acc" in m for m in metrics)
+
+    calls = iter(range(10**6))  # asks to stop after the second step of the short third epoch
+    monkeypatch.setattr(fixedhead.steps, "_should_stop", lambda *a: next(calls) == 2 * per_epoch + 1)
+    with pytest.raises(Interrupted, match=f"after step 2 of {planned - 2 * per_epoch}"):
+        fit(config, tmp_path / "cut", verbose=False)
+    monkeypatch.undo()
+    resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)
+    assert same_result(tmp_path / "whole", tmp_path / "cut") and resumed["steps"] == planned
 
 
 def test_finished_run_is_never_clobbered(tmp_path):
@@ -145,7 +173,8 @@ def test_a_resume_records_where_and_in_which_precision_it_went_on(tmp_path, monk
 def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypatch):
     """train.images_seen: the same number of training images whatever the training-set size."""
     from fixedhead.runs import RunDir
-    from fixedhead.train import planned_epochs
+    from fixedhead.data.loaders import prepare
+    from fixedhead.train import planned_steps
 
     config = make_config(TINY, {"train.images_seen": 2000, "train.schedule": "cosine"})
     whole = fit(config, tmp_path / "whole", verbose=False)
@@ -153,7 +182,9 @@ def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypat
     assert whole["epochs"] == round(2000 / shown) == len(RunDir(tmp_path / "whole").read_metrics())
     assert whole["images_seen"] == whole["epochs"] * shown
     assert whole["epochs"] != config.train.epochs  # the budget, not the default, decided
-    assert planned_epochs(config.train, 10) == 200 and planned_epochs(config.train, 10**6) == 1
+    loader = prepare(config.data, seed=0, batch_size=128, eval_batch_size=128, device="cpu", channels_last=False,
+                     with_val=False)["train"]
+    assert planned_steps(config.train, loader) == round(2000 / shown) * len(loader)
     fit_interrupted(config, tmp_path / "cut", 1, monkeypatch)
     resumed = fit(config, tmp_path / "cut", resume=True, verbose=False)
     assert resumed["test_acc"] == whole["test_acc"] and resumed["epochs"] == whole["epochs"]

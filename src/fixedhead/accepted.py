@@ -71,7 +71,7 @@ RANGES = {
     "model.whiten_bias_epochs": _count(0, 100_000, optional=True),
     "model.num_features": _count(1, 65536, optional=True),
     "data.num_classes": _count(2, 100_000, optional=True, note=" (glyphs only)"),
-    "train.epochs": _count(0, 100_000),
+    "train.epochs": _within(0, 100_000, note=" (a fraction ends the last epoch early)"),
     "train.images_seen": _count(1, 10**12, optional=True),
     "train.batch_size": _count(1, 1 << 20),
     "train.eval_batch_size": _count(1, 1 << 20),

@@ -53,7 +53,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training split
+    epochs: float = 10.0  # passes over the training split
     images_seen: Optional[int] = None  # a training budget instead: epochs = round(budget / images per epoch), at least 1
     batch_size: int = 128  # the global batch (split across torchrun processes)
     lr: float = 0.1  # peak learning rate of SGD

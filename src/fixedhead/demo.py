@@ -76,7 +76,7 @@ def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
             raise UserError(f"{run.path} holds a different finished run; choose another --out or pass --overwrite")
         log(f"{name}: reusing the finished run in {run.path}")
     else:
-        log(f"{name}: training ({config.train.epochs} epochs of {config.model.arch} on {config.data.name})")
+        log(f"{name}: training ({config.train.epochs:g} epochs of {config.model.arch} on {config.data.name})")
         fit(config, run.path, resume=True, overwrite=overwrite, verbose=False)  # an interrupted demo continues
     return analyze(run.path, device=config.train.device)
 

@@ -5,6 +5,7 @@ train.py builds a run around these; nothing here knows about run folders or chec
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import threading
@@ -122,8 +123,9 @@ class Interrupted(Exception):
 
 def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress,
                 partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.SINGLE,
-                on_step=None) -> dict:
-    """One pass over the training loader; returns mean loss, accuracy and images/s.
+                on_step=None, limit: int | None = None) -> dict:
+    """One pass over the training loader, or its first `limit` steps (the last epoch of a fractional
+    train.epochs); returns mean loss, accuracy and images/s.
 
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
     the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
@@ -137,8 +139,9 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     loss_sum = torch.tensor(mine[0], dtype=torch.float32, device=device)
     correct = torch.tensor(int(mine[1]), dtype=torch.int64, device=device)
     seen, start = int(mine[2]), time.perf_counter() - partial["elapsed"]
+    last = (len(loader) if limit is None else min(limit, len(loader))) - 1
     progress.update(partial["step"])
-    for step, (images, labels) in enumerate(loader.epoch(seed, epoch, ctx.rank, ctx.world)):
+    for step, (images, labels) in enumerate(itertools.islice(loader.epoch(seed, epoch, ctx.rank, ctx.world), last + 1)):
         if step < partial["step"]:
             continue
         with autocast(device, train_cfg.bf16):
@@ -152,11 +155,11 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
         loss_sum += loss.detach() * len(labels)
         correct += (predicted == labels).sum()
         seen += len(labels)
-        if step % 10 == 0 or step == len(loader) - 1:
+        if step % 10 == 0 or step == last:
             rate = seen / (time.perf_counter() - start)
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
         progress.update(1)
-        if _should_stop(stop, ctx, device) and step < len(loader) - 1:
+        if _should_stop(stop, ctx, device) and step < last:
             # Each rank's own running sums, so that a resumed epoch adds them up in the same order.
             sums = distributed.gather_across([loss_sum.item(), correct.item(), seen], device)
             return {"partial": {"step": step + 1, "per_rank": sums, "elapsed": time.perf_counter() - start}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
             else:
                 log(f"[{number}/{len(planned)}] {run.name}")
                 run_dir.write_sweep_info({"variant": run.variant, "overrides": run.overrides})
-                total = None if config.train.images_seen else config.train.epochs  # a budget: known once data is read
+                total = None if config.train.images_seen else math.ceil(config.train.epochs)  # a budget: known later
                 progress = Progress(f"[{number}/{len(planned)}] {run.name}", total, log)
                 fit(config, run_dir.path, resume=True, verbose=False, callbacks=[progress])
                 summary["finished"].append(run.name)

@@ -81,7 +81,8 @@ class Training:
     train_time_s: float = 0.0
     partial: dict | None = None
     losses: tuple | None = None  # (first epoch's, last epoch's) mean training loss: the divergence rule
-    epochs: int = 0  # epochs to train: train.epochs, or what train.images_seen buys (planned_epochs)
+    steps: int = 0  # optimizer steps to train: train.epochs' worth, or what train.images_seen buys (planned_steps)
+    epochs: int = 0  # epochs begun: the last one ends early when `steps` is not a whole number of epochs
 
 
     def state(self, partial: dict | None = None) -> dict:
@@ -166,15 +167,16 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     _check_whiten_bias(config, model, ctx)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     optimizer = make_optimizer(model, tc)
-    epochs = planned_epochs(tc, images_per_epoch(data["train"]))
-    steps, warmup = epochs * len(data["train"]), round(tc.warmup_epochs * len(data["train"]))
+    steps = planned_steps(tc, data["train"])
+    warmup = round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule, tc.final_lr, tc.warmup_start))
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if tc.plateau_on == "loss" else "max",
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
     return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
-                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, epochs=epochs)
+                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, steps=steps,
+                    epochs=math.ceil(steps / max(1, len(data["train"]))))
 
 
 def images_per_epoch(loader) -> int:
@@ -182,13 +184,21 @@ def images_per_epoch(loader) -> int:
     return min(len(loader) * loader.batch_size, len(loader.labels))
 
 
-def planned_epochs(tc, shown: int) -> int:
-    """train.epochs, or with train.images_seen the whole epochs nearest to that budget (at least one).
-    `shown` counts the images an epoch's steps show (images_per_epoch): with the last partial batch
-    dropped, 1,000 images in batches of 256 are 768 per epoch, so the budget buys 260 epochs, not 200."""
+def planned_steps(tc, loader) -> int:
+    """Optimizer steps to train. train.epochs x steps per epoch, to the nearest step (at least one for any
+    epochs above 0), so that 5.5 epochs end the sixth halfway (airbench's fractional epochs count steps too).
+    With train.images_seen: the whole epochs nearest to that budget (at least one), counted in the images an
+    epoch's steps show (images_per_epoch): with the last partial batch dropped, 1,000 images in batches of
+    256 are 768 per epoch, so 200,000 images buy 260 epochs, not 200."""
     if tc.images_seen is None:
-        return tc.epochs
-    return max(1, round(tc.images_seen / max(1, shown)))
+        return max(round(tc.epochs * len(loader)), 1 if tc.epochs > 0 else 0)
+    return max(1, round(tc.images_seen / max(1, images_per_epoch(loader)))) * len(loader)
+
+
+def images_shown(steps: int, loader) -> int:
+    """Training images `steps` optimizer steps show: whole epochs, then the full batches of a last partial one."""
+    whole, rest = divmod(steps, max(1, len(loader)))
+    return whole * images_per_epoch(loader) + rest * loader.batch_size
 
 
 def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: bool, device) -> None:
@@ -223,7 +233,7 @@ def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: 
 def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) -> None:
     """The epochs still to train; a stop signal ends the current step, writes a checkpoint and raises."""
     config, data, tc = training.config, training.data, training.config.train
-    steps = training.epochs * len(data["train"])
+    steps = training.steps
     if verbose and 0 < steps < 100:
         print(f"note: only {steps} optimizer steps; batch-norm running statistics may lag behind, so test "
               "accuracy (eval mode) can be far below training accuracy; use more epochs or a smaller batch",
@@ -234,16 +244,17 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
     with StopSignals() as stop:
         for epoch in range(training.epoch, training.epochs):
             _whiten_bias(training.model, config.model, epoch)
-            with tqdm(total=len(data["train"]), desc=f"epoch {epoch + 1}/{training.epochs}", leave=False,
+            limit = min(len(data["train"]), steps - epoch * len(data["train"]))  # the last epoch may end early
+            with tqdm(total=limit, desc=f"epoch {epoch + 1}/{training.epochs}", leave=False,
                       disable=None if verbose else True, file=sys.stderr) as progress:
                 partial, training.partial = training.partial, None
                 record = {"epoch": epoch + 1, "lr": partial["lr"] if partial else training.optimizer.param_groups[0]["lr"]}
                 record.update(train_epoch(training.stepped, data["train"], training.optimizer, training.scheduler, tc,
-                                          config.seed, epoch, progress, partial, stop, ctx, on_step))
+                                          config.seed, epoch, progress, partial, stop, ctx, on_step, limit))
             if "partial" in record:
                 run.save_checkpoint(training.state({**record["partial"], "lr": record["lr"]}))
                 raise Interrupted(f"stopped by {stop.received} in epoch {epoch + 1} after step "
-                                  f"{record['partial']['step']} of {len(data['train'])}; checkpoint written; "
+                                  f"{record['partial']['step']} of {limit}; checkpoint written; "
                                   f"continue with: fixedhead train --out {run.path} --resume")
             training.best = _end_epoch(run, record, training.model, data, training.plateau, tc, training.best, config)
             training.epoch, training.train_time_s = epoch + 1, training.train_time_s + record["epoch_time_s"]
@@ -331,8 +342,8 @@ def _finish(run: RunDir, training: Training) -> dict:
     final = {
         "status": "diverged" if diverged(training.losses, len(data["classes"])) else "finished", **test,
         "train_losses": list(training.losses or ()), "train_time_s": training.train_time_s, "test_time_s": test_time_s,
-        "tta": config.train.tta, "epochs": training.epochs, "train_images": len(data["train"].labels),
-        "images_seen": training.epochs * images_per_epoch(data["train"]),
+        "tta": config.train.tta, "epochs": training.epochs, "steps": training.steps,
+        "train_images": len(data["train"].labels), "images_seen": images_shown(training.steps, data["train"]),
         "selected_epoch": best["epoch"] if best else training.epochs, "seed": config.seed,
         "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
     }
