@@ -172,8 +172,8 @@ def test_a_resume_records_where_and_in_which_precision_it_went_on(tmp_path, monk
 
 def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypatch):
     """train.images_seen: the same number of training images whatever the training-set size."""
-    from fixedhead.runs import RunDir
     from fixedhead.data.loaders import prepare
+    from fixedhead.runs import RunDir
     from fixedhead.train import planned_steps
 
     config = make_config(TINY, {"train.images_seen": 2000, "train.schedule": "cosine"})
