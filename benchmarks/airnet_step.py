@@ -11,6 +11,8 @@ ratios share the machine's drift (about 10% within an hour here).
                                      [--also airnet-small ...]   # more of fixedhead's encoders, same head
                                      [--muon]   # and airnet whose filters take Muon steps (train.optimizer muon)
                                      [--stem-bias]   # and (with --muon) that net while its stem's bias learns
+                                     [--low-res 24]   # and (with --muon) those nets fed images of 24 px
+                                                      # (data.low_res_size: progressive resizing's early epochs)
 
 With --loader it times the other half of an epoch instead: one pass of augmentation over 50,000 random
 uint8 images through fixedhead's BatchLoader (the recipe's settings: batch 1,024, 2-pixel reflect-padded
@@ -96,11 +98,15 @@ def main():
     parser.add_argument("--muon", action="store_true", help="add airnet with Muon for its filters (train.optimizer muon)")
     parser.add_argument("--stem-bias", action="store_true",
                         help="with --muon: add that net while its stem's bias learns (model.whiten_bias_epochs)")
+    parser.add_argument("--low-res", type=int, metavar="SIDE",
+                        help="with --muon: add the Muon nets fed images scaled down to SIDE px (data.low_res_size)")
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
     if args.stem_bias and not args.muon:
         parser.error("--stem-bias adds the Muon net with its stem's bias learning; give --muon with it")
+    if args.low_res is not None and not (args.muon and 4 <= args.low_res < 32):
+        parser.error("--low-res SIDE adds the Muon nets fed SIDE px images; give --muon with it, and 4 <= SIDE < 32")
     if args.loader:
         print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
               f"one epoch of {args.images:,} images, {args.rounds} interleaved rounds")
@@ -120,7 +126,13 @@ def main():
     if args.muon and args.stem_bias:
         muons.append(f"{muon}, stem bias learning")
         nets[muons[-1]] = ours(False, stem_bias=True)
-    images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    sides = dict.fromkeys(nets, 32)
+    if args.low_res is not None:
+        for name in list(muons):
+            muons.append(f"{name}, {args.low_res} px")
+            nets[muons[-1]], sides[muons[-1]] = ours(False, stem_bias="stem bias" in name), args.low_res
+    images = {side: torch.randn(args.batch, 3, side, side).contiguous(memory_format=torch.channels_last)
+              for side in set(sides.values())}
     labels = torch.randint(0, 10, (args.batch,))
     optimizers = {name: torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.85,
                                         nesterov=True) for name, net in nets.items() if name not in muons}
@@ -131,7 +143,7 @@ def main():
     def step(name: str) -> float:
         start = time.perf_counter()
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            logits = nets[name](images)
+            logits = nets[name](images[sides[name]])
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.2, reduction="sum")
         optimizers[name].zero_grad(set_to_none=True)
         loss.backward()

@@ -31,15 +31,17 @@ def test_recipe_on_validation_scores_one_training_run_under_each_tta():
 
 def test_airnet_step_times_the_peers_net_and_ours_in_one_process():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), "--batch", "16", "--rounds", "2",
-                           "--also", "airnet-small", "--muon", "--stem-bias"],
+                           "--also", "airnet-small", "--muon", "--stem-bias", "--low-res", "24"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if "x the peer's" in line]
-    assert len(rows) == 6 and rows[0].rstrip().endswith("1.000x the peer's") and "airnet-small" in rows[3]
+    assert len(rows) == 8 and rows[0].rstrip().endswith("1.000x the peer's") and "airnet-small" in rows[3]
     assert "Muon for the filters" in rows[4] and "stem bias learning" in rows[5]
-    alone = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), "--stem-bias"],
-                           capture_output=True, text=True, timeout=600)
-    assert alone.returncode == 2 and "--muon" in alone.stderr and "Traceback" not in alone.stderr  # not ignored
+    assert "24 px" in rows[6] and "stem bias learning, 24 px" in rows[7]
+    for alone in (["--stem-bias"], ["--low-res", "24"]):
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), *alone],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2 and "--muon" in done.stderr and "Traceback" not in done.stderr  # not ignored
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), "--loader", "--images", "3072",
                            "--rounds", "2"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

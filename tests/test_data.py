@@ -150,6 +150,36 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     assert any(both[e][i] == both[e + 1][i] for e in range(3) for i in range(40))  # random: repeats happen
 
 
+def test_low_res_epochs_show_the_images_as_pil_scales_them_down_then_full_size():
+    """Progressive resizing: the first data.low_res_epochs epochs see each (augmented) image scaled down as
+    PIL's bilinear resize does (its downscaling antialiases), later epochs the full side."""
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    loader = pipeline.BatchLoader(images, torch.arange(6), 6, [0.0] * 3, [1 / 255] * 3, low_res=(24, 2))
+    shapes = [tuple(next(loader.epoch(epoch=e))[0].shape) for e in range(3)]
+    assert shapes == [(6, 3, 24, 24), (6, 3, 24, 24), (6, 3, 32, 32)]
+    small, _ = next(loader.epoch(epoch=1))
+    reference = np.stack([np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).resize((24, 24), Image.BILINEAR))
+                          for im in images]).transpose(0, 3, 1, 2)
+    assert np.abs(small.numpy() - reference).max() <= 1.0  # PIL rounds to whole grey levels
+    full, _ = next(loader.epoch(epoch=2))
+    assert torch.equal(full, images.float())
+
+
+@pytest.mark.parametrize("layer,match", [
+    ({"data.low_res_size": 12}, "data.low_res_size and data.low_res_epochs go together"),
+    ({"data.low_res_epochs": 2}, "go together"),
+    ({"data.low_res_size": 16, "data.low_res_epochs": 1}, r"must be below their side \(16 px\), got 16"),
+    ({"data.low_res_size": 2, "data.low_res_epochs": 1}, r"data.low_res_size must be an integer in \[4, 1_024\]"),
+])
+def test_bad_low_res_settings_are_one_line_errors(layer, match):
+    from fixedhead.config import make_config
+    from fixedhead.data.loaders import prepare
+
+    with pytest.raises(UserError, match=match):
+        config = make_config({"data.name": "digits"}, layer)
+        prepare(config.data, seed=0, batch_size=64, eval_batch_size=64, device="cpu")
+
+
 def test_validation_split_is_stratified_and_disjoint():
     labels = torch.arange(100) % 4
     train, val = pipeline.split_validation(100, 0.2, labels, seed=0)

@@ -223,3 +223,23 @@ def test_fit_with_lookahead_resumes_exactly_and_rejects_bad_values(tmp_path, mon
     assert same_result(tmp_path / "whole", tmp_path / "cut")
     with pytest.raises(UserError, match="train.lookahead"):
         make_config(TINY, {"train.lookahead": -1})
+
+
+def test_fit_with_low_res_epochs_shows_the_model_small_images_first_and_resumes_exactly(tmp_path, monkeypatch):
+    config = make_config(TINY, {"train.epochs": 3, "data.low_res_size": 12, "data.low_res_epochs": 2})
+    real_epoch, sides = BatchLoader.epoch, []
+
+    def watched(self, *args, **kwargs):  # the side of each batch the training loader hands out
+        for x, y in real_epoch(self, *args, **kwargs):
+            if self.shuffle:  # the training loader's (evaluation reads full-size images)
+                sides.append(x.shape[-1])
+            yield x, y
+
+    monkeypatch.setattr(BatchLoader, "epoch", watched)
+    final = fit(config, tmp_path / "whole", verbose=False)
+    monkeypatch.undo()
+    per_epoch = len(sides) // 3
+    assert sides == [12] * 2 * per_epoch + [16] * per_epoch and final["test_acc"] > 0.5
+    fit_interrupted(config, tmp_path / "cut", 1, monkeypatch)
+    fit(config, tmp_path / "cut", resume=True, verbose=False)
+    assert same_result(tmp_path / "whole", tmp_path / "cut")

@@ -30,6 +30,8 @@ class DataConfig:
     crop_padding_mode: str = "zeros"  # what the crop pads with: zeros (black) or reflect (mirrored edge; airbench)
     flip: Optional[bool] = None  # None: the dataset's default (no flips for digits)
     alternating_flip: bool = False  # mirror each image in every other epoch instead of at random
+    low_res_size: Optional[int] = None  # progressive resizing: early epochs train on images scaled down to this side
+    low_res_epochs: int = 0  # how many early epochs do (cheaper steps; evaluation stays full size)
 
 
 @dataclass
@@ -218,6 +220,9 @@ def validate(config: Config) -> None:
         raise UserError(f"train.tta={config.train.tta} mirrors test images, but {config.data.name} trains without "
                         "flips (data.flip); use train.tta=shift or none, or set data.flip=true")
     check_num_classes(config.data.name, config.data.num_classes)
+    if (config.data.low_res_size is None) != (config.data.low_res_epochs == 0):
+        raise UserError("data.low_res_size and data.low_res_epochs go together (the side the first epochs train at, "
+                        f"and how many), got {config.data.low_res_size} and {config.data.low_res_epochs}")
     if config.model.whiten_bias_epochs is not None and config.model.whiten == "none":
         raise UserError("model.whiten_bias_epochs stops training the whitened first convolution's bias; it needs "
                         "model.whiten init or frozen")

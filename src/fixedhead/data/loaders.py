@@ -29,6 +29,9 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     if data_cfg.crop_padding_mode == "reflect" and data_cfg.augment and padding >= side:
         raise UserError(f"data.crop_padding_mode=reflect mirrors the image's edge, so data.crop_padding must be "
                         f"below the image side ({side} px), got {padding}; lower it or use zeros")
+    if data_cfg.low_res_size is not None and data_cfg.low_res_size >= side:
+        raise UserError(f"data.low_res_size scales training images down, so it must be below their side ({side} px), "
+                        f"got {data_cfg.low_res_size}")
     flip = DATASETS[data_cfg.name].flip if data_cfg.flip is None else data_cfg.flip
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     out = {"classes": train.classes, "mean": mean, "std": std, "in_channels": train.images.shape[1],
@@ -37,6 +40,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
                                drop_last=len(train_labels) > batch_size,
                                crop_padding=padding if data_cfg.augment else 0, flip=flip and data_cfg.augment,
                                alternating_flip=data_cfg.alternating_flip, crop_padding_mode=data_cfg.crop_padding_mode,
+                               low_res=(data_cfg.low_res_size, data_cfg.low_res_epochs) if data_cfg.low_res_epochs else None,
                                **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)

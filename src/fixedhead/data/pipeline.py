@@ -60,12 +60,13 @@ class BatchLoader:
 
     def __init__(self, images, labels, batch_size, mean, std, device="cpu", shuffle=False,
                  crop_padding=0, flip=False, drop_last=False, channels_last=False, alternating_flip=False,
-                 crop_padding_mode="zeros"):
+                 crop_padding_mode="zeros", low_res: tuple[int, int] | None = None):
         self.images, self.labels = images.to(device), labels.to(device)
         self.alternating_flip = alternating_flip
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip, self.channels_last = crop_padding, flip, channels_last
         self.crop_padding_mode = crop_padding_mode
+        self.low_res = low_res  # (side, epochs): the first epochs' images scaled down to side x side
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
@@ -73,8 +74,13 @@ class BatchLoader:
         full, rest = divmod(len(self.labels), self.batch_size)
         return full + (0 if self.drop_last or rest == 0 else 1)
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+    def normalise(self, images: torch.Tensor, side: int | None = None) -> torch.Tensor:
+        """Floats of zero mean and unit variance per channel; with `side`, scaled down to side x side
+        (bilinear with antialiasing, PIL's downscaling: progressive resizing)."""
         x = (images.float() - self.mean) / self.std
+        if side is not None:
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
+                                                align_corners=False)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def sample(self, count: int, seed: int = 0) -> torch.Tensor:
@@ -94,6 +100,7 @@ class BatchLoader:
             # so that consecutive epochs never repeat a view: (seed, image) -> flip, xor the epoch's parity.
             first = torch.rand(count, generator=torch.Generator().manual_seed(10**9 + seed)) < 0.5
             mirrored = (first ^ bool(epoch % 2)).to(self.labels.device)
+        side = self.low_res[0] if self.low_res is not None and epoch < self.low_res[1] else None
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
             images = self.images[index]
@@ -104,4 +111,4 @@ class BatchLoader:
                                     else torch.rand(len(images), generator=generator) < 0.5)
             if world > 1:
                 images, index = images[rank::world], index[rank::world]
-            yield self.normalise(images), self.labels[index]
+            yield self.normalise(images, side), self.labels[index]
