@@ -82,7 +82,11 @@ class Training:
     partial: dict | None = None
     losses: tuple | None = None  # (first epoch's, last epoch's) mean training loss: the divergence rule
     steps: int = 0  # optimizer steps to train: train.epochs' worth, or what train.images_seen buys (planned_steps)
-    epochs: int = 0  # epochs begun: the last one ends early when `steps` is not a whole number of epochs
+
+    @property
+    def epochs(self) -> int:
+        """Epochs begun: the last one ends early when `steps` is not a whole number of epochs."""
+        return math.ceil(self.steps / max(1, len(self.data["train"])))
 
 
     def state(self, partial: dict | None = None) -> dict:
@@ -175,8 +179,7 @@ def _build(config, ctx, device, whiten: bool) -> Training:
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
     return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
-                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, steps=steps,
-                    epochs=math.ceil(steps / max(1, len(data["train"]))))
+                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, steps=steps)
 
 
 def images_per_epoch(loader) -> int:
