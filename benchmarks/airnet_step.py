@@ -4,8 +4,9 @@ its learned linear head (x 1/9), the port with fixedhead's fixed cosine head (S 
 (label smoothing 0.2, summed), Nesterov SGD; the stem frozen as after the peer's third epoch.
 
 Question (issue 17): is a fixed cosine head dearer per step than the peer's linear one, and is our encoder
-the peer's network at the peer's cost? Times are medians over rounds that alternate the order, so the
-ratios share the machine's drift (about 10% within an hour here).
+the peer's network at the peer's cost? With --muon-batch: what do smaller steps over the same images cost?
+Times are medians over rounds that alternate the order, so the ratios share the machine's drift (about 10%
+within an hour here).
 
     python benchmarks/airnet_step.py [--rounds 12] [--bf16 auto|on|off] [--compile] [--batch 1024]
                                      [--also airnet-small ...]   # more of fixedhead's encoders, same head
@@ -13,6 +14,8 @@ ratios share the machine's drift (about 10% within an hour here).
                                      [--stem-bias]   # and (with --muon) that net while its stem's bias learns
                                      [--low-res 24]   # and (with --muon) those nets fed images of 24 px
                                                       # (data.low_res_size: progressive resizing's early epochs)
+                                     [--muon-batch 512 256]   # and (with --muon) that net taking the same images
+                                                              # in steps of 512, 256 (train.batch_size)
 
 With --loader it times the other half of an epoch instead: one pass of augmentation over 50,000 random
 uint8 images through fixedhead's BatchLoader (the recipe's settings: batch 1,024, 2-pixel reflect-padded
@@ -100,6 +103,8 @@ def main():
                         help="with --muon: add that net while its stem's bias learns (model.whiten_bias_epochs)")
     parser.add_argument("--low-res", type=int, metavar="SIDE",
                         help="with --muon: add the Muon nets fed images scaled down to SIDE px (data.low_res_size)")
+    parser.add_argument("--muon-batch", type=int, nargs="+", default=[], metavar="B",
+                        help="with --muon: add that net taking the --batch images in steps of B (B divides --batch)")
     parser.add_argument("--loader", action="store_true", help="time the two loaders' augmentation, not the step")
     parser.add_argument("--images", type=int, default=50_000, help="--loader: images per epoch")
     args = parser.parse_args()
@@ -107,6 +112,9 @@ def main():
         parser.error("--stem-bias adds the Muon net with its stem's bias learning; give --muon with it")
     if args.low_res is not None and not (args.muon and 4 <= args.low_res < 32):
         parser.error("--low-res SIDE adds the Muon nets fed SIDE px images; give --muon with it, and 4 <= SIDE < 32")
+    if args.muon_batch and not (args.muon and all(0 < b < args.batch and args.batch % b == 0 for b in args.muon_batch)):
+        parser.error(f"--muon-batch B adds the Muon net taking the --batch images in steps of B; give --muon with it, "
+                     f"and each B below {args.batch} and dividing it")
     if args.loader:
         print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
               f"one epoch of {args.images:,} images, {args.rounds} interleaved rounds")
@@ -131,6 +139,10 @@ def main():
         for name in list(muons):
             muons.append(f"{name}, {args.low_res} px")
             nets[muons[-1]], sides[muons[-1]] = ours(False, stem_bias="stem bias" in name), args.low_res
+    splits = dict.fromkeys(nets, args.batch)  # images per optimizer step; a round shows each net --batch images
+    for size in args.muon_batch:
+        muons.append(f"{muon}, steps of {size}")
+        nets[muons[-1]], sides[muons[-1]], splits[muons[-1]] = ours(False), 32, size
     images = {side: torch.randn(args.batch, 3, side, side).contiguous(memory_format=torch.channels_last)
               for side in set(sides.values())}
     labels = torch.randint(0, 10, (args.batch,))
@@ -138,16 +150,18 @@ def main():
                                         nesterov=True) for name, net in nets.items() if name not in muons}
     for name in muons:  # the recipe's optimizer: Muon for the filters, SGD for the batch-norm shifts
         optimizers[name] = make_optimizer(nets[name], TrainConfig(optimizer="muon", lr=1e-4, momentum=0.85,
-                                                                  bn_bias_lr=64.0, batch_size=args.batch))
+                                                                  bn_bias_lr=64.0, batch_size=splits[name]))
 
     def step(name: str) -> float:
+        """Seconds for the net to train on the --batch images, in steps of splits[name]."""
         start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            logits = nets[name](images[sides[name]])
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.2, reduction="sum")
-        optimizers[name].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers[name].step()
+        for batch, targets in zip(images[sides[name]].split(splits[name]), labels.split(splits[name])):
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                logits = nets[name](batch)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.2, reduction="sum")
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
         return time.perf_counter() - start
 
     for name in nets:  # warm-up (and compilation) untimed

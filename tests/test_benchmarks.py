@@ -31,14 +31,14 @@ def test_recipe_on_validation_scores_one_training_run_under_each_tta():
 
 def test_airnet_step_times_the_peers_net_and_ours_in_one_process():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), "--batch", "16", "--rounds", "2",
-                           "--also", "airnet-small", "--muon", "--stem-bias", "--low-res", "24"],
+                           "--also", "airnet-small", "--muon", "--stem-bias", "--low-res", "24", "--muon-batch", "8"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if "x the peer's" in line]
-    assert len(rows) == 8 and rows[0].rstrip().endswith("1.000x the peer's") and "airnet-small" in rows[3]
+    assert len(rows) == 9 and rows[0].rstrip().endswith("1.000x the peer's") and "airnet-small" in rows[3]
     assert "Muon for the filters" in rows[4] and "stem bias learning" in rows[5]
-    assert "24 px" in rows[6] and "stem bias learning, 24 px" in rows[7]
-    for alone in (["--stem-bias"], ["--low-res", "24"]):
+    assert "24 px" in rows[6] and "stem bias learning, 24 px" in rows[7] and "steps of 8" in rows[8]
+    for alone in (["--stem-bias"], ["--low-res", "24"], ["--muon-batch", "512"], ["--muon", "--muon-batch", "300"]):
         done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "airnet_step.py"), *alone],
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 2 and "--muon" in done.stderr and "Traceback" not in done.stderr  # not ignored
