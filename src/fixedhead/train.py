@@ -88,7 +88,6 @@ class Training:
         """Epochs begun: the last one ends early when `steps` is not a whole number of epochs."""
         return math.ceil(self.steps / max(1, len(self.data["train"])))
 
-
     def state(self, partial: dict | None = None) -> dict:
         """Everything needed to continue exactly (the checkpoint)."""
         return {
