@@ -36,7 +36,7 @@ import airbench93  # noqa: E402  (the peer, beside this file)
 from fixedhead import fit  # noqa: E402
 from fixedhead.config import flat, flatten, make_config, parse_overrides  # noqa: E402
 from fixedhead.data import load  # noqa: E402
-from fixedhead.devices import native_bf16  # noqa: E402
+from fixedhead.devices import keep_freed_memory, native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
 from fixedhead.experiments import load_experiment  # noqa: E402
 from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
@@ -162,11 +162,16 @@ def main():
     overrides.update(parse_overrides(args.set))
     overrides["train.bf16"] = bf16
     overrides = typed(overrides, args.data_dir)
+    # fit keeps freed memory on the CPU for the whole process (about 8% of an epoch, cpu_allocator.py); set
+    # here, before either side trains, the peer runs under the same allocator as ours from its first seed on.
+    memory_kept = keep_freed_memory()
     train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images", flush=True)
+          f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images; freed memory "
+          f"{'kept for reuse (glibc)' if memory_kept else 'left to the C library'} on both sides", flush=True)
     setup = {"overrides": {k: v for k, v in overrides.items() if k != "data.data_dir"}, "peer_head": peer_head,
-             "peer_epochs": peer_epochs, "overhead": args.overhead, "train_images": len(train_set)}
+             "peer_epochs": peer_epochs, "overhead": args.overhead, "train_images": len(train_set),
+             "freed_memory_kept": memory_kept}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in range(args.seeds):

@@ -47,3 +47,18 @@ def test_airnet_step_times_the_peers_net_and_ours_in_one_process():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if "x the port's" in line]
     assert len(rows) == 2 and rows[1].startswith("the port's Loader") and rows[1].rstrip().endswith("1.000x the port's")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="keep_freed_memory acts on glibc only")
+def test_cpu_allocator_times_each_side_in_a_process_of_its_own():
+    script = str(REPO / "benchmarks" / "cpu_allocator.py")
+    done = subprocess.run([sys.executable, script, "--batch", "16", "--rounds", "2", "--steps", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["round 1 default", "round 1 kept", "round 2 kept",
+                                                          "round 2 default"]  # alternating which goes first
+    rows = [line for line in lines if "kept / default" in line and "(n = 2," in line]
+    assert len(rows) == 2 and rows[0].startswith("peer, linear head") and rows[1].startswith("fixedhead airnet")
+    done = subprocess.run([sys.executable, script, "--epochs", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "--data-dir" in done.stderr and "Traceback" not in done.stderr

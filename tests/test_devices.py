@@ -1,0 +1,59 @@
+"""keep_freed_memory against glibc's own accounting (mallinfo2), in a fresh process: the setting is
+process-wide, so it is tried where nothing has set it yet."""
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from fixedhead import fit
+from fixedhead.config import make_config
+
+# Allocates and frees a 64 MiB tensor twice, before and after keep_freed_memory, and reports what glibc says:
+# bytes held by mmap while the tensor lives, bytes free in the heap after it is freed, the heap's size.
+PROBE = r"""
+import ctypes, json, torch
+from fixedhead.devices import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+def cycle():
+    tensor = torch.ones(64 << 20, dtype=torch.uint8)
+    mmapped = libc.mallinfo2().hblkhd
+    del tensor
+    info = libc.mallinfo2()
+    return {"mmapped": mmapped, "free": info.fordblks, "heap": info.arena}
+report = {"default": cycle()}
+report["kept"] = keep_freed_memory()
+report["first"], report["second"] = cycle(), cycle()
+print(json.dumps(report))
+"""
+
+glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                           reason="keep_freed_memory acts on glibc only")
+
+
+@glibc
+def test_freed_memory_stays_in_the_heap_and_is_reused():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(out.stdout)
+    size = 64 << 20
+    assert report["default"]["mmapped"] >= size  # glibc's default: a block this big is its own mmap
+    assert report["kept"] is True
+    assert report["first"]["mmapped"] < size and report["second"]["mmapped"] < size  # from the heap now
+    assert report["first"]["free"] >= size  # freed, kept for reuse, not handed back
+    assert report["second"]["heap"] == report["first"]["heap"]  # the second tensor reused the first's memory
+
+
+def test_fit_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
+    import fixedhead.train
+    calls = []
+    monkeypatch.setattr(fixedhead.train, "keep_freed_memory", lambda: calls.append(1) or True)
+    fit(make_config({"data.name": "digits", "model.arch": "resnet20", "train.epochs": 0.05, "train.device": "cpu"}),
+        tmp_path / "run", verbose=False)
+    assert calls == [1]
