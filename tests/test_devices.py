@@ -11,8 +11,10 @@ import pytest
 from fixedhead import fit
 from fixedhead.config import make_config
 
-# Allocates and frees a 64 MiB tensor twice, before and after keep_freed_memory, and reports what glibc says:
-# bytes held by mmap while the tensor lives, bytes free in the heap after it is freed, the heap's size.
+# Allocates and frees a 64 MiB tensor once before keep_freed_memory and six times after it, then a 256 MiB one
+# (more than all the free memory then, so it comes from the top of the heap, where freeing can hand memory
+# back), and reports what glibc says each time: bytes held by mmap while the tensor lives, bytes free in the
+# heap after it is freed, the heap's size.
 PROBE = r"""
 import ctypes, json, torch
 from fixedhead.devices import keep_freed_memory
@@ -22,15 +24,16 @@ class Info(ctypes.Structure):
                  "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
-def cycle():
-    tensor = torch.ones(64 << 20, dtype=torch.uint8)
+def cycle(size=64 << 20):
+    tensor = torch.ones(size, dtype=torch.uint8)
     mmapped = libc.mallinfo2().hblkhd
     del tensor
     info = libc.mallinfo2()
     return {"mmapped": mmapped, "free": info.fordblks, "heap": info.arena}
 report = {"default": cycle()}
 report["kept"] = keep_freed_memory()
-report["first"], report["second"] = cycle(), cycle()
+report["cycles"] = [cycle() for _ in range(6)]
+report["bigger"] = cycle(256 << 20)
 print(json.dumps(report))
 """
 
@@ -45,9 +48,14 @@ def test_freed_memory_stays_in_the_heap_and_is_reused():
     size = 64 << 20
     assert report["default"]["mmapped"] >= size  # glibc's default: a block this big is its own mmap
     assert report["kept"] is True
-    assert report["first"]["mmapped"] < size and report["second"]["mmapped"] < size  # from the heap now
-    assert report["first"]["free"] >= size  # freed, kept for reuse, not handed back
-    assert report["second"]["heap"] == report["first"]["heap"]  # the second tensor reused the first's memory
+    cycles = report["cycles"]
+    assert all(cycle["mmapped"] < size for cycle in cycles)  # from the heap now
+    assert all(cycle["free"] >= size for cycle in cycles)  # freed, kept for reuse, not handed back
+    # Reused: without reuse the heap would grow by a block per cycle (five over six). A small allocation can
+    # split the freed block once, so the next tensor extends the heap by one block; after that they merge and
+    # the heap stays put (seen in CI, and in 2 of 8 runs here).
+    assert cycles[-1]["heap"] - cycles[0]["heap"] <= size
+    assert report["bigger"]["free"] >= 4 * size  # freed at the top of the heap and still not handed back
 
 
 def test_fit_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
