@@ -53,6 +53,19 @@ def ours(compile_it: bool, arch: str = "airnet", stem_bias: bool = False) -> tor
     return torch.compile(net) if compile_it else net
 
 
+def train_on(net, optimizer, images, labels, bf16: bool, split: int) -> float:
+    """Seconds for `net` to train on `images` with the peer's loss, in optimizer steps of `split` images."""
+    start = time.perf_counter()
+    for batch, targets in zip(images.split(split), labels.split(split)):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            logits = net(batch)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.2, reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
 def peer(head: str) -> torch.nn.Module:
     net = airbench93.make_net(head)
     net[0].requires_grad_(False)
@@ -153,16 +166,7 @@ def main():
                                                                   bn_bias_lr=64.0, batch_size=splits[name]))
 
     def step(name: str) -> float:
-        """Seconds for the net to train on the --batch images, in steps of splits[name]."""
-        start = time.perf_counter()
-        for batch, targets in zip(images[sides[name]].split(splits[name]), labels.split(splits[name])):
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                logits = nets[name](batch)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.2, reduction="sum")
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-        return time.perf_counter() - start
+        return train_on(nets[name], optimizers[name], images[sides[name]], labels, bf16, splits[name])
 
     for name in nets:  # warm-up (and compilation) untimed
         step(name), step(name)

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,12 +32,11 @@ SIDES = ("default", "kept")
 def step_times(steps: int, batch: int) -> dict:
     """Median seconds per training step of each net, in this process as it is set."""
     import torch
-    import torch.nn.functional as F
 
     from fixedhead.devices import native_bf16
 
     sys.path.insert(0, str(HERE))
-    from airnet_step import ours, peer
+    from airnet_step import ours, peer, train_on
 
     torch.manual_seed(0)
     nets = {"peer, linear head": peer("linear"), "fixedhead airnet, fixed cosine head": ours(False)}
@@ -49,14 +47,7 @@ def step_times(steps: int, batch: int) -> dict:
                                         nesterov=True) for name, net in nets.items()}
 
     def step(name: str) -> float:
-        start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            logits = nets[name](images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.2, reduction="sum")
-        optimizers[name].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers[name].step()
-        return time.perf_counter() - start
+        return train_on(nets[name], optimizers[name], images, labels, bf16, batch)
 
     for name in nets:  # warm-up, untimed
         step(name), step(name)
@@ -97,16 +88,6 @@ def child(args) -> None:
     print(json.dumps(result))
 
 
-def summary(ratios: list) -> str:
-    from fixedhead.intervals import mean_ci, summarise
-
-    if len(ratios) == 1:
-        return f"{ratios[0]:.3f} (n = 1)"
-    cell = summarise(ratios)
-    mean, low, high = mean_ci(cell)
-    return f"{mean:.3f} +/- {cell['std']:.3f} (n = {len(ratios)}, 95% CI {low:.3f} .. {high:.3f})"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="processes per side, alternating which goes first")
@@ -135,6 +116,9 @@ def main():
             print(f"round {r + 1} {side}: " + ", ".join(f"{k} {v:.3f} s" for k, v in seconds[side][-1].items()),
                   flush=True)
     what = f"training time for {args.epochs:g} epochs" if args.epochs else f"seconds per step of {args.batch:,} images"
+    sys.path.insert(0, str(HERE))
+    from vs_airbench import summary
+
     print(f"{args.rounds} rounds, {what}; kept / default paired by round:")
     for name in seconds["default"][0]:
         ratios = [kept[name] / default[name] for default, kept in zip(seconds["default"], seconds["kept"])]
