@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +91,35 @@ def test_global_max_pool_backward_survives_compiled_bf16():
     assert torch.isfinite(x.grad).all()
     # The gradient reaches exactly one position per (image, channel): the one max(dim) recorded.
     assert ((x.grad != 0).flatten(2).sum(2) == 1).all()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_max_pool_matches_numpy_and_keeps_the_layout_in_backward(channels_last):
+    # numpy's oracle: the maximum over space, and the gradient at its first position in raster order
+    # (np.argmax's), which ties in a bf16 map make matter.
+    from fixedhead.encoders import GlobalPool
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4, size=(5, 6, 3, 3)).astype(np.float32)  # small integers: many ties
+    x = torch.tensor(values)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_(True)
+    inner = x * 1  # not a leaf: a leaf's .grad is laid out like the leaf whatever backward produced
+    grads = []
+    inner.register_hook(grads.append)
+    out = GlobalPool("max")(inner)
+    weights = rng.normal(size=(5, 6)).astype(np.float32)
+    (out * torch.tensor(weights)).sum().backward()
+    (grad,) = grads
+    flat = values.reshape(5, 6, 9)
+    np.testing.assert_array_equal(out.detach().numpy(), flat.max(2))
+    expected = np.zeros_like(flat)
+    first = flat.argmax(2)
+    for b in range(5):
+        for c in range(6):
+            expected[b, c, first[b, c]] = weights[b, c]
+    np.testing.assert_array_equal(grad.numpy(), expected.reshape(values.shape))
+    # The gradient comes back in the input's layout, so the layers below keep theirs in backward.
+    assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def test_the_bn_neck_gives_signed_features_that_can_pass_the_nonnegative_ceiling():
