@@ -113,10 +113,7 @@ def test_global_max_pool_matches_numpy_and_keeps_the_layout_in_backward(channels
     flat = values.reshape(5, 6, 9)
     np.testing.assert_array_equal(out.detach().numpy(), flat.max(2))
     expected = np.zeros_like(flat)
-    first = flat.argmax(2)
-    for b in range(5):
-        for c in range(6):
-            expected[b, c, first[b, c]] = weights[b, c]
+    np.put_along_axis(expected, flat.argmax(2)[..., None], weights[..., None], axis=2)
     np.testing.assert_array_equal(grad.numpy(), expected.reshape(values.shape))
     # The gradient comes back in the input's layout, so the layers below keep theirs in backward.
     assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last
