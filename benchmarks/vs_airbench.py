@@ -64,7 +64,7 @@ def recipe_config(path: str) -> dict:
     variants = list((experiment.get("variants") or {"": {}}).values())
     if experiment.get("grid") or len(variants) != 1:
         raise UserError(f"{path} describes several runs (a grid or {len(variants)} variants); the side by side "
-                        "takes a recipe with one variant, e.g. speed/cpu-fast or speed/cpu-fast-muon6")
+                        "takes a recipe with one variant, e.g. speed/cpu-fast or speed/cpu-fast-short")
     return {**experiment["base"], **(variants[0] or {})}
 
 
