@@ -223,6 +223,9 @@ def validate(config: Config) -> None:
     if (config.data.low_res_size is None) != (config.data.low_res_epochs == 0):
         raise UserError("data.low_res_size and data.low_res_epochs go together (the side the first epochs train at, "
                         f"and how many), got {config.data.low_res_size} and {config.data.low_res_epochs}")
+    if config.data.low_res_epochs and config.data.low_res_epochs >= config.train.epochs:
+        raise UserError(f"data.low_res_epochs must be below train.epochs ({config.train.epochs:g}): progressive resizing "
+                        f"ends before training does (evaluation is full size), got {config.data.low_res_epochs}")
     if config.model.whiten_bias_epochs is not None and config.model.whiten == "none":
         raise UserError("model.whiten_bias_epochs stops training the whitened first convolution's bias; it needs "
                         "model.whiten init or frozen")
