@@ -245,7 +245,7 @@ def test_the_short_recipe_is_the_muon_recipe_with_small_first_epochs_and_its_war
     assert short == {**layers[0], **layers[1], **layers[2]}
     config = make_config(short)
     assert (config.train.epochs, config.data.low_res_epochs, config.data.low_res_size) == (7, 3, 24)
-    assert config.data.low_res_epochs < config.train.epochs and config.train.optimizer == "muon"
+    assert config.train.optimizer == "muon"
     assert config.train.warmup_epochs == pytest.approx(0.23 * config.train.epochs, abs=0.005)
 
 
