@@ -211,7 +211,7 @@ def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_
         (hyp["lr"], hyp["momentum"], hyp["weight_decay"], hyp["bias_scaler"], hyp["batch_size"],
          hyp["label_smoothing"], hyp["end_lr"], hyp["lookahead_every"], hyp["translate"],
          hyp["whiten_bias_epochs"], 0.2, "reflect")
-    for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-muon6", "speed/cpu-fast-short"):
+    for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-muon6", "speed/cpu-fast-short", "speed/cpu-fast-long"):
         recipe = make_config(bench.recipe_config(name))
         assert recipe.model.arch == "airnet" and recipe.train.decoupled and recipe.model.fixed
 
@@ -232,19 +232,22 @@ def test_the_side_by_side_reads_a_recipe_through_base_from_and_refuses_a_file_of
         bench.recipe_config("speed/cpu-fast-muon")
 
 
-def test_the_short_recipe_is_the_muon_recipe_with_small_first_epochs_and_its_warm_up_kept_at_23_percent():
-    """cpu-fast-short: through two base_from files (recomputed from the YAML texts), cpu-fast-muon6 with 7 epochs,
-    the first 3 scaled down, and a warm-up that is still 23% of training; it builds a valid config."""
+@pytest.mark.parametrize("name, epochs, small_epochs", [("cpu-fast-short", 7, 3), ("cpu-fast-long", 12, 4)])
+def test_the_small_start_recipes_are_the_muon_recipe_with_small_first_epochs_and_a_warm_up_of_23_percent(
+        name, epochs, small_epochs):
+    """cpu-fast-short and cpu-fast-long: through two base_from files (recomputed from the YAML texts),
+    cpu-fast-muon6 with more epochs, the first few scaled down to 24 px, and a warm-up that is still 23% of
+    training; each builds a valid config."""
     import yaml
 
     bench = _port("vs_airbench")
     shipped = Path(fixedhead.__file__).parent / "configs" / "speed"
-    layers = [yaml.safe_load((shipped / f"{name}.yaml").read_text())["base"]
-              for name in ("cpu-fast", "cpu-fast-muon6", "cpu-fast-short")]
-    short = bench.recipe_config("speed/cpu-fast-short")
-    assert short == {**layers[0], **layers[1], **layers[2]}
-    config = make_config(short)
-    assert (config.train.epochs, config.data.low_res_epochs, config.data.low_res_size) == (7, 3, 24)
+    layers = [yaml.safe_load((shipped / f"{file}.yaml").read_text())["base"]
+              for file in ("cpu-fast", "cpu-fast-muon6", name)]
+    recipe = bench.recipe_config(f"speed/{name}")
+    assert recipe == {**layers[0], **layers[1], **layers[2]}
+    config = make_config(recipe)
+    assert (config.train.epochs, config.data.low_res_epochs, config.data.low_res_size) == (epochs, small_epochs, 24)
     assert config.train.optimizer == "muon"
     assert config.train.warmup_epochs == pytest.approx(0.23 * config.train.epochs, abs=0.005)
 
