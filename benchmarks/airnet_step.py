@@ -40,8 +40,8 @@ import airbench93  # noqa: E402  (the peer, beside this file)
 from fixedhead import ClassHead, Classifier, build_encoder  # noqa: E402
 from fixedhead.config import TrainConfig  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
-from fixedhead.models import ENCODERS  # noqa: E402
-from fixedhead.steps import make_optimizer  # noqa: E402
+from fixedhead.models.classifier import ENCODERS  # noqa: E402
+from fixedhead.training.epoch import make_optimizer  # noqa: E402
 
 
 def ours(compile_it: bool, arch: str = "airnet", stem_bias: bool = False) -> torch.nn.Module:

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import corruption_reference as ref  # noqa: E402
 from fixedhead import data  # noqa: E402
-from fixedhead.corruptions import CORRUPTIONS, PRESETS, corrupt  # noqa: E402
-from fixedhead.robustness import corrupted_set  # noqa: E402
+from fixedhead.evaluation.corruptions import CORRUPTIONS, PRESETS, corrupt  # noqa: E402
+from fixedhead.evaluation.robustness import corrupted_set  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -61,14 +61,14 @@ def step_times(steps: int, batch: int) -> dict:
 def train_time(recipe: str, data_dir: str, epochs: float) -> dict:
     """The recipe's training time through fit for `epochs` (warm-up 23% of them), in this process as it is
     set; fit's own call to keep_freed_memory is switched off here so that the default side stays default."""
-    import fixedhead.train
+    import fixedhead.training.fit
     from fixedhead import fit
     from fixedhead.config import make_config
 
     sys.path.insert(0, str(HERE))
     from vs_airbench import recipe_config
 
-    fixedhead.train.keep_freed_memory = lambda: False  # the parent set this process's side before
+    fixedhead.training.fit.keep_freed_memory = lambda: False  # the parent set this process's side before
     config = make_config({**recipe_config(recipe), "data.data_dir": data_dir, "seed": 0, "train.epochs": epochs,
                           "train.warmup_epochs": 0.23 * epochs})
     with tempfile.TemporaryDirectory() as folder:

@@ -25,7 +25,7 @@ import torch
 from fixedhead import ClassHead
 from fixedhead.devices import resolve_device
 from fixedhead.errors import UserError
-from fixedhead.many_classes import ManyClassHead
+from fixedhead.heads.many_classes import ManyClassHead
 
 MODES = ("learned-float32", "fixed-bf16-blockwise", "fixed-regenerated-blockwise")
 

@@ -24,7 +24,7 @@ from fixedhead.accepted import TTA_MODES
 from fixedhead.config import make_config, parse_overrides
 from fixedhead.data.loaders import prepare
 from fixedhead.devices import native_bf16
-from fixedhead.evaluate import load_run_model, predict, scores
+from fixedhead.evaluation.trained import load_run_model, predict, scores
 
 
 def main():

@@ -38,9 +38,9 @@ from fixedhead.config import flat, flatten, make_config, parse_overrides  # noqa
 from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import keep_freed_memory, native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
-from fixedhead.experiments import load_experiment  # noqa: E402
+from fixedhead.experiments.experiment_file import load_experiment  # noqa: E402
+from fixedhead.experiments.statistics import mean_ci, summarise  # noqa: E402
 from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
-from fixedhead.intervals import mean_ci, summarise  # noqa: E402
 
 # Which side trains first, by seed parity: the first run of a process pays one-time costs (measured: the peer
 # took 409 s first and 360 s second for the same 2 epochs), so alternating cancels them over an even n.

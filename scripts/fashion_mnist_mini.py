@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from fixedhead.data import idx, mini
-from fixedhead.demo import demo
+from fixedhead.experiments.demo import demo
 
 
 def build(folder: Path, per_class: dict, source=None) -> dict:

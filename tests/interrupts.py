@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fixedhead import fit
-from fixedhead import train as train_mod
+from fixedhead.training import fit as train_mod
 
 
 def weights(run):

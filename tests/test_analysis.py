@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from fixedhead import analyze, fit
-from fixedhead.analysis import compare
 from fixedhead.cli import main
 from fixedhead.config import make_config
+from fixedhead.evaluation.analysis import compare
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128}
 
@@ -94,7 +94,7 @@ def test_the_matrices_beside_analysis_json_are_the_head_cosines_and_the_confusio
     same matrices come back from compare's reader, and from an analysis.json of the old inline form."""
     from sklearn.metrics import confusion_matrix
 
-    from fixedhead.analysis import load_or_analyze, run_outputs
+    from fixedhead.evaluation.analysis import load_or_analyze, run_outputs
     from fixedhead.runs import RunDir
 
     run = RunDir(two_runs / "learned")

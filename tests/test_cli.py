@@ -168,7 +168,7 @@ def test_a_run_written_under_the_old_names_still_scores_and_resumes(tmp_path, ca
 
 
 def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch):
-    import fixedhead.train as train_module
+    import fixedhead.training.fit as train_module
 
     monkeypatch.setattr(train_module, "diverged", lambda losses, num_classes=None: True)  # as if the loss had blown up
     code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", tmp_path / "r", *FAST)
@@ -178,7 +178,7 @@ def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch
 
 def test_an_interrupted_demo_continues_when_run_again(tmp_path, capsys, monkeypatch):
     from fixedhead.config import make_config
-    from fixedhead.demo import MODELS, SETTINGS
+    from fixedhead.experiments.demo import MODELS, SETTINGS
     from interrupts import fit_interrupted
 
     args = ["--set", "train.epochs=2", "--set", "model.arch=fastnet-small"]

@@ -9,8 +9,8 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 import corruption_reference as ref
-from fixedhead.corruptions import CORRUPTIONS, PRESETS, corrupt, defocus_kernel
 from fixedhead.errors import UserError
+from fixedhead.evaluation.corruptions import CORRUPTIONS, PRESETS, corrupt, defocus_kernel
 
 
 @pytest.fixture(scope="module")

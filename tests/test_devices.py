@@ -59,9 +59,9 @@ def test_freed_memory_stays_in_the_heap_and_is_reused():
 
 
 def test_fit_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
-    import fixedhead.train
+    import fixedhead.training.fit
     calls = []
-    monkeypatch.setattr(fixedhead.train, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(fixedhead.training.fit, "keep_freed_memory", lambda: calls.append(1) or True)
     fit(make_config({"data.name": "digits", "model.arch": "resnet20", "train.epochs": 0.05, "train.device": "cpu"}),
         tmp_path / "run", verbose=False)
     assert calls == [1]

@@ -16,8 +16,8 @@ from fixedhead.config import make_config
 from fixedhead.data.pipeline import BatchLoader
 from fixedhead.devices import resolve_device
 from fixedhead.errors import UserError
-from fixedhead.evaluate import evaluate_run
-from fixedhead.many_classes import ManyClassHead
+from fixedhead.evaluation.trained import evaluate_run
+from fixedhead.heads.many_classes import ManyClassHead
 from interrupts import fit_interrupted
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fixedhead import ClassHead, class_vectors
 from fixedhead.errors import UserError
-from fixedhead.heads import INITS
+from fixedhead.heads.class_head import INITS
 
 
 @pytest.mark.parametrize("scale", [1.0, 1 / 9])

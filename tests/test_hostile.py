@@ -306,7 +306,7 @@ def _resume_with(c: Case, name: str, content):
 
 def _compare_with_matrices(c: Case, matrices) -> list:
     """A run with a well-formed analysis.json and the given analysis/matrices.pt, then compare."""
-    from fixedhead.analysis import SUMMARY_KEYS
+    from fixedhead.evaluation.analysis import SUMMARY_KEYS
 
     c.run()
     record = {"split": "test", "classes": [str(k) for k in range(10)], **dict.fromkeys(SUMMARY_KEYS, 0.5)}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fixedhead import data
 from fixedhead.cli import main
 from fixedhead.errors import UserError
-from fixedhead.many_classes import REGENERATION_ROWS, ManyClassHead, regenerated_vectors
+from fixedhead.heads.many_classes import REGENERATION_ROWS, ManyClassHead, regenerated_vectors
 
 
 def _oracle(head, features, labels):
@@ -65,7 +65,7 @@ def test_regenerated_vectors_follow_their_definition_and_are_not_stored():
 def test_bf16_head_stores_half_the_bytes_and_rounds_the_vectors_once():
     head = ManyClassHead(32, 1000, "dot", seed=3, vectors="bf16")
     assert head.weight.dtype == torch.bfloat16 and list(head.buffers())[0].shape == (1000, 32)
-    from fixedhead.heads import class_vectors
+    from fixedhead.heads.class_head import class_vectors
 
     torch.testing.assert_close(head.vectors(), class_vectors(1000, 32, "random", 3).bfloat16().float(), rtol=0, atol=0)
 

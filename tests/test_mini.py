@@ -11,7 +11,7 @@ import torch
 from fixedhead import data
 from fixedhead.cli import main
 from fixedhead.data import idx, mini
-from fixedhead.demo import choose_dataset
+from fixedhead.experiments.demo import choose_dataset
 
 FULL = idx.locate("fashion-mnist", None)
 
@@ -93,7 +93,7 @@ def test_the_demo_prefers_the_full_set_and_falls_back_to_the_subset_with_one_lin
 
 
 def test_the_demo_reads_its_own_numbers_and_calls_small_gaps_neither_way():
-    from fixedhead.demo import reading
+    from fixedhead.experiments.demo import reading
 
     def result(acc, rho):
         return {"acc": acc, "spearman_rho": rho, "num_images": 2000}

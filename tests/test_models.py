@@ -80,7 +80,7 @@ def test_swap_head_refuses_model_without_linear():
 def test_global_max_pool_backward_survives_compiled_bf16():
     # Regression: with amax, a compiled bf16 graph compared a float32 recomputation of GELU's output with
     # the bf16-rounded maximum, found no equal element and divided 0 by 0 (NaN weights after one step).
-    from fixedhead.encoders import GlobalPool
+    from fixedhead.models.encoders import GlobalPool
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.GELU(), GlobalPool("max"))
@@ -97,7 +97,7 @@ def test_global_max_pool_backward_survives_compiled_bf16():
 def test_global_max_pool_matches_numpy_and_keeps_the_layout_in_backward(channels_last):
     # numpy's oracle: the maximum over space, and the gradient at its first position in raster order
     # (np.argmax's), which ties in a bf16 map make matter.
-    from fixedhead.encoders import GlobalPool
+    from fixedhead.models.encoders import GlobalPool
 
     rng = np.random.default_rng(0)
     values = rng.integers(0, 4, size=(5, 6, 3, 3)).astype(np.float32)  # small integers: many ties
@@ -122,7 +122,7 @@ def test_global_max_pool_matches_numpy_and_keeps_the_layout_in_backward(channels
 def test_the_bn_neck_gives_signed_features_that_can_pass_the_nonnegative_ceiling():
     from fixedhead import metrics
     from fixedhead.config import make_config
-    from fixedhead.models import Neck, build_model
+    from fixedhead.models.classifier import Neck, build_model
 
     config = make_config({"model.arch": "fastnet-small", "model.neck": "bn", "model.similarity": "cosine",
                           "model.fixed": True})

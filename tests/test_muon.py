@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from fixedhead import muon, steps
 from fixedhead.config import TrainConfig
 from fixedhead.errors import UserError
+from fixedhead.optim import muon
+from fixedhead.training import epoch as steps
 
 A, B, C = 3.4445, -4.7750, 2.0315  # airbench94_muon's coefficients
 

@@ -164,9 +164,9 @@ def test_overwrite_and_retraining_remove_what_described_the_old_weights(tmp_path
 
 
 def test_an_analysis_of_a_checkpoint_does_not_survive_the_end_of_training(tmp_path):
-    from fixedhead.analysis import analyze
     from fixedhead.config import make_config
-    from fixedhead.train import fit
+    from fixedhead.evaluation.analysis import analyze
+    from fixedhead.training.fit import fit
 
     config = make_config({"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2,
                           "train.batch_size": 128})
@@ -175,7 +175,7 @@ def test_an_analysis_of_a_checkpoint_does_not_survive_the_end_of_training(tmp_pa
     class StopAfterOneEpoch(Exception):
         pass
 
-    import fixedhead.train as train_module
+    import fixedhead.training.fit as train_module
 
     original = train_module._epoch_line
     calls = []

@@ -8,7 +8,7 @@ from conftest import write_image_folder
 from fixedhead import fit
 from fixedhead.cli import main
 from fixedhead.config import make_config
-from fixedhead.corruptions import corrupt
+from fixedhead.evaluation.corruptions import corrupt
 from formats import write_cifar10, write_cifar101
 
 TINY = {"model.arch": "fastnet-small", "train.epochs": 1, "train.batch_size": 8}
@@ -39,8 +39,8 @@ def test_evaluate_writes_accuracy_per_corruption_and_severity(run, capsys):
 
 
 def test_corrupted_accuracy_matches_a_direct_computation(run):
-    from fixedhead.evaluate import load_run_model
-    from fixedhead.robustness import evaluate_suite
+    from fixedhead.evaluation.robustness import evaluate_suite
+    from fixedhead.evaluation.trained import load_run_model
 
     result = evaluate_suite(run / "run", ["impulse_noise"], [3], seed=7)
     model, payload = load_run_model(run / "run")
@@ -56,7 +56,7 @@ def test_corrupted_accuracy_matches_a_direct_computation(run):
 
 
 def test_second_evaluation_comes_from_the_cache(run, monkeypatch):
-    from fixedhead import robustness
+    from fixedhead.evaluation import robustness
 
     robustness.evaluate_suite(run / "run", ["defocus_blur"], [2])
     monkeypatch.setattr(robustness, "corrupt", lambda *a, **k: pytest.fail("corrupted again"))
@@ -107,7 +107,7 @@ def test_grayscale_dataset_cannot_be_corrupted(tmp_path, capsys):
 
 
 def test_compare_draws_robustness_of_evaluated_runs(run, tmp_path, capsys):
-    from fixedhead.robustness import evaluate_suite
+    from fixedhead.evaluation.robustness import evaluate_suite
 
     evaluate_suite(run / "run", ["impulse_noise"], [1, 2])
     assert main(["compare", str(run / "run"), "--out", str(tmp_path)]) == 0

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import fixedhead
-from fixedhead import steps
 from fixedhead.config import TrainConfig, make_config
-from fixedhead.models import build_encoder, build_model
-from fixedhead.whitening import whiten_first_conv, whitening_filters
+from fixedhead.models.classifier import build_encoder, build_model
+from fixedhead.models.whitening import whiten_first_conv, whitening_filters
+from fixedhead.training import epoch as steps
 
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench93.py"
 
@@ -107,7 +107,7 @@ def test_the_warm_up_can_start_above_zero_as_the_peers_does():
 def test_flip_shift_tta_is_the_peers_level_two_tta():
     """train.tta=flip-shift averages the same six views with the same weights as airbench's TTA level 2:
     labels taken from our averaged logits are all right under the port's evaluate, and plain-view labels are not."""
-    from fixedhead.evaluate import tta_views
+    from fixedhead.evaluation.trained import tta_views
 
     port = _port()
     torch.manual_seed(1)
@@ -314,9 +314,9 @@ def test_the_whitening_bias_learns_for_its_epochs_then_stays_put_with_no_gradien
     """model.whiten_bias_epochs (airbench's whiten_bias_epochs): the stem's bias moves in the first N epochs
     only; frozen, it gets no gradient (so backward stops before the stem), and a resume keeps the rule."""
     from fixedhead import fit
-    from fixedhead import train as train_mod
     from fixedhead.errors import UserError
-    from fixedhead.whitening import first_conv
+    from fixedhead.models.whitening import first_conv
+    from fixedhead.training import fit as train_mod
     from interrupts import fit_interrupted, same_result
 
     overrides = {"data.name": "digits", "model.arch": "airnet", "model.whiten": "frozen", "train.epochs": 3,

@@ -14,10 +14,10 @@ from scipy import stats
 import fixedhead
 from fixedhead.cli import main
 from fixedhead.errors import UserError
-from fixedhead.experiments import load_experiment
-from fixedhead.intervals import difference_ci
-from fixedhead.report import write_report
-from fixedhead.sweep import expand, parse_shard, run_sweep, shard
+from fixedhead.experiments.experiment_file import load_experiment
+from fixedhead.experiments.report import write_report
+from fixedhead.experiments.statistics import difference_ci
+from fixedhead.experiments.sweep import expand, parse_shard, run_sweep, shard
 
 EXPERIMENT = {
     "name": "t",
@@ -166,7 +166,7 @@ def test_killed_sweep_restarts_and_every_run_finishes_exactly_once(tmp_path):
 
 
 def test_select_keeps_the_value_best_on_validation_not_test(tmp_path):
-    from fixedhead.report import build_tables
+    from fixedhead.experiments.report import build_tables
 
     records = []
     for scale, val, test in ((1, 0.70, 0.90), (16, 0.80, 0.60)):  # S=1 is best on test, S=16 on validation
@@ -188,7 +188,7 @@ def test_select_keeps_the_value_best_on_validation_not_test(tmp_path):
 def test_a_tie_on_validation_accuracy_goes_to_the_lower_validation_loss():
     """300 validation images give accuracies in steps of 1/300, so two values of S often tie: the one
     listed first must not win by its place in the run names."""
-    from fixedhead.report import build_tables, selection_note
+    from fixedhead.experiments.report import build_tables, selection_note
 
     records = [{"status": "finished", "data.name": "a", "variant": "v", "model.scale": scale, "val_acc": 295 / 300,
                 "val_loss": loss, "test_acc": test} for scale, loss, test in ((16, 0.5, 0.90), (4, 0.05, 0.80))]
@@ -208,7 +208,7 @@ def test_a_tie_on_validation_accuracy_goes_to_the_lower_validation_loss():
 def test_select_by_a_test_metric_is_refused_by_the_sweep_and_by_the_report(tmp_path, capsys):
     """A choice made on test would be reported as 'selected on validation': refused before any run, and
     refused by the report of a folder whose experiment.yaml was edited to ask for it."""
-    from fixedhead.report import build_tables
+    from fixedhead.experiments.report import build_tables
 
     experiment = {**EXPERIMENT, "report": {"rows": [], "columns": [], "metrics": ["test_acc"],
                                            "select": {"key": "train.lr", "by": "test_acc"}}}
@@ -244,7 +244,7 @@ def test_devices_run_one_worker_per_device_over_disjoint_shards(tmp_path, capsys
 
 
 def test_every_accuracy_is_shown_in_percent_and_other_metrics_are_not():
-    from fixedhead.report import _fmt
+    from fixedhead.experiments.report import _fmt
 
     for metric in ("test_acc", "clean_acc", "impulse_noise_mean_acc", "gen_acc[cifar10.1]", "val_acc"):
         assert _fmt(metric, 0.3349) == "33.49", metric
@@ -254,13 +254,13 @@ def test_every_accuracy_is_shown_in_percent_and_other_metrics_are_not():
 
 def test_a_sweep_asking_for_bf16_on_a_cpu_that_emulates_it_says_so_once(tmp_path, monkeypatch):
     import fixedhead.devices
-    import fixedhead.sweep as sweep_module
-    import fixedhead.train
+    import fixedhead.experiments.sweep as sweep_module
+    import fixedhead.training.fit
 
     def no_training(config, *args, **kwargs):
         raise UserError("not trained in this test")
 
-    monkeypatch.setattr(fixedhead.train, "fit", no_training)
+    monkeypatch.setattr(fixedhead.training.fit, "fit", no_training)
     for native, bf16, expected in ((False, True, 1), (False, False, 0), (True, True, 0), (False, "auto", 0)):
         monkeypatch.setattr(fixedhead.devices, "native_bf16", lambda device, native=native: native)
         lines = []
@@ -297,7 +297,7 @@ def test_a_device_the_machine_lacks_is_one_error_before_any_run(tmp_path, capsys
 
 
 def test_a_select_key_missing_from_a_run_is_one_line_not_an_empty_table():
-    from fixedhead.report import build_tables
+    from fixedhead.experiments.report import build_tables
 
     records = [{"run": "r0", "status": "finished", "data.name": "a", "variant": "v", "model.scale": 1.0,
                 "test_acc": 0.9}]
@@ -310,8 +310,8 @@ def test_a_select_key_missing_from_a_run_is_one_line_not_an_empty_table():
 def test_final_json_holds_the_final_weights_validation_scores_under_select_last(tmp_path):
     from fixedhead.config import make_config
     from fixedhead.data.loaders import prepare
-    from fixedhead.evaluate import load_run_model, predict, scores
-    from fixedhead.train import fit
+    from fixedhead.evaluation.trained import load_run_model, predict, scores
+    from fixedhead.training.fit import fit
 
     config = make_config({"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 1,
                           "train.batch_size": 128, "data.val_fraction": 0.2})
@@ -486,7 +486,7 @@ def test_an_edited_experiment_does_not_silently_reuse_runs_of_the_old_one(tmp_pa
 
 def test_the_last_training_loss_is_a_report_metric(tmp_path):
     """Learning-rate tables show the final training loss beside accuracy (a blow-up that stayed finite)."""
-    from fixedhead.report import collect
+    from fixedhead.experiments.report import collect
 
     fixture_run(tmp_path, "r", "v", "a", 0, 0.137, "diverged")
     final = json.loads((tmp_path / "r" / "final.json").read_text())

@@ -12,10 +12,10 @@ import pytest
 from fixedhead import plots
 from fixedhead.cli import main
 from fixedhead.config import make_config
-from fixedhead.heads import ClassHead
+from fixedhead.heads.class_head import ClassHead
 from fixedhead.runs import RunDir
 from fixedhead.trackers import head_numbers
-from fixedhead.train import fit
+from fixedhead.training.fit import fit
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,
         "data.val_fraction": 0.1}
@@ -117,7 +117,7 @@ def test_feature_pictures_have_equal_aspect_and_named_axes(drawn, tmp_path):
 
 
 def test_the_analysis_pca_axes_carry_the_explained_variance(tmp_path, drawn):
-    from fixedhead.analysis import analyze
+    from fixedhead.evaluation.analysis import analyze
 
     fit(make_config(TINY, {"train.epochs": 1}), tmp_path / "run", verbose=False)
     analyze(tmp_path / "run")
@@ -128,7 +128,7 @@ def test_the_analysis_pca_axes_carry_the_explained_variance(tmp_path, drawn):
 def test_curve_confidence_interval_against_scipy():
     from scipy import stats
 
-    from fixedhead.intervals import mean_ci, summarise
+    from fixedhead.experiments.statistics import mean_ci, summarise
 
     values = [0.61, 0.64, 0.66, 0.59]
     low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from fixedhead import class_vectors, fit, steps
+from fixedhead import class_vectors, fit
 from fixedhead.config import make_config
 from fixedhead.errors import UserError
-from fixedhead.models import build_model
+from fixedhead.models.classifier import build_model
+from fixedhead.training import epoch as steps
 from interrupts import fit_interrupted, same_result
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3, "train.batch_size": 128,
@@ -74,8 +75,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
 def test_a_fraction_of_an_epoch_ends_the_last_one_early_and_resumes_inside_it(tmp_path, monkeypatch):
     """train.epochs 2.4 with 8 steps an epoch: 19 steps, the third epoch 3 of 8, the linear schedule ending
     at 0 on the 19th step; a stop inside that short epoch resumes to the same weights."""
-    import fixedhead.steps
-    from fixedhead.steps import Interrupted
+    import fixedhead.training.epoch
+    from fixedhead.training.epoch import Interrupted
 
     config = make_config(TINY, {"train.epochs": 2.4, "train.select": "best_val"})
     whole = fit(config, tmp_path / "whole", verbose=False)
@@ -91,7 +92,7 @@ def test_a_fraction_of_an_epoch_ends_the_last_one_early_and_resumes_inside_it(tm
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all("val_acc" in m for m in metrics)
 
     calls = iter(range(10**6))  # asks to stop after the second step of the short third epoch
-    monkeypatch.setattr(fixedhead.steps, "_should_stop", lambda *a: next(calls) == 2 * per_epoch + 1)
+    monkeypatch.setattr(fixedhead.training.epoch, "_should_stop", lambda *a: next(calls) == 2 * per_epoch + 1)
     with pytest.raises(Interrupted, match=f"after step 2 of {planned - 2 * per_epoch}"):
         fit(config, tmp_path / "cut", verbose=False)
     monkeypatch.undo()
@@ -137,8 +138,8 @@ def test_imagefolder_training_learns_colour_classes(tmp_path):
 
 
 def test_interrupted_epoch_sums_follow_each_rank_or_fall_to_rank_zero():
-    from fixedhead.distributed import Context
-    from fixedhead.steps import _partial_sums
+    from fixedhead.training.distributed import Context
+    from fixedhead.training.epoch import _partial_sums
 
     per_rank = [[1.5, 10, 32], [2.5, 12, 32]]
     assert _partial_sums(per_rank, Context(1, 2)) == [2.5, 12, 32]  # same world: each rank its own
@@ -174,7 +175,7 @@ def test_a_budget_of_images_seen_sets_the_epochs_and_resumes(tmp_path, monkeypat
     """train.images_seen: the same number of training images whatever the training-set size."""
     from fixedhead.data.loaders import prepare
     from fixedhead.runs import RunDir
-    from fixedhead.train import planned_steps
+    from fixedhead.training.fit import planned_steps
 
     config = make_config(TINY, {"train.images_seen": 2000, "train.schedule": "cosine"})
     whole = fit(config, tmp_path / "whole", verbose=False)

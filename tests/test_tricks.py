@@ -7,17 +7,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fixedhead import fit, steps
+from fixedhead import fit
 from fixedhead.cli import main
 from fixedhead.config import make_config
 from fixedhead.data.loaders import prepare
 from fixedhead.data.pipeline import BatchLoader
 from fixedhead.errors import UserError
-from fixedhead.evaluate import evaluate_run, predict
-from fixedhead.lookahead import Lookahead
-from fixedhead.models import build_model
-from fixedhead.steps import make_optimizer
-from fixedhead.whitening import first_conv, patch_covariance, whiten_first_conv, whitening_filters
+from fixedhead.evaluation.trained import evaluate_run, predict
+from fixedhead.models.classifier import build_model
+from fixedhead.models.whitening import first_conv, patch_covariance, whiten_first_conv, whitening_filters
+from fixedhead.optim.lookahead import Lookahead
+from fixedhead.training import epoch as steps
+from fixedhead.training.epoch import make_optimizer
 from interrupts import fit_interrupted, same_result
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,

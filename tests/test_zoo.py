@@ -11,7 +11,7 @@ import yaml
 
 from fixedhead.cli import main
 from fixedhead.errors import UserError
-from fixedhead.models import Classifier, bare_state_dict, build_encoder, swap_head
+from fixedhead.models.classifier import Classifier, bare_state_dict, build_encoder, swap_head
 from fixedhead.runs import RunDir
 
 timm = pytest.importorskip("timm")
@@ -77,7 +77,7 @@ def test_a_model_that_cannot_be_used_is_refused_in_one_line(tmp_path, capsys, ar
 
 
 def test_pretrained_weights_offline_are_one_line(tmp_path, capsys, monkeypatch):
-    from fixedhead import zoo
+    from fixedhead.models import zoo
 
     monkeypatch.setattr(zoo, "_reachable", lambda host, timeout_s=3.0: False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
@@ -137,7 +137,7 @@ def test_data_config_and_grad_checkpointing_reach_the_encoder():
 
 def test_our_optimizer_honours_no_weight_decay():
     from fixedhead.config import TrainConfig
-    from fixedhead.steps import make_optimizer
+    from fixedhead.training.epoch import make_optimizer
 
     model = swap_head(_vit(), similarity="dot", fixed=False)
     optimizer = make_optimizer(model, TrainConfig(weight_decay=5e-4))

@@ -12,9 +12,9 @@ from . import files
 from .data import DATASETS
 from .data.pipeline import PADDING_MODES
 from .errors import UserError, shown
-from .heads import INITS, SIMILARITIES
-from .many_classes import VECTORS
-from .models import ENCODERS, NECKS
+from .heads.class_head import INITS, SIMILARITIES
+from .heads.many_classes import VECTORS
+from .models.classifier import ENCODERS, NECKS
 from .trackers import TRACKERS
 
 SCHEDULES = ("linear", "cosine", "step", "constant", "plateau")

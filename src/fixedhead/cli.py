@@ -68,7 +68,7 @@ def _add_train(sub):
 
 def _train(args) -> int:
     from .config import make_config, parse_overrides, read_yaml, upgrade
-    from .train import fit
+    from .training.fit import fit
 
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     file_layer = read_yaml(args.config) if args.config else {}
@@ -76,7 +76,7 @@ def _train(args) -> int:
     # --resume continues the saved config; flags on top of it must agree with it (fit checks).
     saved = upgrade(run.read_config()) if args.resume and run.has_checkpoint() else {}
     config = make_config(saved, file_layer, flags, parse_overrides(args.set))
-    from .distributed import teardown
+    from .training.distributed import teardown
 
     try:
         final = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
@@ -94,7 +94,7 @@ def _train(args) -> int:
 
 
 def _score(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluation.trained import evaluate_run
 
     result = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, device=args.device, tta=args.tta)
     tta = "" if result["tta"] == "none" else f", test-time augmentation {result['tta']}"
@@ -105,7 +105,7 @@ def _score(args) -> int:
 
 def _demo(args) -> int:
     from .config import parse_overrides
-    from .demo import demo, results_table
+    from .experiments.demo import demo, results_table
 
     summary = demo(args.out, data=args.data, data_dir=args.data_dir, seed=args.seed,
                    overrides=parse_overrides(args.set), overwrite=args.overwrite)
@@ -129,7 +129,7 @@ def _data(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .analysis import SUMMARY_KEYS, analyze
+    from .evaluation.analysis import SUMMARY_KEYS, analyze
 
     result = analyze(args.run_dir, split=args.split, device=args.device, tsne=args.tsne, cluster=args.cluster)
     if result["unfinished"]:
@@ -141,7 +141,7 @@ def _analyze(args) -> int:
 
 
 def _compare(args) -> int:
-    from .analysis import compare
+    from .evaluation.analysis import compare
 
     result = compare(args.run_dirs, out=args.out, split=args.split, device=args.device)
     print(result["table"])
@@ -179,7 +179,7 @@ def _severities(text: str) -> list[int]:
 
 
 def _corruption_names(text: str) -> list[str]:
-    from .corruptions import CORRUPTIONS
+    from .evaluation.corruptions import CORRUPTIONS
 
     if text == "all":
         return list(CORRUPTIONS)
@@ -193,7 +193,7 @@ def _corruption_names(text: str) -> list[str]:
 
 
 def _robustness(args) -> int:
-    from .robustness import evaluate_suite, table
+    from .evaluation.robustness import evaluate_suite, table
 
     result = evaluate_suite(args.run_dir, _corruption_names(args.corruptions), _severities(args.severities),
                             args.preset, args.seed, args.generalization, args.device)
@@ -203,7 +203,7 @@ def _robustness(args) -> int:
 
 
 def _corrupt(args) -> int:
-    from .robustness import export
+    from .evaluation.robustness import export
 
     files = export(args.name, args.data_dir, args.out, args.preset, args.seed, _corruption_names(args.corruptions))
     print(f"{', '.join(files)} in {args.out}")
@@ -231,11 +231,11 @@ def _add_robustness(sub):
 
 def _sweep(args) -> int:
     from .config import parse_overrides
-    from .sweep import run_sweep
+    from .experiments.sweep import run_sweep
 
     sets = parse_overrides(args.set)
     if args.devices:
-        from .sweep import run_parallel
+        from .experiments.sweep import run_parallel
 
         if args.shard or args.dry_run:
             raise UserError("--devices runs every shard itself; drop --shard / --dry-run (or use them without --devices)")
@@ -260,7 +260,7 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from .experiments.report import write_report
 
     result = write_report(args.out_dir)
     print(result["markdown"])
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
         print(f"fixedhead: error: {error.strerror or type(error).__name__}{where}", file=sys.stderr)
         return 2
     except Exception as error:
-        from .steps import Interrupted
+        from .training.epoch import Interrupted
 
         if not isinstance(error, Interrupted):
             raise

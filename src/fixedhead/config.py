@@ -10,10 +10,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import files, zoo
+from . import files
 from .accepted import CHOICES, RANGES, WORDS, coerce
 from .data import DATASETS, check_num_classes
 from .errors import UserError, shown
+from .models import zoo
 from .trackers import check_tracker
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots, tables
-from .analysis import analyze
-from .config import make_config, to_dict
-from .data import idx, mini
-from .errors import UserError
-from .files import write_json, write_text
-from .runs import RunDir
-from .train import fit
+from .. import plots, tables
+from ..config import make_config, to_dict
+from ..data import idx, mini
+from ..errors import UserError
+from ..evaluation.analysis import analyze
+from ..files import write_json, write_text
+from ..runs import RunDir
+from ..training.fit import fit
 
 MODELS = {
     "dot-learned": {"model.similarity": "dot", "model.fixed": False},
@@ -62,7 +62,7 @@ def choose_dataset(data: str, data_dir, log) -> str:
     if data not in SETTINGS:
         raise UserError(f"unknown demo dataset {data!r}; choose one of: auto, {', '.join(SETTINGS)}")
     if data == "fashion-mnist" and idx.locate("fashion-mnist", data_dir) is None:
-        from .data.download import download
+        from ..data.download import download
 
         log(f"downloading Fashion-MNIST into {data_dir or 'data'}")
         download("fashion-mnist", data_dir or "data")

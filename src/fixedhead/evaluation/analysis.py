@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
-from .errors import UserError
-from .evaluate import open_split, predict
-from .files import check_fields, write_json, write_text
+from .. import metrics
+from ..errors import UserError
+from ..files import check_fields, write_json, write_text
+from ..runs import RunDir
+from ..tables import markdown_table
 from .robustness import read_evaluation
-from .runs import RunDir
-from .tables import markdown_table
+from .trained import open_split, predict
 
 TSNE_MAX_POINTS = 3000
 
@@ -53,7 +53,7 @@ def measure(outputs: dict) -> dict:
 
 
 def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bool) -> list[str]:
-    from . import plots  # matplotlib only when a figure is drawn
+    from .. import plots  # matplotlib only when a figure is drawn
 
     classes, cosines = outputs["classes"], result["class_vector_cosine"]
     order = metrics.cluster_order(torch.tensor(cosines)) if cluster else list(range(len(classes)))
@@ -118,7 +118,7 @@ def load_or_analyze(run_dir, split: str = "test", device: str = "auto") -> dict:
 
 def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto") -> dict:
     """Several runs side by side: a Markdown table of their numbers and one figure of their heatmaps."""
-    from . import plots
+    from .. import plots
 
     if len(run_dirs) < 1:
         raise UserError("compare needs at least one run folder")

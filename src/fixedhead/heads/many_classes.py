@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .heads import SIMILARITIES, class_vectors
+from ..errors import UserError
+from .class_head import SIMILARITIES, class_vectors
 
 VECTORS = ("stored", "bf16", "regenerate")  # model.vectors: stored is ClassHead's float32
 REGENERATION_ROWS = 4096  # a regenerated head draws its vectors in blocks of this many classes

@@ -21,7 +21,7 @@ import re
 import torch
 from torch import nn
 
-from .errors import UserError, reason
+from ..errors import UserError, reason
 
 LIBRARIES = ("timm", "torchvision")  # the prefix is the package's name
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")

@@ -16,11 +16,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PLACE_KEYS, differences, make_config, saved_config
-from .devices import EMULATED_BF16, emulated_bf16, resolve_device
-from .errors import UserError, reason
-from .experiments import load_experiment
-from .runs import RunDir, RunInUse, SweepDir
+from ..config import PLACE_KEYS, differences, make_config, saved_config
+from ..devices import EMULATED_BF16, emulated_bf16, resolve_device
+from ..errors import UserError, reason
+from ..runs import RunDir, RunInUse, SweepDir
+from .experiment_file import load_experiment
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ def shard(runs: list[PlannedRun], index: int, count: int) -> list[PlannedRun]:
 
 
 def _after(run_dir: Path, experiment: dict, log) -> None:
-    from .analysis import analyze
-    from .robustness import evaluate_suite
+    from ..evaluation.analysis import analyze
+    from ..evaluation.robustness import evaluate_suite
 
     run = RunDir(run_dir)
     if not run.has_model():  # stopped by a non-finite loss: nothing to measure
@@ -90,8 +90,8 @@ def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, sha
     """Run (or list) this shard's runs; finished runs are skipped, interrupted ones resumed, failures
     recorded and passed over. Returns {"planned", "finished", "skipped", "failed", "busy"} run names; a dry
     run trains nothing and returns "overrides" too, each planned run's, in order."""
-    from .trackers import Progress
-    from .train import fit
+    from ..trackers import Progress
+    from ..training.fit import fit
 
     experiment = load_experiment(path, seeds, sets)
     planned = shard(expand(experiment), *parse_shard(shard_spec))
@@ -173,7 +173,7 @@ def emulated_bf16_note(configs) -> str | None:
 def _check_data(configs) -> None:
     """A dataset that is missing or misnamed is one error before anything starts (exit 2, no run folder
     written), not the same failure recorded in every run."""
-    from .data import check_available
+    from ..data import check_available
 
     for data_cfg in {repr(c.data): c.data for c in configs}.values():  # each distinct data section once
         check_available(data_cfg)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from .accepted import MAX_SEED
-from .errors import UserError, shown
-from .files import read_yaml
-from .runs import SELECT_BY
+from ..accepted import MAX_SEED
+from ..errors import UserError, shown
+from ..files import read_yaml
+from ..runs import SELECT_BY
 
 EXPERIMENT_KEYS = {"name", "description", "base", "base_from", "grid", "variants", "seeds", "after", "robustness",
                    "report", "paper", "source"}  # source: where the sweep read it (in the copy it leaves in --out)
@@ -93,7 +93,7 @@ def report_layouts(tree: dict) -> list:
     return [] if report is None else report if isinstance(report, list) else [report]
 
 
-PACKAGED = Path(__file__).parent / "configs"  # the experiment files that ship with fixedhead
+PACKAGED = Path(__file__).parents[1] / "configs"  # the experiment files that ship with fixedhead
 
 
 def shipped(name: str) -> Path | None:

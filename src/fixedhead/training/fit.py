@@ -10,20 +10,21 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from . import config as config_mod
-from . import distributed, zoo
-from .data import made
-from .data.loaders import prepare
-from .devices import EMULATED_BF16, emulated_bf16, keep_freed_memory, resolve_device, use_bf16
-from .errors import UserError, reason, shown
-from .evaluate import predict, scores
-from .files import check_fields
-from .lookahead import Lookahead
-from .models import build_model
-from .runs import RunDir, describe_environment, diverged
-from .steps import Interrupted, StopSignals, lr_factor, make_optimizer, train_epoch
-from .trackers import head_numbers, open_tracker
-from .whitening import MAX_IMAGES, first_conv, whiten_first_conv
+from .. import config as config_mod
+from ..data import made
+from ..data.loaders import prepare
+from ..devices import EMULATED_BF16, emulated_bf16, keep_freed_memory, resolve_device, use_bf16
+from ..errors import UserError, reason, shown
+from ..evaluation.trained import predict, scores
+from ..files import check_fields
+from ..models import zoo
+from ..models.classifier import build_model
+from ..models.whitening import MAX_IMAGES, first_conv, whiten_first_conv
+from ..optim.lookahead import Lookahead
+from ..runs import RunDir, describe_environment, diverged
+from ..trackers import head_numbers, open_tracker
+from . import distributed
+from .epoch import Interrupted, StopSignals, lr_factor, make_optimizer, train_epoch
 
 
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):

@@ -7,10 +7,10 @@ import re
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..heads.class_head import ClassHead
+from ..heads.many_classes import ManyClassHead
 from . import encoders, zoo
-from .errors import UserError
-from .heads import ClassHead
-from .many_classes import ManyClassHead
 
 ENCODERS = {
     "resnet18": encoders.resnet18,  # CIFAR ResNet-18, 512-d (the paper's encoder)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 MAX_IMAGES = 5000  # the covariance of 27-d patches is settled long before this
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data
-from .config import saved_config
+from .. import data
+from ..config import saved_config
+from ..data import cache
+from ..devices import resolve_device
+from ..errors import UserError, shown
+from ..files import atomic_write, check_fields, read_json, write_json
+from ..runs import RunDir
+from ..tables import markdown_table
 from .corruptions import CORRUPTIONS, corrupt, parameters
-from .data import cache
-from .devices import resolve_device
-from .errors import UserError, shown
-from .evaluate import eval_loader, load_run_model, predict, scores
-from .files import atomic_write, check_fields, read_json, write_json
-from .runs import RunDir
-from .tables import markdown_table
+from .trained import eval_loader, load_run_model, predict, scores
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
@@ -102,7 +102,7 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
     run = RunDir(run_dir)
     write_json(run.evaluation_path, result)
     if result["corruptions"]:
-        from . import plots
+        from .. import plots
 
         plots.accuracy_vs_severity({run.path.name: result}, run.evaluation_figure)
     return result

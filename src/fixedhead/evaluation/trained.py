@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import data, metrics
-from .accepted import TTA_MODES
-from .config import make_config, saved_config, upgrade
-from .data.pipeline import BatchLoader
-from .devices import autocast, resolve_device
-from .errors import UserError, reason
-from .files import check_fields
-from .models import build_model
-from .runs import RunDir
+from .. import data, metrics
+from ..accepted import TTA_MODES
+from ..config import make_config, saved_config, upgrade
+from ..data.pipeline import BatchLoader
+from ..devices import autocast, resolve_device
+from ..errors import UserError, reason
+from ..files import check_fields
+from ..models.classifier import build_model
+from ..runs import RunDir
 
 
 def tta_views(images: torch.Tensor, mode: str) -> list[tuple[float, torch.Tensor]]:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PLACE_KEYS, all_keys, upgrade
-from .errors import UserError
-from .files import read_yaml, write_text
-from .intervals import difference_ci, mean_ci, summarise
-from .robustness import read_evaluation
-from .runs import DIVERGENCE_RULE, SELECT_BY, SweepDir, diverged, num_classes, precision
-from .tables import markdown_table
+from ..config import PLACE_KEYS, all_keys, upgrade
+from ..errors import UserError
+from ..evaluation.robustness import read_evaluation
+from ..files import read_yaml, write_text
+from ..runs import DIVERGENCE_RULE, SELECT_BY, SweepDir, diverged, num_classes, precision
+from ..tables import markdown_table
+from .statistics import difference_ci, mean_ci, summarise
 
 
 def _is_percent(metric: str) -> bool:
@@ -42,7 +42,7 @@ def _axis_label(metric: str) -> str:
 def _curve_figures(table: dict, figure, factor: float) -> list:
     """A report layout with `curve: true` (one numeric row key, e.g. data.num_classes): each metric
     against it per column, and each compare pair's difference, with 95% CIs; log axis over a decade."""
-    from . import plots
+    from .. import plots
 
     try:
         xs = {row: float(row) for row in table["rows"]}
@@ -290,7 +290,7 @@ def latex(table: dict) -> str:
 
 def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
     """The experiment's report layouts (one or a list), with rows, columns and metrics filled in."""
-    from .experiments import report_layouts
+    from .experiment_file import report_layouts
 
     varying = [k for k in (experiment.get("grid") or {})]
     layouts = []
@@ -306,7 +306,7 @@ def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
 
 def write_report(root) -> dict:
     """Write report.md, results.csv, tables.tex and one figure per metric under `root`."""
-    from . import plots
+    from .. import plots
 
     root, sweep_dir = Path(root), SweepDir(root)
     if not root.is_dir():
@@ -316,7 +316,7 @@ def write_report(root) -> dict:
         raise UserError(f"{root} holds no finished runs ({len(records)} run folders); run fixedhead sweep first")
     experiment = {}
     if sweep_dir.experiment_path.exists():
-        from .experiments import check_experiment
+        from .experiment_file import check_experiment
 
         experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
     layouts = default_layouts(records, experiment)

@@ -13,10 +13,10 @@ import time
 
 import torch
 
+from ..devices import autocast
+from ..errors import UserError
+from ..optim.muon import SGDMuon, is_filter
 from . import distributed
-from .devices import autocast
-from .errors import UserError
-from .muon import SGDMuon, is_filter
 
 
 def sgd_hyperparameters(train_cfg) -> tuple[float, float]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import UserError
+from ..errors import UserError
 
 CORRUPTIONS = ("impulse_noise", "jpeg_compression", "defocus_blur")
 

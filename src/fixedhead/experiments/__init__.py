@@ -1,0 +1,1 @@
+"""Experiment files, sweeps over them, reports with statistics over seeds, and the demo."""

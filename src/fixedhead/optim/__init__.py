@@ -1,0 +1,1 @@
+"""Optimizers (SGD, Muon for convolution filters), learning-rate schedules and lookahead."""
