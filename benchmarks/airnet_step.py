@@ -41,7 +41,7 @@ from fixedhead import ClassHead, Classifier, build_encoder  # noqa: E402
 from fixedhead.config import TrainConfig  # noqa: E402
 from fixedhead.devices import native_bf16  # noqa: E402
 from fixedhead.models.classifier import ENCODERS  # noqa: E402
-from fixedhead.training.epoch import make_optimizer  # noqa: E402
+from fixedhead.optim import make_optimizer  # noqa: E402
 
 
 def ours(compile_it: bool, arch: str = "airnet", stem_bias: bool = False) -> torch.nn.Module:

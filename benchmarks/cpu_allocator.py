@@ -7,7 +7,8 @@ batch of 1,024 images faults its activation pages in again. How much of a step, 
 
     python benchmarks/cpu_allocator.py [--rounds 5] [--steps 10]   # one training step of two nets: the peer's
         # (airbench93's, its linear head) and fixedhead's airnet with a fixed cosine head, bf16 where native
-    python benchmarks/cpu_allocator.py --data-dir DIR --epochs 2 [--rounds 2] [--recipe configs/speed/cpu-fast-muon6.yaml]
+    python benchmarks/cpu_allocator.py --data-dir DIR --epochs 2 [--rounds 2] [--recipe FILE]  # default: the 6-epoch
+        # Muon recipe of benchmarks/experiments/speed/cpu-fast-muon6.yaml
         # the recipe through fixedhead's trainer for --epochs (warm-up 23% of them); the default side has
         # keep_freed_memory switched off
 
@@ -95,7 +96,7 @@ def main():
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--epochs", type=float, help="time the recipe through fit for this many epochs instead")
     parser.add_argument("--data-dir", help="with --epochs: the CIFAR-10 JPEG folder (train/, test/)")
-    parser.add_argument("--recipe", default=str(HERE.parent / "src/fixedhead/configs/speed/cpu-fast-muon6.yaml"))
+    parser.add_argument("--recipe", default=str(HERE / "experiments/speed/cpu-fast-muon6.yaml"))
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs is not None and not (args.epochs > 0 and args.data_dir):

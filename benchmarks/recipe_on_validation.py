@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from fixedhead import fit
-from fixedhead.accepted import TTA_MODES
 from fixedhead.config import make_config, parse_overrides
 from fixedhead.data.loaders import prepare
+from fixedhead.data.pipeline import TTA_VIEWS
 from fixedhead.devices import native_bf16
-from fixedhead.evaluation.trained import load_run_model, predict, scores
+from fixedhead.evaluation.predict import predict, scores
+from fixedhead.evaluation.trained import load_trained
 
 
 def main():
@@ -42,7 +43,7 @@ def main():
                  "train.epochs": args.epochs, "train.batch_size": 256, "train.lr": 0.2,
                  "train.label_smoothing": 0.2, "train.bf16": native_bf16("cpu"), "train.channels_last": True,
                  "seed": args.seed}
-    modes = TTA_MODES
+    modes = tuple(TTA_VIEWS)
     if args.tiny:
         overrides.update({"data.name": "digits", "data.data_dir": None, "train.epochs": 2, "train.batch_size": 64,
                           "train.lr": 0.05})
@@ -54,7 +55,7 @@ def main():
         start = time.perf_counter()
         final = fit(config, Path(tmp) / "run", verbose=False)
         wall = time.perf_counter() - start
-        model, _ = load_run_model(Path(tmp) / "run")
+        model = load_trained(Path(tmp) / "run").model
     data = prepare(config.data, seed=config.seed, batch_size=config.train.batch_size, eval_batch_size=1000,
                    device="cpu", channels_last=config.train.channels_last, with_val=True)
     model = model.to(memory_format=torch.channels_last if config.train.channels_last else torch.preserve_format)

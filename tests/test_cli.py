@@ -141,30 +141,22 @@ def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and "cannot download cifar10" in err
 
 
-def test_a_run_written_under_the_old_names_still_scores_and_resumes(tmp_path, capsys):
-    """Run folders and weights saved before model.head / feature_dim / onecycle were renamed."""
-    import torch
+def test_a_run_written_by_another_version_is_one_line_naming_it(tmp_path, capsys):
+    """A run folder whose config this version cannot read (a key renamed before the redesign) is refused by
+    score and --resume in one line that names the version meta.json records."""
     import yaml
 
     out = tmp_path / "r"
-    code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--similarity", "cosine",
-                           "--out", out, *FAST)
+    code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", out, *FAST)
     assert code == 0, err
     old = yaml.safe_load((out / "config.yaml").read_text())
     old["model"]["head"] = old["model"].pop("similarity")
-    old["model"]["feature_dim"] = old["model"].pop("num_features")
-    old["train"]["schedule"] = "onecycle"
     (out / "config.yaml").write_text(yaml.safe_dump(old))
-    for name in ("model.pt", "checkpoint.pt"):
-        state = torch.load(out / name, weights_only=True)
-        state["config"] = old
-        torch.save(state, out / name)
-    code, printed, err = run_cli(capsys, "score", out, "--json")
-    assert code == 0, err
-    assert json.loads(printed)["acc"] == pytest.approx(json.loads((out / "final.json").read_text())["test_acc"])
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "fixedhead": "0.0.9"}))
     (out / "final.json").unlink()
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--quiet")
-    assert code == 0, err
+    assert code == 2 and err.count("\n") == 1 and "fixedhead 0.0.9" in err and "model.head" in err, err
 
 
 def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch):
@@ -178,13 +170,15 @@ def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch
 
 def test_an_interrupted_demo_continues_when_run_again(tmp_path, capsys, monkeypatch):
     from fixedhead.config import make_config
-    from fixedhead.experiments.demo import MODELS, SETTINGS
+    from fixedhead.experiments.experiment_file import load_experiment
+    from fixedhead.experiments.sweep import expand
     from interrupts import fit_interrupted
 
     args = ["--set", "train.epochs=2", "--set", "model.arch=fastnet-small"]
-    config = make_config(SETTINGS["digits"], {"seed": 0, "data.data_dir": None}, MODELS["dot-learned"],
-                         {"train.epochs": "2", "model.arch": "fastnet-small"})
-    fit_interrupted(config, tmp_path / "demo" / "dot-learned", 1, monkeypatch)  # as Ctrl-C in the second epoch
+    experiment = load_experiment("demo/digits", [0], {"train.epochs": "2", "model.arch": "fastnet-small"})
+    run = next(r for r in expand(experiment) if r.variant == "dot-learned")
+    config = make_config(experiment["base"], run.overrides)
+    fit_interrupted(config, tmp_path / "demo" / run.name, 1, monkeypatch)  # as Ctrl-C in the second epoch
     code, out, err = run_cli(capsys, "demo", "--data", "digits", "--out", tmp_path / "demo", *args)
     assert code == 0, err
     assert "| dot-learned |" in out

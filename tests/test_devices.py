@@ -17,7 +17,8 @@ from fixedhead.config import make_config
 # heap after it is freed, the heap's size.
 PROBE = r"""
 import ctypes, json, torch
-from fixedhead.devices import keep_freed_memory
+import fixedhead.training.fit  # the modules a training process holds: in a bare process small allocations land
+from fixedhead.devices import keep_freed_memory  # above the freed block and the heap grows a block per cycle
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",

@@ -40,7 +40,7 @@ def test_classifier_features_then_head():
     encoder = build_encoder("resnet20").eval()
     model = Classifier(encoder, ClassHead(encoder.num_features, 10, "cosine", fixed=True))
     x = torch.randn(3, 3, 32, 32)
-    torch.testing.assert_close(model(x), model.head(model.features(x)))
+    torch.testing.assert_close(model(x), model.head(model.forward_features(x)))
 
 
 def test_swap_head_on_torchvision_resnet():
@@ -48,7 +48,7 @@ def test_swap_head_on_torchvision_resnet():
     model = swap_head(torchvision.models.resnet18(weights=None), num_classes=7, similarity="cosine", fixed=True)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
-    assert model.features(x).shape == (2, 512)
+    assert model.forward_features(x).shape == (2, 512)
     assert model(x).shape == (2, 7)
     assert "head.weight" in model.state_dict()
     assert all(p is not model.head.weight for p in model.parameters())
@@ -65,11 +65,11 @@ def test_swap_head_on_timm_model():
     model = swap_head(timm.create_model("resnet18", pretrained=False, num_classes=5), similarity="dot", fixed=True)
     model.eval()
     x = torch.randn(2, 3, 32, 32)
-    assert model.features(x).shape == (2, 512)
+    assert model.forward_features(x).shape == (2, 512)
     assert model(x).shape == (2, 5)
     vit = swap_head(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32,
                                       patch_size=8), similarity="cosine").eval()
-    assert vit(x).shape == (2, 3) and vit.features(x).shape == (2, vit.head.num_features)
+    assert vit(x).shape == (2, 3) and vit.forward_features(x).shape == (2, vit.head.num_features)
 
 
 def test_swap_head_refuses_model_without_linear():
@@ -129,13 +129,39 @@ def test_the_bn_neck_gives_signed_features_that_can_pass_the_nonnegative_ceiling
     model = build_model(config.model, 0, 10, 1, 16)
     assert isinstance(model.encoder, Neck) and model.head.num_features == 128
     model.train()
-    features = model.features(torch.rand(64, 1, 16, 16)).detach()
+    features = model.forward_features(torch.rand(64, 1, 16, 16)).detach()
     assert 0.3 < (features < 0).double().mean() < 0.7  # centred per feature: about half negative
     plain = build_model(make_config({"model.arch": "fastnet-small"}).model, 0, 10, 1, 16)
-    assert (plain.features(torch.rand(8, 1, 16, 16)) < -0.2).sum() == 0  # GELU's minimum is -0.17
+    assert (plain.forward_features(torch.rand(8, 1, 16, 16)) < -0.2).sum() == 0  # GELU's minimum is -0.17
     # A feature along w itself is signed and reaches cos 1, which no non-negative feature can.
     w = model.head.vectors()
     classes = torch.arange(10)
     assert metrics.mean_cos_to_class(w.clone(), w, classes) == pytest.approx(1.0)
     assert metrics.cosine_ceiling(w.clone(), w, classes) == pytest.approx(1.0)
     assert metrics.cosine_ceiling(w.clamp_min(0), w, classes) < 0.8
+
+
+def test_the_classifier_keeps_timms_contract():
+    """forward_features -> forward_head -> forward; num_features, num_classes, get_classifier; reset_classifier
+    builds a head of the same kind and settings (its vectors drawn anew from the same seed), 0 removes it; loss
+    is plain cross-entropy of the logits for a ClassHead."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = Classifier(build_encoder("fastnet-small", in_channels=1),
+                       ClassHead(128, 10, "cosine", fixed=True, scale=4.0, seed=3)).eval()
+    x, labels = torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    features = model.forward_features(x)
+    assert features.shape == (4, model.num_features) == (4, 128) and model.num_classes == 10
+    assert torch.equal(model(x), model.forward_head(features)) and torch.equal(model.forward_head(features, True), features)
+    assert model.get_classifier() is model.head
+    loss, predicted = model.loss(x, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(model(x), labels))
+    assert torch.equal(predicted, model(x).argmax(1))
+    model.reset_classifier(5)
+    assert model.num_classes == 5 and model(x).shape == (4, 5)
+    assert (model.head.similarity, model.head.fixed, model.head.seed) == ("cosine", True, 3)
+    assert model.head.scale.item() == pytest.approx(4.0)
+    torch.testing.assert_close(model.head.weight, ClassHead(128, 5, "cosine", fixed=True, seed=3).weight)
+    model.reset_classifier(0)
+    assert model.num_classes == 0 and torch.equal(model(x), features)

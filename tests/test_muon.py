@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from fixedhead import optim
 from fixedhead.config import TrainConfig
 from fixedhead.errors import UserError
 from fixedhead.optim import muon
-from fixedhead.training import epoch as steps
 
 A, B, C = 3.4445, -4.7750, 2.0315  # airbench94_muon's coefficients
 
@@ -64,7 +64,7 @@ def _config(**kw):
 def test_filters_take_airbench_muon_steps_and_the_rest_sgd():
     batches = _batches()
     ours = _net()
-    _train(ours, steps.make_optimizer(ours, _config()), batches)
+    _train(ours, optim.make_optimizer(ours, _config()), batches)
 
     theirs = _net()
     filters = [p for p in theirs.parameters() if p.ndim == 4]
@@ -90,7 +90,7 @@ def test_filters_take_airbench_muon_steps_and_the_rest_sgd():
 
 def test_each_filter_bank_is_rescaled_to_norm_sqrt_out_before_its_step():
     model = _net()
-    optimizer = steps.make_optimizer(model, _config(muon_lr=1e-9))
+    optimizer = optim.make_optimizer(model, _config(muon_lr=1e-9))
     with torch.no_grad():
         model[0].weight.mul_(7.0)
     _train(model, optimizer, _batches(1))
@@ -103,8 +103,8 @@ def test_channels_last_filters_take_the_same_steps():
     batches = _batches(3)
     plain, last = _net(), _net().to(memory_format=torch.channels_last)
     assert last[3].weight.is_contiguous(memory_format=torch.channels_last)
-    _train(plain, steps.make_optimizer(plain, _config()), batches)
-    _train(last, steps.make_optimizer(last, _config()), batches, channels_last=True)
+    _train(plain, optim.make_optimizer(plain, _config()), batches)
+    _train(last, optim.make_optimizer(last, _config()), batches, channels_last=True)
     for a, b in zip(plain.parameters(), last.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
     assert last[3].weight.is_contiguous(memory_format=torch.channels_last)  # trained in place
@@ -113,16 +113,16 @@ def test_channels_last_filters_take_the_same_steps():
 def test_resuming_from_the_optimizer_state_continues_the_same_run():
     batches = _batches(4)
     straight = _net()
-    _train(straight, steps.make_optimizer(straight, _config()), batches)
+    _train(straight, optim.make_optimizer(straight, _config()), batches)
 
     first = _net()
-    optimizer = steps.make_optimizer(first, _config())
+    optimizer = optim.make_optimizer(first, _config())
     _train(first, optimizer, batches[:2])
     saved = {"model": first.state_dict(), "optimizer": optimizer.state_dict()}
     assert any(len(s.get("momentum_buffer", ())) for s in saved["optimizer"]["state"].values())
     resumed = _net(seed=5)
     resumed.load_state_dict(saved["model"])
-    optimizer = steps.make_optimizer(resumed, _config())
+    optimizer = optim.make_optimizer(resumed, _config())
     optimizer.load_state_dict(saved["optimizer"])
     _train(resumed, optimizer, batches[2:])
     for a, b in zip(straight.parameters(), resumed.parameters()):
@@ -131,13 +131,13 @@ def test_resuming_from_the_optimizer_state_continues_the_same_run():
 
 def test_the_groups_and_a_model_without_filters():
     model = _net()
-    groups = {g["name"]: g for g in steps.make_optimizer(model, _config()).param_groups}
+    groups = {g["name"]: g for g in optim.make_optimizer(model, _config()).param_groups}
     assert {id(p) for p in groups["filters"]["params"]} == {id(model[0].weight), id(model[3].weight)}
     assert groups["filters"]["lr"] == 0.2 and groups["filters"]["momentum"] == 0.6
     assert groups["filters"]["weight_decay"] == 0.0
     assert all(p.ndim != 4 for name, g in groups.items() if name != "filters" for p in g["params"])
     with pytest.raises(UserError, match="train.optimizer muon trains convolution filters"):
-        steps.make_optimizer(nn.Sequential(nn.Linear(3, 4)), _config())
+        optim.make_optimizer(nn.Sequential(nn.Linear(3, 4)), _config())
 
 
 @pytest.mark.parametrize("shape", [(8, 27), (16, 4), (12, 12)])
@@ -170,7 +170,7 @@ def test_filter_steps_are_torch_muons_on_the_rescaled_matrix():
     batches = [(torch.randn(16, 1, 9, 9, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(4)]
     ours = net()
     config = _config(lr=1e-9, muon_momentum=0.8)  # nesterov: TrainConfig's default
-    _train(ours, steps.make_optimizer(ours, config), batches)
+    _train(ours, optim.make_optimizer(ours, config), batches)
 
     theirs = net()
     filters = [m.weight for m in theirs if isinstance(m, nn.Conv2d)]
@@ -194,7 +194,7 @@ def test_step_hooks_run_once_a_step():
     """SGDMuon's step calls SGD's inside, which torch also wraps with the hooks once a plain SGD exists."""
     torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # hooks SGD.step, class-wide
     model = _net()
-    optimizer = steps.make_optimizer(model, _config())
+    optimizer = optim.make_optimizer(model, _config())
     calls = []
     optimizer.register_step_post_hook(lambda *_: calls.append(1))
     _train(model, optimizer, _batches(2))

@@ -40,17 +40,17 @@ def test_evaluate_writes_accuracy_per_corruption_and_severity(run, capsys):
 
 def test_corrupted_accuracy_matches_a_direct_computation(run):
     from fixedhead.evaluation.robustness import evaluate_suite
-    from fixedhead.evaluation.trained import load_run_model
+    from fixedhead.evaluation.trained import load_trained
 
     result = evaluate_suite(run / "run", ["impulse_noise"], [3], seed=7)
-    model, payload = load_run_model(run / "run")
+    trained = load_trained(run / "run")
     from fixedhead import data
 
     test = data.load("imagefolder", run / "images", "test")
     x = corrupt(test.images, "impulse_noise", 3, seed=7).float() / 255
-    mean, std = torch.tensor(payload["mean"])[:, None, None], torch.tensor(payload["std"])[:, None, None]
+    mean, std = torch.tensor(trained.mean)[:, None, None], torch.tensor(trained.std)[:, None, None]
     with torch.no_grad():
-        predicted = model((x - mean) / std).argmax(1)
+        predicted = trained.model((x - mean) / std).argmax(1)
     expected = (predicted == test.labels).double().mean().item()
     assert result["corruptions"]["impulse_noise"]["acc"]["3"] == pytest.approx(expected)
 

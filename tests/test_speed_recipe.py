@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 import fixedhead
+from fixedhead import optim
 from fixedhead.config import TrainConfig, make_config
 from fixedhead.models.classifier import build_encoder, build_model
 from fixedhead.models.whitening import whiten_first_conv, whitening_filters
-from fixedhead.training import epoch as steps
 
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench93.py"
+SEARCHES = PORT.parent / "experiments" / "speed"  # the validation searches behind the shipped recipes
 
 
 def _port(name="airbench93"):
@@ -62,7 +63,7 @@ def test_decoupled_sgd_over_the_batch_mean_takes_airbench_steps_over_the_batch_s
     ours = _small_net()
     config = TrainConfig(lr=lr, weight_decay=decay, momentum=momentum, batch_size=batch, decoupled=True,
                          bn_bias_lr=scaler)
-    optimizer = steps.make_optimizer(ours, config)
+    optimizer = optim.make_optimizer(ours, config)
     assert {g["name"] for g in optimizer.param_groups} == {"encoder", "bn_shifts"}
     for x, y in data:
         loss = nn.functional.cross_entropy(ours(x), y, label_smoothing=0.2)
@@ -76,38 +77,38 @@ def test_decoupled_sgd_over_the_batch_mean_takes_airbench_steps_over_the_batch_s
 
 def test_plain_hyperparameters_pass_through_and_shifts_join_the_encoder_at_scale_one():
     config = TrainConfig(lr=0.3, weight_decay=1e-3)
-    assert steps.sgd_hyperparameters(config) == (0.3, 1e-3)
-    assert [g["name"] for g in steps.make_optimizer(_small_net(), config).param_groups] == ["encoder"]
+    assert optim.sgd_hyperparameters(config) == (0.3, 1e-3)
+    assert [g["name"] for g in optim.make_optimizer(_small_net(), config).param_groups] == ["encoder"]
     # Decoupled decay is independent of the lr: doubling lr doubles the step but not lr * decay per step.
-    one, two = (steps.sgd_hyperparameters(TrainConfig(lr=v, weight_decay=0.01, decoupled=True)) for v in (1.0, 2.0))
+    one, two = (optim.sgd_hyperparameters(TrainConfig(lr=v, weight_decay=0.01, decoupled=True)) for v in (1.0, 2.0))
     assert two[0] == pytest.approx(2 * one[0]) and two[0] * two[1] == pytest.approx(one[0] * one[1])
 
 
 def test_the_linear_schedule_ends_at_its_floor():
     total, warmup, final = 100, 23, 0.07
-    factors = [steps.lr_factor(s, total, warmup, "linear", final) for s in range(total)]
+    factors = [optim.lr_factor(s, total, warmup, "linear", final) for s in range(total)]
     expected = np.interp(np.arange(total), [warmup, total], [1.0, final])  # after the warm-up: a straight line
     np.testing.assert_allclose(factors[warmup:], expected[warmup:], rtol=1e-12)
     assert factors[warmup - 1] == 1.0 and factors[0] == pytest.approx(1 / warmup)
-    cosine = steps.lr_factor(total, total, 0, "cosine", final)
-    assert cosine == pytest.approx(final) and steps.lr_factor(0, total, 0, "cosine", final) == 1.0
+    cosine = optim.lr_factor(total, total, 0, "cosine", final)
+    assert cosine == pytest.approx(final) and optim.lr_factor(0, total, 0, "cosine", final) == 1.0
 
 
 def test_the_warm_up_can_start_above_zero_as_the_peers_does():
     """train.warmup_start: the factor climbs in a straight line from `start` (before step 0) to 1 (after the
     last warm-up step): airbench's 0.2 + 0.8 t / T, one step later as our warm-up always is; 0 is the old ramp."""
     total, warmup, final, start = 100, 23, 0.07, 0.2
-    factors = [steps.lr_factor(s, total, warmup, "linear", final, start) for s in range(total)]
+    factors = [optim.lr_factor(s, total, warmup, "linear", final, start) for s in range(total)]
     np.testing.assert_allclose(factors[:warmup], np.interp(np.arange(1, warmup + 1), [0, warmup], [start, 1.0]),
                                rtol=1e-12)
-    assert factors[warmup:] == [steps.lr_factor(s, total, warmup, "linear", final) for s in range(warmup, total)]
-    assert steps.lr_factor(0, total, warmup, "linear", final, 0.0) == pytest.approx(1 / warmup)
+    assert factors[warmup:] == [optim.lr_factor(s, total, warmup, "linear", final) for s in range(warmup, total)]
+    assert optim.lr_factor(0, total, warmup, "linear", final, 0.0) == pytest.approx(1 / warmup)
 
 
 def test_flip_shift_tta_is_the_peers_level_two_tta():
     """train.tta=flip-shift averages the same six views with the same weights as airbench's TTA level 2:
     labels taken from our averaged logits are all right under the port's evaluate, and plain-view labels are not."""
-    from fixedhead.evaluation.trained import tta_views
+    from fixedhead.data.pipeline import tta_views
 
     port = _port()
     torch.manual_seed(1)
@@ -211,7 +212,8 @@ def test_the_recipe_files_and_the_peer_as_a_config_are_valid_and_agree_with_the_
         (hyp["lr"], hyp["momentum"], hyp["weight_decay"], hyp["bias_scaler"], hyp["batch_size"],
          hyp["label_smoothing"], hyp["end_lr"], hyp["lookahead_every"], hyp["translate"],
          hyp["whiten_bias_epochs"], 0.2, "reflect")
-    for name in ("configs/speed/cpu-fast.yaml", "speed/cpu-fast-muon6", "speed/cpu-fast-short", "speed/cpu-fast-long"):
+    for name in ("configs/speed/cpu-fast.yaml", str(SEARCHES / "cpu-fast-muon6.yaml"), "speed/cpu-fast-short",
+                 "speed/cpu-fast-long"):
         recipe = make_config(bench.recipe_config(name))
         assert recipe.model.arch == "airnet" and recipe.train.decoupled and recipe.model.fixed
 
@@ -224,28 +226,32 @@ def test_the_side_by_side_reads_a_recipe_through_base_from_and_refuses_a_file_of
     bench = _port("vs_airbench")
     shipped = Path(fixedhead.__file__).parent / "configs" / "speed"
     parent = yaml.safe_load((shipped / "cpu-fast.yaml").read_text())["base"]
-    own = yaml.safe_load((shipped / "cpu-fast-muon6.yaml").read_text())["base"]
-    short = bench.recipe_config("configs/speed/cpu-fast-muon6.yaml")
+    own = yaml.safe_load((SEARCHES / "cpu-fast-muon6.yaml").read_text())["base"]
+    short = bench.recipe_config(str(SEARCHES / "cpu-fast-muon6.yaml"))
     assert short == {**parent, **own} and short["train.optimizer"] == "muon" and len(short) > len(own)
     assert short["train.warmup_epochs"] == pytest.approx(0.23 * short["train.epochs"], abs=0.005)
     with pytest.raises(bench.UserError, match="4 variants"):
-        bench.recipe_config("speed/cpu-fast-muon")
+        bench.recipe_config(str(SEARCHES / "cpu-fast-muon.yaml"))
 
 
 @pytest.mark.parametrize("name, epochs, small_epochs", [("cpu-fast-short", 7, 3), ("cpu-fast-long", 12, 4)])
 def test_the_small_start_recipes_are_the_muon_recipe_with_small_first_epochs_and_a_warm_up_of_23_percent(
         name, epochs, small_epochs):
-    """cpu-fast-short and cpu-fast-long: through two base_from files (recomputed from the YAML texts),
-    cpu-fast-muon6 with more epochs, the first few scaled down to 24 px, and a warm-up that is still 23% of
-    training; each builds a valid config."""
+    """cpu-fast-short and cpu-fast-long, each readable alone: the search's base (cpu-fast with the Muon keys of
+    cpu-fast-muon6, recomputed from the YAML texts) with more epochs, the first few scaled down to 24 px, and a
+    warm-up that is still 23% of training; each builds a valid config."""
     import yaml
 
     bench = _port("vs_airbench")
     shipped = Path(fixedhead.__file__).parent / "configs" / "speed"
-    layers = [yaml.safe_load((shipped / f"{file}.yaml").read_text())["base"]
-              for file in ("cpu-fast", "cpu-fast-muon6", name)]
+    tree = yaml.safe_load((shipped / f"{name}.yaml").read_text())
+    assert "base_from" not in tree
+    fast = yaml.safe_load((shipped / "cpu-fast.yaml").read_text())["base"]
+    muon = yaml.safe_load((SEARCHES / "cpu-fast-muon6.yaml").read_text())["base"]
     recipe = bench.recipe_config(f"speed/{name}")
-    assert recipe == {**layers[0], **layers[1], **layers[2]}
+    own = {k: v for k, v in recipe.items() if k not in ("train.epochs", "train.warmup_epochs", "data.low_res_size",
+                                                          "data.low_res_epochs")}
+    assert own == {k: v for k, v in {**fast, **muon}.items() if k not in ("train.epochs", "train.warmup_epochs")}
     config = make_config(recipe)
     assert (config.train.epochs, config.data.low_res_epochs, config.data.low_res_size) == (epochs, small_epochs, 24)
     assert config.train.optimizer == "muon"

@@ -226,9 +226,10 @@ def test_select_by_a_test_metric_is_refused_by_the_sweep_and_by_the_report(tmp_p
 def test_every_shipped_experiment_file_expands(tmp_path):
     from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[1] / "src" / "fixedhead" / "configs").rglob("*.yaml"))
-    assert len(files) >= 10
-    for path in files:
+    root = Path(__file__).resolve().parents[1]
+    files = sorted([*(root / "src" / "fixedhead" / "configs").rglob("*.yaml"), *(root / "benchmarks").rglob("*.yaml")])
+    assert len(files) >= 30
+    for path in [p for p in files if not p.name.startswith("_")]:  # _NAME.yaml: a base other files start from
         runs = expand(load_experiment(path, sets={"data.data_dir": str(tmp_path)}))
         assert runs, path
 
@@ -310,13 +311,14 @@ def test_a_select_key_missing_from_a_run_is_one_line_not_an_empty_table():
 def test_final_json_holds_the_final_weights_validation_scores_under_select_last(tmp_path):
     from fixedhead.config import make_config
     from fixedhead.data.loaders import prepare
-    from fixedhead.evaluation.trained import load_run_model, predict, scores
+    from fixedhead.evaluation.predict import predict, scores
+    from fixedhead.evaluation.trained import load_trained
     from fixedhead.training.fit import fit
 
     config = make_config({"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 1,
                           "train.batch_size": 128, "data.val_fraction": 0.2})
     final = fit(config, tmp_path / "run", verbose=False)
-    model, _ = load_run_model(tmp_path / "run")
+    model = load_trained(tmp_path / "run").model
     data = prepare(config.data, seed=0, batch_size=128, eval_batch_size=1000, device="cpu")
     again = scores(predict(model, data["val"]))
     assert final["val_acc"] == again["acc"] and final["val_loss"] == pytest.approx(again["loss"])
@@ -569,12 +571,13 @@ def test_base_from_in_a_circle_is_one_error(tmp_path):
         load_experiment(tmp_path / "a.yaml")
 
 
-@pytest.mark.parametrize("name", ["speed/cpu-fast-epochs", "speed/cpu-fast-small"])
-def test_shipped_files_built_on_cpu_fast_differ_from_it_only_where_they_say(name):
-    """Recomputed from the YAML text alone: cpu-fast's base, then the file's own base, key by key."""
+@pytest.mark.parametrize("name", ["cpu-fast-epochs", "cpu-fast-small"])
+def test_searches_built_on_cpu_fast_differ_from_it_only_where_they_say(name):
+    """Recomputed from the YAML text alone: cpu-fast's base (a shipped name), then the file's own base, key by key."""
     shipped = Path(fixedhead.__file__).parent / "configs"
     recipe = yaml.safe_load((shipped / "speed/cpu-fast.yaml").read_text())
-    child = yaml.safe_load((shipped / f"{name}.yaml").read_text())
-    assert child["base_from"] == "cpu-fast.yaml"
-    assert load_experiment(name)["base"] == {**recipe["base"], **child["base"]}
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "speed" / f"{name}.yaml"
+    child = yaml.safe_load(path.read_text())
+    assert child["base_from"] == "speed/cpu-fast"
+    assert load_experiment(path)["base"] == {**recipe["base"], **child["base"]}
     assert set(child["base"]) <= {"data.val_fraction", "model.arch"}  # validation only; a narrower net at most

@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from fixedhead import class_vectors, fit
+from fixedhead import class_vectors, fit, optim
 from fixedhead.config import make_config
 from fixedhead.errors import UserError
 from fixedhead.models.classifier import build_model
-from fixedhead.training import epoch as steps
 from interrupts import fit_interrupted, same_result
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3, "train.batch_size": 128,
@@ -39,21 +38,21 @@ def test_fit_writes_a_self_describing_run(tmp_path, monkeypatch):
 def test_optimizer_never_sees_fixed_vectors_and_decays_learned_ones_as_told():
     config = make_config(TINY, {"train.head_weight_decay": 0.0, "model.bias": True})
     model = build_model(config.model, 0, 10, 1, 16)
-    groups = {g["name"]: g for g in steps.make_optimizer(model, config.train).param_groups}
+    groups = {g["name"]: g for g in optim.make_optimizer(model, config.train).param_groups}
     assert any(p is model.head.weight for p in groups["class_vectors"]["params"])
     assert groups["class_vectors"]["weight_decay"] == 0.0 and groups["head_other"]["weight_decay"] == 0.0
     assert groups["encoder"]["weight_decay"] == config.train.weight_decay
     fixed = build_model(make_config(TINY, {"model.fixed": True}).model, 0, 10, 1, 16)
-    names = {g["name"] for g in steps.make_optimizer(fixed, config.train).param_groups}
+    names = {g["name"] for g in optim.make_optimizer(fixed, config.train).param_groups}
     assert "class_vectors" not in names
-    ids = {id(p) for g in steps.make_optimizer(fixed, config.train).param_groups for p in g["params"]}
+    ids = {id(p) for g in optim.make_optimizer(fixed, config.train).param_groups for p in g["params"]}
     assert ids == {id(p) for p in fixed.parameters()}
 
 
 def test_lr_schedules():
-    assert [steps.lr_factor(s, 10, 2, "linear") for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, 0.5]
-    assert steps.lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
-    assert [steps.lr_factor(s, 10, 0, "step") for s in (4, 5, 8)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
+    assert [optim.lr_factor(s, 10, 2, "linear") for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, 0.5]
+    assert optim.lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert [optim.lr_factor(s, 10, 0, "step") for s in (4, 5, 8)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):

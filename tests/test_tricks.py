@@ -16,9 +16,9 @@ from fixedhead.errors import UserError
 from fixedhead.evaluation.trained import evaluate_run, predict
 from fixedhead.models.classifier import build_model
 from fixedhead.models.whitening import first_conv, patch_covariance, whiten_first_conv, whitening_filters
+from fixedhead.optim import make_optimizer
 from fixedhead.optim.lookahead import Lookahead
 from fixedhead.training import epoch as steps
-from fixedhead.training.epoch import make_optimizer
 from interrupts import fit_interrupted, same_result
 
 TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,
@@ -100,11 +100,11 @@ class _Linear(torch.nn.Module):
         self.map = torch.nn.Linear(in_features, num_classes)
         self.head = torch.nn.Identity()
 
-    def features(self, x):
+    def forward_features(self, x):
         return self.map(x.flatten(1))
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.head(self.forward_features(x))
 
 
 def _np_shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -168,9 +168,9 @@ def test_bad_tta_and_whiten_settings_are_one_line_errors():
         make_config(TINY, {"model.whiten": "pca"})
 
 
-def test_the_removed_weight_average_key_says_why():
-    with pytest.raises(UserError, match="train.ema' was removed: the weight average measured no gain"):
-        make_config(TINY, {"train.ema": 0.9})
+def test_an_unknown_key_names_the_close_ones():
+    with pytest.raises(UserError, match="unknown config key 'train.lrr'; did you mean train.lr"):
+        make_config(TINY, {"train.lrr": 0.9})
 
 
 def test_lookahead_follows_its_recursion_and_ends_on_the_slow_weights():
@@ -196,7 +196,8 @@ def test_lookahead_follows_its_recursion_and_ends_on_the_slow_weights():
         lookahead.step()
 
     with tqdm(disable=True) as progress:
-        steps.train_epoch(model, data["train"], optimizer, scheduler, config.train, 0, 0, progress, on_step=on_step)
+        steps.train_epoch(steps.LossOf(model), data["train"], optimizer, scheduler, config.train, 0, 0, progress,
+                          on_step=on_step)
     assert len(before) == total
     synced = 0
     for name in names:

@@ -137,7 +137,7 @@ def test_data_config_and_grad_checkpointing_reach_the_encoder():
 
 def test_our_optimizer_honours_no_weight_decay():
     from fixedhead.config import TrainConfig
-    from fixedhead.training.epoch import make_optimizer
+    from fixedhead.optim import make_optimizer
 
     model = swap_head(_vit(), similarity="dot", fixed=False)
     optimizer = make_optimizer(model, TrainConfig(weight_decay=5e-4))
@@ -153,7 +153,7 @@ def test_models_with_auxiliary_outputs_train_on_their_main_output(name, size):
     model.train()
     logits = model(torch.randn(2, 3, size, size))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5)
-    loss, _ = model(torch.randn(2, 3, size, size), labels=torch.tensor([0, 1]))
+    loss, _ = model.loss(torch.randn(2, 3, size, size), torch.tensor([0, 1]))
     loss.backward()
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from .errors import UserError, one_line, shown
-from .runs import DIVERGENCE_RULE, RunDir, SweepDir
+from .runs import DIVERGENCE_RULE, CompareDir, RunDir, SweepDir
 
 # flag dest -> config key; a flag left unset does not override the config file.
 TRAIN_FLAGS = {
@@ -25,34 +25,18 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-# What each train flag means; its choices, accepted range and default come from the config itself.
-TRAIN_HELP = {
-    "data": "dataset", "data_dir": "folder holding the dataset", "arch": "encoder",
-    "similarity": "how features meet class vectors", "fixed": "freeze the class vectors at their random draw",
-    "scale": "logit scale S", "learn_scale": "learn S", "init": "how class vectors are drawn",
-    "epochs": "epochs", "batch_size": "global batch size", "lr": "peak learning rate", "seed": "seed of everything",
-    "device": "auto, cpu, cuda or cuda:N", "bf16": "bf16 autocast", "channels_last": "channels-last memory format",
-    "sync_bn": "torchrun: batch norm over the global batch", "compile": "torch.compile the model",
-    "log": "also log per-epoch metrics to", "pretrained": "timm:/torchvision: models: the library's pretrained weights",
-}
-
-
 def _add_train(sub):
-    from .accepted import CHOICES, RANGES, WORDS
-    from .config import Config, flat
+    from .config import Config, accepted, fields, flat
 
-    defaults = flat(Config())
+    defaults, specs = flat(Config()), fields()
     p = sub.add_parser("train", help="train one run into --out")
     for dest, key in TRAIN_FLAGS.items():
-        text, default = TRAIN_HELP[dest], defaults[key]
-        text += f": {', '.join(map(str, CHOICES[key]))}" if key in CHOICES else ""
-        text += f"; {RANGES[key][1]}" if key in RANGES else ""
+        default, words = defaults[key], specs[key].metadata["words"]
+        text = specs[key].metadata["help"] + (f" [{accepted(key)}]" if accepted(key) else "")
         flag = "--" + dest.replace("_", "-")
-        if isinstance(default, bool) and key in WORDS:  # --bf16 alone is true; --bf16 auto|false as written
-            words = ("true", "false", *WORDS[key])
-            p.add_argument(flag, nargs="?", const=True, default=None, metavar="|".join(words),
-                           help=f"{text}: {', '.join(words)}; the flag alone is true "
-                                f"(default: {'on' if default else 'off'})")
+        if isinstance(default, bool) and words:  # --bf16 alone is true; --bf16 auto|false as written
+            p.add_argument(flag, nargs="?", const=True, default=None, metavar="|".join(("true", "false", *words)),
+                           help=f"{text}; the flag alone is true (default: {'on' if default else 'off'})")
         elif isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=f"{text} (default: {'on' if default else 'off'})")
         else:
@@ -67,14 +51,16 @@ def _add_train(sub):
 
 
 def _train(args) -> int:
-    from .config import make_config, parse_overrides, read_yaml, upgrade
+    from .config import make_config, parse_overrides, read_yaml, saved_config, to_dict
     from .training.fit import fit
 
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     file_layer = read_yaml(args.config) if args.config else {}
     run = RunDir(args.out)
     # --resume continues the saved config; flags on top of it must agree with it (fit checks).
-    saved = upgrade(run.read_config()) if args.resume and run.has_checkpoint() else {}
+    saved = {}
+    if args.resume and run.has_checkpoint():
+        saved = to_dict(saved_config(run.read_config(), run.config_path, run.version()))
     config = make_config(saved, file_layer, flags, parse_overrides(args.set))
     from .training.distributed import teardown
 
@@ -112,7 +98,8 @@ def _demo(args) -> int:
     print(f"\n{summary['title']}:\n")
     print(results_table(summary["results"]))
     print("\n" + "\n".join(summary["reading"]))
-    print(f"\nruns, summary.json and demo.md in {args.out}")
+    folder = SweepDir(args.out)
+    print(f"\nruns, {folder.summary_path.name} and {folder.demo_path.name} in {args.out}")
     return 0
 
 
@@ -146,7 +133,7 @@ def _compare(args) -> int:
     result = compare(args.run_dirs, out=args.out, split=args.split, device=args.device)
     print(result["table"])
     if args.out:
-        print(f"\ncompare.md and class-vector heatmaps in {args.out}")
+        print(f"\n{CompareDir(args.out).table_path.name} and class-vector heatmaps in {args.out}")
     return 0
 
 
@@ -159,7 +146,7 @@ def _add_analysis(sub):
     p.add_argument("--cluster", action="store_true", help="order the heatmap by hierarchical clustering")
     p = sub.add_parser("compare", help="several runs side by side")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", help="folder for compare.md and the heatmap figure")
+    p.add_argument("--out", help="folder for the table (Markdown) and the heatmap figure")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--device", default="auto")
 
@@ -326,14 +313,11 @@ def build_parser() -> Parser:
 
 COMMANDS = {"train": _train, "score": _score, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
             "robustness": _robustness, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
-RENAMED = {"eval": "score", "evaluate": "robustness"}  # old command -> new name
 
 
 def main(argv=None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else argv
-        if argv and argv[0] in RENAMED:
-            raise UserError(f"'fixedhead {argv[0]}' was renamed 'fixedhead {RENAMED[argv[0]]}'; the options are the same")
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as error:

@@ -73,8 +73,8 @@ def keep_freed_memory() -> bool:
 
     Why: PyTorch's CPU tensors come from malloc, and glibc serves every block over 32 MiB (a batch of 1,024
     images' activations) with a fresh mmap and unmaps it on free, so each training step faults all its
-    activation pages in again and zero-fills them. Keeping them (no mmap, no trimming) made a step of the CPU
-    recipe about 10% and its epochs about 8% faster (docs/speed.md, benchmarks/cpu_allocator.py), at the cost
+    activation pages in again and zero-fills them. Keeping them (no mmap, no trimming) makes CPU steps faster
+    (benchmarks/cpu_allocator.py measures by how much), at the cost
     of the process keeping its peak memory until it exits, as CUDA's caching allocator does. Hand-written:
     the usual advice, jemalloc or tcmalloc, needs a system library preloaded before Python starts; glibc's
     own documented mallopt does the same in the running process."""

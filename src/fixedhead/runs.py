@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, shown
 from .files import (
     MAX_TEXT_BYTES,
     check_fields,
@@ -59,10 +59,6 @@ def diverged(losses: tuple | None, num_classes: int | None = None) -> bool:
 
 DIVERGENCE_RULE = ("training loss non-finite, higher in the last epoch than in the first, or not below ln C, "
                    "the loss of a uniform guess over C classes")
-
-# What report.select may choose by: validation metrics only (a choice is never made on test), +1 where higher
-# is better, -1 where lower is. A tie on one goes to the better value of the other.
-SELECT_BY = {"val_acc": 1, "val_loss": -1}
 
 
 class RunInUse(UserError):
@@ -210,6 +206,11 @@ class RunDir:
         self.write_meta(meta)
         return meta.get("bf16") if isinstance(meta.get("bf16"), bool) else None
 
+    def version(self) -> str | None:
+        """The fixedhead version that wrote this run (meta.json), or None when it does not say."""
+        version = self.read_meta().get("fixedhead")
+        return version if isinstance(version, str) else None
+
     def read_meta(self) -> dict:
         """meta.json as a mapping ({} when absent); read it with precision() and num_classes() below."""
         return self._read_mapping(self.meta_path) or {}
@@ -235,6 +236,28 @@ class RunDir:
             raise UserError(f"{self.analysis_path} is larger than {MAX_TEXT_BYTES >> 20} MiB: written by an older "
                             "fixedhead, which kept the class-by-class matrices inside it; run "
                             f"'fixedhead analyze {self.path}' again") from None
+
+    def write_analysis(self, result: dict) -> None:
+        """analysis.json: written last, so that its presence means the analysis (figures, matrices) is whole."""
+        self._write_json(self.analysis_path, result)
+
+    def write_evaluation(self, result: dict) -> None:
+        self._write_json(self.evaluation_path, result)
+
+    def read_evaluation(self) -> dict | None:
+        """evaluation.json checked for the fields the report and the figures read; None when absent."""
+        path = self.evaluation_path
+        if not path.exists():
+            return None
+        result = check_fields(read_json(path, "evaluation"), {"clean_acc": (int, float), "num_test": int,
+                                                              "corruptions": dict, "generalization": dict}, path)
+        for name, entry in result["corruptions"].items():
+            check_fields(entry, {"acc": dict, "mean_acc": (int, float), "relative_drop": (int, float)}, f"{path}: {name}")
+            for severity, acc in entry["acc"].items():
+                check_fields({"acc": acc}, {"acc": (int, float)}, f"{path}: {name} severity {shown(severity)}")
+        for spec, entry in result["generalization"].items():
+            check_fields(entry, {"acc": (int, float), "num_images": int}, f"{path}: {shown(spec)}")
+        return result
 
     def write_matrices(self, matrices: dict) -> None:
         """The analysis's class-by-class matrices, as tensors (a weights-only torch file)."""
@@ -317,7 +340,8 @@ class RunDir:
 
 
 class SweepDir:
-    """The --out folder of a sweep: one run folder per planned run, the resolved experiment, the report."""
+    """The --out folder of a sweep (or of the demo): one run folder per planned run, the resolved experiment,
+    the report; the demo's summary and reading."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -325,6 +349,15 @@ class SweepDir:
         self.report_path = self.path / "report.md"
         self.csv_path = self.path / "results.csv"
         self.latex_path = self.path / "tables.tex"
+        self.summary_path = self.path / "summary.json"
+        self.demo_path = self.path / "demo.md"
+        self.heatmaps = self.path / "class_vector_cosine"  # .png and .pdf: the runs' class-vector cosines side by side
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, summary)
+
+    def write_demo(self, text: str) -> None:
+        write_text(self.demo_path, text)
 
     def run(self, name: str) -> RunDir:
         return RunDir(self.path / name)
@@ -338,6 +371,19 @@ class SweepDir:
 
     def write_experiment(self, experiment: dict) -> None:
         write_yaml(self.experiment_path, experiment)
+
+
+class CompareDir:
+    """The --out folder of `fixedhead compare`: the table and the figures of several runs side by side."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.table_path = self.path / "compare.md"
+        self.heatmaps = self.path / "class_vector_cosine"  # .png and .pdf
+        self.severity_figure = self.path / "accuracy_vs_severity"  # .png and .pdf
+
+    def write_table(self, table: str) -> None:
+        write_text(self.table_path, table + "\n")
 
 
 def precision(meta: dict) -> str | None:

@@ -21,7 +21,7 @@ from . import idx
 
 NAME = "fashion-mnist-mini"
 FOLDER = Path(__file__).with_name("fashion_mnist_mini")
-# images per class in each split: the smallest training size that met issue 16's criteria (docs/results.md)
+# images per class in each split (docs/results.md says how the size was chosen)
 PER_CLASS = {"train": 100, "test": 200}
 SELECTION_SEED = 0
 IMAGES_SEEN = 24_000  # the demo trains each model on this many images (epochs x training images)

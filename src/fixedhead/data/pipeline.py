@@ -1,8 +1,12 @@
-"""Batches from uint8 tensors kept on the training device: crop, flip and normalise whole batches."""
+"""Batches from uint8 tensors kept on the training device: crop, flip and normalise whole batches; the views
+of test-time augmentation."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
 
 PADDING_MODES = ("zeros", "reflect")  # what a random crop pads with (torch's names; reflect: airbench)
 
@@ -112,3 +116,31 @@ class BatchLoader:
             if world > 1:
                 images, index = images[rank::world], index[rank::world]
             yield self.normalise(images, side), self.labels[index]
+
+
+def _plain(images: torch.Tensor) -> list:
+    return [(1.0, images)]
+
+
+def _flip(images: torch.Tensor) -> list:
+    return [(0.5, images), (0.5, images.flip(3))]
+
+
+def _shift(images: torch.Tensor) -> list:
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")  # one pixel up-left and down-right, reflected in
+    return [(0.5, images), (0.25, padded[..., 2:, 2:]), (0.25, padded[..., :-2, :-2])]
+
+
+def _flip_shift(images: torch.Tensor) -> list:
+    return [(w / 2, v) for weight, view in _shift(images) for w, v in ((weight, view), (weight, view.flip(3)))]
+
+
+# train.tta: (weight, view) pairs of a normalised batch whose logits are averaged; the plain batch comes first
+TTA_VIEWS = {"none": _plain, "flip": _flip, "shift": _shift, "flip-shift": _flip_shift}
+
+
+def tta_views(images: torch.Tensor, mode: str) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs of a normalised batch (B, C, H, W) for test-time augmentation `mode`."""
+    if mode not in TTA_VIEWS:
+        raise UserError(f"unknown test-time augmentation {mode!r}; choose one of: {', '.join(TTA_VIEWS)}")
+    return TTA_VIEWS[mode](images)

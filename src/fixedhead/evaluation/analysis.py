@@ -9,10 +9,9 @@ import torch
 
 from .. import metrics
 from ..errors import UserError
-from ..files import check_fields, write_json, write_text
-from ..runs import RunDir
+from ..files import check_fields
+from ..runs import CompareDir, RunDir
 from ..tables import markdown_table
-from .robustness import read_evaluation
 from .trained import open_split, predict
 
 TSNE_MAX_POINTS = 3000
@@ -20,15 +19,15 @@ TSNE_MAX_POINTS = 3000
 
 def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
     """Features, logits and labels of a run on one split, with the head's class vectors."""
-    model, payload, config, loader = open_split(run_dir, split, device, allow_unfinished=True)
-    if getattr(model.head, "blockwise", False):
+    trained, loader = open_split(run_dir, split, device, allow_unfinished=True)
+    head = trained.model.head
+    if getattr(head, "blockwise", False):
         raise UserError(f"the analysis compares every pair of classes (C x C matrices), which a run with "
-                        f"model.vectors={config.model.vectors} ({model.head.num_classes} classes) is made to avoid; "
+                        f"model.vectors={trained.config.model.vectors} ({head.num_classes} classes) is made to avoid; "
                         "fixedhead score gives its accuracy")
-    out = predict(model, loader, config.train.bf16, with_features=True)
-    head = model.head
-    out.update(weight=head.vectors().cpu(), classes=payload["classes"], source=payload["source"],
-               unfinished=payload["unfinished"],
+    out = predict(trained.model, loader, trained.config.train.bf16, with_features=True)
+    out.update(weight=head.vectors().cpu(), classes=trained.classes, source=trained.source,
+               unfinished=trained.unfinished,
                head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,
                      "scale": head.scale.item(), "num_features": head.num_features})
     return out
@@ -91,7 +90,7 @@ def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = Fal
     run = RunDir(run_dir)
     result["figures"] = _pictures(outputs, result, run.analysis_dir, tsne, cluster)
     run.write_matrices({key: result[key] for key in MATRICES})
-    write_json(run.analysis_path, {key: value for key, value in result.items() if key not in MATRICES})  # last: done
+    run.write_analysis({key: value for key, value in result.items() if key not in MATRICES})
     return result
 
 
@@ -131,11 +130,11 @@ def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto")
     figures = []
     if out is not None:
         panels = {name: (r["class_vector_cosine"], r["classes"]) for name, r in results.items()}
-        figures = plots.heatmap_grid(panels, Path(out) / "class_vector_cosine")
-        evaluations = {name: RunDir(r).evaluation_path for name, r in zip(names, run_dirs)}
-        if all(path.exists() for path in evaluations.values()):  # robustness side by side, when evaluated
-            loaded = {name: read_evaluation(path) for name, path in evaluations.items()}
+        folder = CompareDir(out)
+        figures = plots.heatmap_grid(panels, folder.heatmaps)
+        loaded = {name: RunDir(r).read_evaluation() for name, r in zip(names, run_dirs)}
+        if all(loaded.values()):  # robustness side by side, when every run was evaluated
             if all(e["corruptions"] for e in loaded.values()):
-                figures += plots.accuracy_vs_severity(loaded, Path(out) / "accuracy_vs_severity")
-        write_text(Path(out) / "compare.md", table + "\n")
+                figures += plots.accuracy_vs_severity(loaded, folder.severity_figure)
+        folder.write_table(table)
     return {"table": table, "figures": figures, "runs": {n: {k: r[k] for k in SUMMARY_KEYS} for n, r in results.items()}}

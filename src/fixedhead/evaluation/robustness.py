@@ -14,24 +14,15 @@ import numpy as np
 import torch
 
 from .. import data
-from ..config import saved_config
 from ..data import cache
-from ..devices import resolve_device
-from ..errors import UserError, shown
-from ..files import atomic_write, check_fields, read_json, write_json
+from ..errors import UserError
+from ..files import atomic_write
 from ..runs import RunDir
 from ..tables import markdown_table
 from .corruptions import CORRUPTIONS, corrupt, parameters
-from .trained import eval_loader, load_run_model, predict, scores
+from .trained import TrainedRun, load_trained
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
-
-
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, payload: dict, config, device) -> float:
-    """The run's accuracy on these images, with its own normalisation and test-time augmentation."""
-    out = predict(model, eval_loader(images, labels, payload, config, device), config.train.bf16,
-                  tta=config.train.tta)
-    return scores(out)["acc"]
 
 
 def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, seed: int) -> torch.Tensor:
@@ -46,10 +37,10 @@ def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, s
     return torch.from_numpy(np.array(entry["images"]))
 
 
-def _as_trained(images: data.ImageSet, payload: dict, spec: str) -> data.ImageSet:
+def _as_trained(images: data.ImageSet, trained: TrainedRun, spec: str) -> data.ImageSet:
     """The images in the run's channels and size: grey images stored as RGB become one channel again;
     anything else that differs is an error (evaluating on other inputs measures nothing)."""
-    channels, side = payload["in_channels"], payload["image_size"]
+    channels, side = trained.in_channels, trained.image_size
     x = images.images
     if channels == 1 and x.shape[1] == 3:
         if not (torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])):
@@ -61,12 +52,13 @@ def _as_trained(images: data.ImageSet, payload: dict, spec: str) -> data.ImageSe
     return data.ImageSet(x, images.labels, images.classes)
 
 
-def generalization_set(spec: str, config, payload: dict) -> data.ImageSet:
+def generalization_set(spec: str, trained: TrainedRun) -> data.ImageSet:
     """'cifar10.1' or 'cifar10.1:v4' (looked up in DIR given as 'cifar10.1@DIR', else the run's data
     folder) or 'folder:PATH' (PATH/<class name>/<images>), with labels mapped onto `classes`."""
-    size, classes = config.data.image_size, payload["classes"]
+    config, classes = trained.config, trained.classes
+    size = config.data.image_size
     if spec.startswith("folder:"):
-        return _as_trained(data.load_folder_onto(spec[len("folder:"):], classes, size), payload, spec)
+        return _as_trained(data.load_folder_onto(spec[len("folder:"):], classes, size), trained, spec)
     name, _, where = spec.partition("@")
     name, _, variant = name.partition(":")
     if name != "cifar10.1":
@@ -76,48 +68,32 @@ def generalization_set(spec: str, config, payload: dict) -> data.ImageSet:
     if unknown:
         raise UserError(f"{spec} has classes the run was not trained on: {', '.join(unknown)}")
     mapping = torch.tensor([classes.index(c) for c in new.classes])
-    return _as_trained(data.ImageSet(new.images, mapping[new.labels], classes), payload, spec)
+    return _as_trained(data.ImageSet(new.images, mapping[new.labels], classes), trained, spec)
 
 
 def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5), preset: str = "imagenet-c",
                    seed: int = 0, generalization: list[str] = (), device: str = "auto") -> dict:
     """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json."""
-    device = resolve_device(device)
-    model, payload = load_run_model(run_dir, device)
-    config = saved_config(payload["config"])
-    test = data.load_split(config.data, "test")
-    clean = accuracy(model, test.images, test.labels, payload, config, device)
+    trained = load_trained(run_dir, device)
+    test = data.load_split(trained.config.data, "test")
+    clean = trained.accuracy(test.images, test.labels)
     result = {"run": str(run_dir), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
               "corruptions": {}, "generalization": {}}
     for name in corruptions:
-        per_severity = {str(s): accuracy(model, corrupted_set(test.images, name, s, preset, seed), test.labels,
-                                         payload, config, device) for s in severities}
+        per_severity = {str(s): trained.accuracy(corrupted_set(test.images, name, s, preset, seed), test.labels)
+                        for s in severities}
         mean = float(np.mean(list(per_severity.values())))
         result["corruptions"][name] = {"acc": per_severity, "mean_acc": mean,
                                        "relative_drop": (clean - mean) / clean if clean else float("nan")}
     for spec in generalization:
-        new = generalization_set(spec, config, payload)
-        result["generalization"][spec] = {"acc": accuracy(model, new.images, new.labels, payload, config, device),
-                                          "num_images": len(new)}
+        new = generalization_set(spec, trained)
+        result["generalization"][spec] = {"acc": trained.accuracy(new.images, new.labels), "num_images": len(new)}
     run = RunDir(run_dir)
-    write_json(run.evaluation_path, result)
+    run.write_evaluation(result)
     if result["corruptions"]:
         from .. import plots
 
         plots.accuracy_vs_severity({run.path.name: result}, run.evaluation_figure)
-    return result
-
-
-def read_evaluation(path) -> dict:
-    """A run's evaluation.json, checked for the fields the report and the figures read."""
-    result = check_fields(read_json(path, "evaluation"), {"clean_acc": (int, float), "num_test": int,
-                                                          "corruptions": dict, "generalization": dict}, path)
-    for name, entry in result["corruptions"].items():
-        check_fields(entry, {"acc": dict, "mean_acc": (int, float), "relative_drop": (int, float)}, f"{path}: {name}")
-        for severity, acc in entry["acc"].items():
-            check_fields({"acc": acc}, {"acc": (int, float)}, f"{path}: {name} severity {shown(severity)}")
-    for spec, entry in result["generalization"].items():
-        check_fields(entry, {"acc": (int, float), "num_images": int}, f"{path}: {shown(spec)}")
     return result
 
 

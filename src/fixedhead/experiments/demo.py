@@ -1,44 +1,27 @@
 """The paper's four models (dot/cosine S=1, learned/fixed) trained, measured and read side by side.
 
-On Fashion-MNIST (look-alike classes: the paper's situation): the full set when it is on this machine,
-else the subset shipped with the package (data/mini.py). scikit-learn's digits (--data digits) is a
+The demo is an experiment file (configs/demo/) run by the sweep and the report, then read against the
+paper's claims. On Fashion-MNIST (look-alike classes: the paper's situation): the full set when it is on this
+machine, else the subset shipped with the package (data/mini.py). scikit-learn's digits (--data digits) is a
 smoke test, not evidence: every model learns it.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from .. import plots, tables
-from ..config import make_config, to_dict
 from ..data import idx, mini
 from ..errors import UserError
-from ..evaluation.analysis import analyze
-from ..files import write_json, write_text
-from ..runs import RunDir
-from ..training.fit import fit
+from ..evaluation.analysis import load_or_analyze
+from ..runs import SweepDir
+from .report import write_report
+from .sweep import run_sweep
 
-MODELS = {
-    "dot-learned": {"model.similarity": "dot", "model.fixed": False},
-    "dot-fixed": {"model.similarity": "dot", "model.fixed": True},
-    "cosine-learned": {"model.similarity": "cosine", "model.fixed": False, "model.scale": 1.0},
-    "cosine-fixed": {"model.similarity": "cosine", "model.fixed": True, "model.scale": 1.0},
-}
-
-SETTINGS = {
-    # about 30 s per model on 2 CPU cores
-    "digits": {"data.name": "digits", "model.arch": "fastnet", "train.epochs": 15, "train.batch_size": 64,
-               "train.lr": 0.05},
-    # the embedded subset: the same images seen per model on every subset size (data/mini.py)
-    mini.NAME: {"data.name": mini.NAME, "model.arch": "fastnet-small", "train.batch_size": 64, "train.lr": 0.05,
-                "train.epochs": round(mini.IMAGES_SEEN / (10 * mini.PER_CLASS["train"])), "train.channels_last": True},
-    # about 70 s per model on 2 CPU cores with native bf16 (the demo uses bf16 only where it is fast)
-    "fashion-mnist": {"data.name": "fashion-mnist", "model.arch": "fastnet-small", "train.epochs": 3,
-                      "train.batch_size": 128, "train.lr": 0.05, "train.channels_last": True},
-}
+MODELS = ("dot-learned", "dot-fixed", "cosine-learned", "cosine-fixed")  # the variants of every demo file
+DEMOS = {"digits": "demo/digits", mini.NAME: "demo/fashion-mnist-mini", "fashion-mnist": "demo/fashion-mnist"}
 
 TITLES = {mini.NAME: f"{mini.NAME}, the embedded subset of Fashion-MNIST ({mini.describe()})",
           "fashion-mnist": "Fashion-MNIST"}
@@ -59,26 +42,14 @@ def choose_dataset(data: str, data_dir, log) -> str:
             return mini.NAME
         log(f"using the full Fashion-MNIST from {found}")
         return "fashion-mnist"
-    if data not in SETTINGS:
-        raise UserError(f"unknown demo dataset {data!r}; choose one of: auto, {', '.join(SETTINGS)}")
+    if data not in DEMOS:
+        raise UserError(f"unknown demo dataset {data!r}; choose one of: auto, {', '.join(DEMOS)}")
     if data == "fashion-mnist" and idx.locate("fashion-mnist", data_dir) is None:
         from ..data.download import download
 
         log(f"downloading Fashion-MNIST into {data_dir or 'data'}")
         download("fashion-mnist", data_dir or "data")
     return data
-
-
-def _run_one(name: str, config, out: Path, overwrite: bool, log) -> dict:
-    run = RunDir(out / name)
-    if run.is_finished() and not overwrite:
-        if run.read_config() != to_dict(config):
-            raise UserError(f"{run.path} holds a different finished run; choose another --out or pass --overwrite")
-        log(f"{name}: reusing the finished run in {run.path}")
-    else:
-        log(f"{name}: training ({config.train.epochs:g} epochs of {config.model.arch} on {config.data.name})")
-        fit(config, run.path, resume=True, overwrite=overwrite, verbose=False)  # an interrupted demo continues
-    return analyze(run.path, device=config.train.device)
 
 
 def results_table(results: dict) -> str:
@@ -109,25 +80,40 @@ def reading(results: dict) -> list[str]:
     ]
 
 
+def _train(dataset: str, folder: SweepDir, seed: int, sets: dict, overwrite: bool, log) -> dict:
+    """Run the demo's experiment file into `folder` (finished runs of the same config are reused, as a sweep
+    reuses them); {model: its analysis}."""
+    if overwrite and folder.path.is_dir():
+        for run in folder.runs():
+            run.clear()
+    summary = run_sweep(DEMOS[dataset], folder.path, seeds=[seed], sets=sets, log=log)
+    if summary["failed"] or summary["busy"]:
+        raise UserError(f"the demo's runs {', '.join(summary['failed'] + summary['busy'])} did not train (see above)")
+    if summary["skipped"]:
+        log(f"reusing the finished runs in {folder.path}: {', '.join(summary['skipped'])}")
+    runs = {name.split("__")[0]: folder.run(name) for name in summary["planned"]}
+    return {model: {**load_or_analyze(runs[model].path), "run": str(runs[model].path)} for model in MODELS}
+
+
 def demo(out="runs/demo", data: str = "auto", data_dir=None, seed: int = 0, overrides: dict | None = None,
          overwrite: bool = False, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
-    """Train, analyse and read the four models; writes the runs, `summary.json` and `demo.md` under `out`."""
-    out = Path(out)
+    """Train, analyse and read the four models; writes the runs, the report, a summary and a reading under `out`."""
+    folder = SweepDir(out)
     dataset = choose_dataset(data, data_dir, log)
-    fast = {"train.bf16": "auto"} if dataset != "digits" else {}  # on where bf16 is fast
-    layers = [SETTINGS[dataset], fast, {"data.data_dir": str(data_dir) if data_dir else None, "seed": seed}]
-    results = {name: _run_one(name, make_config(*layers, head, overrides or {}), out, overwrite, log)
-               for name, head in MODELS.items()}
+    sets = {**(overrides or {}), **({"data.data_dir": str(data_dir)} if data_dir else {})}
+    results = _train(dataset, folder, seed, sets, overwrite, log)
+    write_report(folder.path)
     keep = ("acc", "spearman_rho", "spearman_p", "mean_cos_to_predicted", "class_vector_cos_max", "num_images")
     title = f"The paper's four models on {TITLES.get(dataset, dataset)} (seed {seed}, n = 1 run each, test split)"
-    summary = {"dataset": dataset, "title": title, "seed": seed, "n_seeds": 1, "runs": {k: str(out / k) for k in MODELS},
+    summary = {"dataset": dataset, "title": title, "seed": seed, "n_seeds": 1,
+               "runs": {name: r["run"] for name, r in results.items()},
                "results": {name: {k: r[k] for k in keep} for name, r in results.items()},
                "reading": reading(results)}
     panels = {name: (np.array(r["class_vector_cosine"]), r["classes"]) for name, r in results.items()}
-    plots.heatmap_grid(panels, out / "class_vector_cosine")
-    write_json(out / "summary.json", summary)
+    plots.heatmap_grid(panels, folder.heatmaps)
+    folder.write_summary(summary)
     text = (f"# {title}\n\n"
             f"{results_table(summary['results'])}\n\n" + "\n".join(f"- {s}" for s in summary["reading"])
-            + "\n\n![class-vector cosine of the four models](class_vector_cosine.png)\n")
-    write_text(out / "demo.md", text)
+            + f"\n\n![class-vector cosine of the four models]({folder.heatmaps.name}.png)\n")
+    folder.write_demo(text)
     return summary

@@ -19,16 +19,18 @@ from pathlib import Path
 
 import yaml
 
-from ..accepted import MAX_SEED
+from ..config import MAX_SEED
 from ..errors import UserError, shown
 from ..files import read_yaml
-from ..runs import SELECT_BY
 
 EXPERIMENT_KEYS = {"name", "description", "base", "base_from", "grid", "variants", "seeds", "after", "robustness",
                    "report", "paper", "source"}  # source: where the sweep read it (in the copy it leaves in --out)
 AFTER = ("analyze", "robustness")
-RENAMED = {"evaluate": "robustness"}  # old experiment-file word -> new one
 MAX_SEEDS = 10_000
+
+# What report.select may choose by: validation metrics only (a choice is never made on test), +1 where higher
+# is better, -1 where lower is. A tie on one goes to the better value of the other.
+SELECT_BY = {"val_acc": 1, "val_loss": -1}
 
 ROBUSTNESS_OPTIONS = {"corruptions": list, "severities": list, "preset": str, "seed": int, "generalization": list}
 REPORT_OPTIONS = {"title": str, "rows": list, "columns": list, "metrics": list, "compare": list, "select": dict,
@@ -47,10 +49,6 @@ def check_experiment(tree, path) -> dict:
     """An experiment file's sections with the types the sweep and the report read; else one error."""
     if not isinstance(tree, dict):
         raise UserError(f"{path} must hold a mapping (base, grid, variants, seeds, ...)")
-    after = tree.get("after") if isinstance(tree.get("after"), list) else []
-    old = [word for word in RENAMED if word in tree or word in after]
-    if old:
-        raise UserError(f"{path}: '{old[0]}' was renamed '{RENAMED[old[0]]}' (in after: and as a section)")
     unknown = sorted(str(k) for k in set(tree) - EXPERIMENT_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key {shown(unknown[0])}; an experiment file has: "
@@ -115,18 +113,21 @@ def experiment_file(name) -> Path:
         return packaged
     if path.exists():
         return path  # not a file: read_yaml says so
-    names = sorted(str(p.relative_to(PACKAGED).with_suffix("")) for p in PACKAGED.rglob("*.yaml"))
+    names = sorted(str(p.relative_to(PACKAGED).with_suffix("")) for p in PACKAGED.rglob("*.yaml")
+                   if not p.name.startswith("_"))  # _NAME.yaml: a base that files start from, not an experiment
     raise UserError(f"no experiment file {shown(str(name))}; give a path, or the name of one that ships with "
                     f"fixedhead: {', '.join(names)}")
 
 
-def load_experiment(path, seeds: int | None = None, sets: dict | None = None) -> dict:
+def load_experiment(path, seeds: int | list[int] | None = None, sets: dict | None = None) -> dict:
+    """An experiment file with its base inherited, `sets` applied and its seeds resolved: `seeds` a count n
+    (seeds 0..n-1) or a list of seeds, overriding the file's."""
     path = experiment_file(path)
     experiment = check_experiment(read_yaml(path, "experiment file"), path)
     experiment["base"] = _inherited_base(experiment, path, [path.resolve()])
     if not experiment.get("grid") and not experiment.get("variants"):
         raise UserError(f"{path}: the grid is empty; give a grid (key: [values]) or variants")
-    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
+    if isinstance(seeds, int) and not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds takes a number of seeds in 1..{MAX_SEEDS}, got {seeds}")
     sets = dict(sets or {})
     grid = experiment.get("grid") or {}
@@ -140,7 +141,8 @@ def load_experiment(path, seeds: int | None = None, sets: dict | None = None) ->
         raise UserError(f"--set {varied[0]} would be overridden by the variants of {path}, which set it; "
                         "edit the file or choose variants there")
     experiment["base"] = {**(experiment.get("base") or {}), **sets}
-    experiment["seeds"] = list(range(seeds)) if seeds is not None else _seeds(experiment.get("seeds", 1), path)
+    given = list(range(seeds)) if isinstance(seeds, int) else seeds
+    experiment["seeds"] = _seeds(experiment.get("seeds", 1) if given is None else given, path)
     return experiment
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PLACE_KEYS, all_keys, upgrade
+from ..config import PLACE_KEYS, all_keys, flatten
 from ..errors import UserError
-from ..evaluation.robustness import read_evaluation
 from ..files import read_yaml, write_text
-from ..runs import DIVERGENCE_RULE, SELECT_BY, SweepDir, diverged, num_classes, precision
+from ..runs import DIVERGENCE_RULE, SweepDir, diverged, num_classes, precision
 from ..tables import markdown_table
+from .experiment_file import SELECT_BY, check_experiment, report_layouts
 from .statistics import difference_ci, mean_ci, summarise
 
 
@@ -73,7 +73,7 @@ def collect(root) -> list[dict]:
     records = []
     for run in SweepDir(root).runs():
         final = run.final() or {}
-        record = {"run": run.path.name, "status": final.get("status", "unfinished"), **upgrade(run.read_config())}
+        record = {"run": run.path.name, "status": final.get("status", "unfinished"), **flatten(run.read_config())}
         record["variant"] = str(run.read_sweep_info().get("variant", ""))
         meta = run.read_meta()
         record["precision"] = precision(meta) or "not recorded"
@@ -85,7 +85,7 @@ def collect(root) -> list[dict]:
                 record["status"] = "diverged" if diverged(tuple(losses), num_classes(meta)) else "finished"
         analysis = run.read_analysis() or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
-        evaluation = read_evaluation(run.evaluation_path) if run.evaluation_path.exists() else {}
+        evaluation = run.read_evaluation() or {}
         if evaluation:
             record.update(_robustness_metrics(evaluation))
         records.append(record)
@@ -290,8 +290,6 @@ def latex(table: dict) -> str:
 
 def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
     """The experiment's report layouts (one or a list), with rows, columns and metrics filled in."""
-    from .experiment_file import report_layouts
-
     varying = [k for k in (experiment.get("grid") or {})]
     layouts = []
     for given in report_layouts(experiment) or [{}]:
@@ -304,21 +302,22 @@ def default_layouts(records: list[dict], experiment: dict) -> list[dict]:
     return layouts
 
 
+def _experiment(sweep_dir: SweepDir) -> dict:
+    """The experiment file the sweep copied into its folder, checked as the sweep checked it ({} when none)."""
+    if not sweep_dir.experiment_path.exists():
+        return {}
+    return check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
+
+
 def write_report(root) -> dict:
     """Write report.md, results.csv, tables.tex and one figure per metric under `root`."""
-    from .. import plots
-
     root, sweep_dir = Path(root), SweepDir(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; give the --out folder of a sweep")
     records = collect(root)
     if not any(r["status"] == "finished" for r in records):
         raise UserError(f"{root} holds no finished runs ({len(records)} run folders); run fixedhead sweep first")
-    experiment = {}
-    if sweep_dir.experiment_path.exists():
-        from .experiment_file import check_experiment
-
-        experiment = check_experiment(read_yaml(sweep_dir.experiment_path, "experiment record"), sweep_dir.experiment_path)
+    experiment = _experiment(sweep_dir)
     layouts = default_layouts(records, experiment)
     sections = []
     for layout in layouts:
@@ -343,24 +342,35 @@ def write_report(root) -> dict:
         body += [markdown(t) + "\n" for t in section]
     text = "\n".join(header + body)
     write_text(sweep_dir.report_path, text)
+    write_text(sweep_dir.csv_path, _csv(records))
+    write_text(sweep_dir.latex_path, "\n\n".join(latex(t) for t in tables) + "\n")
+    figures = _figures(sections, layouts, sweep_dir)
+    return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}
+
+
+def _csv(records: list[dict]) -> str:
+    """One row per run, every key any run has: run, status and variant first."""
     buffer = io.StringIO()
-    keys = sorted({k for r in records for k in r})
-    writer = csv.DictWriter(buffer, fieldnames=["run", "status", "variant"] + [k for k in keys if k not in
-                                                                                   ("run", "status", "variant")])
+    first = ["run", "status", "variant"]
+    writer = csv.DictWriter(buffer, fieldnames=first + [k for k in sorted({k for r in records for k in r})
+                                                        if k not in first])
     writer.writeheader()
     writer.writerows(records)
-    write_text(sweep_dir.csv_path, buffer.getvalue())
-    tex = "\n\n".join(latex(t) for t in tables) + "\n"
-    write_text(sweep_dir.latex_path, tex)
+    return buffer.getvalue()
+
+
+def _figures(sections: list, layouts: list, sweep_dir: SweepDir) -> list:
+    """One bar chart per table, or a layout's curves (curve: true)."""
+    from .. import plots
+
     figures = []
     for k, ((_, section, _), layout) in enumerate(zip(sections, layouts)):
         for t in section:
             name = t["metric"] if len(sections) == 1 else f"{k + 1}_{t['metric']}"
-            stem = sweep_dir.figure(name)
             factor = 100 if _is_percent(t["metric"]) else 1
             if layout.get("curve"):
                 figures += _curve_figures(t, lambda suffix, n=name: sweep_dir.figure(n + suffix), factor)
             else:
-                figures.append(plots.bars(t, stem, ylabel=_axis_label(t["metric"]),
+                figures.append(plots.bars(t, sweep_dir.figure(name), ylabel=_axis_label(t["metric"]),
                                           xlabel=", ".join(t["row_keys"]) or "all runs", factor=factor))
-    return {"tables": tables, "records": len(records), "counts": counts, "figures": figures, "markdown": text}
+    return figures

@@ -85,7 +85,7 @@ def _after(run_dir: Path, experiment: dict, log) -> None:
                                                                                "seed", "generalization"}})
 
 
-def run_sweep(path, out, seeds: int | None = None, sets: dict | None = None, shard_spec: str | None = None,
+def run_sweep(path, out, seeds: int | list[int] | None = None, sets: dict | None = None, shard_spec: str | None = None,
               dry_run: bool = False, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Run (or list) this shard's runs; finished runs are skipped, interrupted ones resumed, failures
     recorded and passed over. Returns {"planned", "finished", "skipped", "failed", "busy"} run names; a dry
@@ -144,7 +144,8 @@ def _finished(run_dir: RunDir) -> bool:
 def _stale(run_dir: RunDir, config) -> str | None:
     """Why a finished run cannot stand for this experiment's run (trained with another config), or None:
     an edited experiment file must not silently keep the results of the old one."""
-    changed = [k for k in differences(saved_config(run_dir.read_config()), config) if k not in PLACE_KEYS]
+    saved = saved_config(run_dir.read_config(), run_dir.config_path, run_dir.version())
+    changed = [k for k in differences(saved, config) if k not in PLACE_KEYS]
     if not changed:
         return None
     return f"{run_dir.path.name} was trained with another {changed[0]} ({len(changed)} key(s) differ)"

@@ -167,6 +167,12 @@ class ClassHead(nn.Module):
         logits = self(features)
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing), logits.argmax(1)
 
+    def settings(self) -> dict:
+        """The keyword arguments that build a head like this one (its vectors drawn anew)."""
+        return {"similarity": self.similarity, "fixed": self.fixed, "scale": float(self.scale.item()),
+                "learn_scale": self.log_scale is not None, "init": self.init, "bias": self.bias is not None,
+                "seed": self.seed}
+
     def extra_repr(self) -> str:
         return (
             f"num_features={self.num_features}, num_classes={self.num_classes}, similarity={self.similarity}, "

@@ -96,7 +96,9 @@ _ENCODER_HOOKS = {
 
 
 class Classifier(nn.Module):
-    """An encoder followed by a ClassHead (or ManyClassHead): features(x) (B, D), forward(x) logits (B, C).
+    """An encoder followed by a ClassHead (or ManyClassHead), in timm's model contract: forward_features(x)
+    gives features (B, D), forward_head(features) logits (B, C), forward(x) both; num_features, num_classes,
+    get_classifier() and reset_classifier(num_classes) as in timm. loss(x, labels) is the training loss.
 
     timm's hooks of the encoder (no_weight_decay, group_matcher, set_grad_checkpointing,
     pretrained_cfg, default_cfg) are answered by the Classifier with the `encoder.` prefix."""
@@ -104,6 +106,7 @@ class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
+        self.num_features = getattr(head, "num_features", getattr(encoder, "num_features", None))
 
     def __getattr__(self, name: str):
         try:
@@ -115,15 +118,36 @@ class Classifier(nn.Module):
                     return _ENCODER_HOOKS[name](getattr(encoder, name))
             raise
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.head, "num_classes", 0)  # 0: the head was removed (reset_classifier(0))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, label_smoothing: float = 0.0):
-        """Logits (B, C); with `labels`, (mean cross-entropy, arg-max classes) instead, which the head may
-        compute without forming the logits (ManyClassHead). Both go through forward, as DDP needs."""
-        if labels is None:
-            return self.head(self.encoder(x))
-        return self.head.loss_and_predictions(self.encoder(x), labels, label_smoothing)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)  # (B, C_in, H, W) -> (B, D)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return features if pre_logits else self.head(features)  # (B, D) -> (B, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
+        """(mean cross-entropy, arg-max classes) of a batch, which a ManyClassHead computes without forming
+        the logits. Under DDP or torch.compile, call it through a module whose forward it is (training.epoch)."""
+        return self.head.loss_and_predictions(self.forward_features(x), labels, label_smoothing)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, **head_kwargs) -> None:
+        """A new head of the same kind and settings for `num_classes` classes (`head_kwargs` override the
+        settings); 0 removes the head, so that forward returns the features, as in timm."""
+        if num_classes == 0:
+            self.head = nn.Identity()
+            return
+        settings = {**(self.head.settings() if hasattr(self.head, "settings") else {}), **head_kwargs}
+        kind = type(self.head) if hasattr(self.head, "settings") else ClassHead
+        self.head = kind(self.num_features, num_classes, **settings)
 
 
 def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -> Classifier:

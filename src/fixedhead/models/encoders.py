@@ -11,6 +11,8 @@ from torch import nn
 
 from ..errors import UserError
 
+POOLS = ("avg", "authors")  # model.pool: global average, or the authors' fixed 4x4 average (resnets)
+
 
 class GlobalPool(nn.Module):
     """(B, C, H, W) -> (B, C) by mean or max over space. Unlike the adaptive pooling layers, its
@@ -21,7 +23,7 @@ class GlobalPool(nn.Module):
     float32 recomputation with the rounded maximum, find no equal element and divide 0 by 0. On a
     channels-last map it reduces a view in that memory order, so the gradient comes back channels-last:
     flattened as (B, C, H * W), max's backward built a contiguous gradient, and the layers below then ran
-    their backward in the other layout (airnet's training step 1.02x the cost, n = 32 paired)."""
+    their backward in the other layout."""
 
     def __init__(self, mode: str = "avg"):
         super().__init__()
@@ -154,8 +156,7 @@ class MobileNetV2(nn.Module):
 
 class FastNet(nn.Module):
     """airbench-style 3-stage conv net for CPU work: stem, then 3 x (conv, max-pool, BN, GELU, conv,
-    BN, GELU), global max pool. widths=(32, 64, 128, 256) takes about 75 s per 50k-image epoch of
-    32 px images on 2 CPU cores with bf16 autocast and channels_last."""
+    BN, GELU), global max pool."""
 
     def __init__(self, in_channels: int = 3, widths=(32, 64, 128, 256)):
         super().__init__()
@@ -221,5 +222,5 @@ def fastnet_wide(in_channels=3, **_):
 
 def airnet_small(in_channels=3, **_):
     """airnet at 3/4 width (48-96-96): about 0.6x its multiply-adds (the convolutions' cost goes with the
-    square of the width), the candidate for issue 17's "88% in 0.6x the peer's time" (docs/speed.md)."""
+    square of the width)."""
     return AirNet(in_channels, widths=(48, 96, 96))

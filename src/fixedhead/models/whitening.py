@@ -13,6 +13,8 @@ from torch import nn
 
 from ..errors import UserError
 
+# model.whiten: none; init (the first convolution starts as patch-whitening filters); frozen (and stays so)
+WHITENING = ("none", "init", "frozen")
 MAX_IMAGES = 5000  # the covariance of 27-d patches is settled long before this
 
 

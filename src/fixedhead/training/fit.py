@@ -15,16 +15,17 @@ from ..data import made
 from ..data.loaders import prepare
 from ..devices import EMULATED_BF16, emulated_bf16, keep_freed_memory, resolve_device, use_bf16
 from ..errors import UserError, reason, shown
-from ..evaluation.trained import predict, scores
+from ..evaluation.predict import predict, scores
 from ..files import check_fields
 from ..models import zoo
 from ..models.classifier import build_model
 from ..models.whitening import MAX_IMAGES, first_conv, whiten_first_conv
+from ..optim import PLATEAU_MODES, lr_factor, make_optimizer
 from ..optim.lookahead import Lookahead
 from ..runs import RunDir, describe_environment, diverged
 from ..trackers import head_numbers, open_tracker
 from . import distributed
-from .epoch import Interrupted, StopSignals, lr_factor, make_optimizer, train_epoch
+from .epoch import Interrupted, LossOf, StopSignals, train_epoch
 
 
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
@@ -39,7 +40,7 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
     if not (resume and run.has_checkpoint()):
         return config, None
-    saved = config_mod.saved_config(run.read_config())
+    saved = config_mod.saved_config(run.read_config(), run.config_path, run.version())
     changed = [key for key in config_mod.differences(saved, config) if key not in config_mod.PLACE_KEYS]
     if changed:
         old, new = config_mod.flat(saved)[changed[0]], config_mod.flat(config)[changed[0]]
@@ -177,7 +178,7 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     warmup = round(tc.warmup_epochs * len(data["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, tc.schedule, tc.final_lr, tc.warmup_start))
-    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if tc.plateau_on == "loss" else "max",
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=PLATEAU_MODES[tc.plateau_on],
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
     return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
@@ -285,7 +286,7 @@ def _check_whiten_bias(config, model, ctx) -> None:
 def _whiten_bias(model, model_cfg, epoch: int) -> None:
     """model.whiten_bias_epochs: the first convolution's bias learns in epochs 0..N-1 only. Frozen, nothing
     before the second convolution needs a gradient, so backward skips that convolution's input gradient at
-    full resolution (airbench93's rule; its epochs after the third ran about 12% faster in docs/speed.md)."""
+    full resolution (airbench93's rule: the later epochs are cheaper)."""
     if model_cfg.whiten_bias_epochs is not None:
         first_conv(model.encoder).bias.requires_grad_(epoch < model_cfg.whiten_bias_epochs)
 
@@ -296,11 +297,12 @@ def _wrap(model, tc, ctx, device):
     if tc.sync_bn and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm is GPU-only); on CPUs each process "
                         "keeps batch-norm statistics over its share of the batch")
+    step = LossOf(model)
     if torch.distributed.is_initialized():
         if tc.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    return torch.compile(model) if tc.compile else model
+            step = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step)  # in place: the model's layers are replaced
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(step) if tc.compile else step
 
 
 def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config):
