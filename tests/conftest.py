@@ -30,6 +30,21 @@ def write_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class=6, s
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished run of the tiny config (tiny.py, 1 epoch), trained once for the whole test run. Tests
+    that change files copy it first (shutil.copytree), so that no test sees another's changes."""
+    from fixedhead.config import make_config
+    from fixedhead.training.fit import fit
+    from tiny import TINY
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FIXEDHEAD_CACHE", str(tmp_path_factory.mktemp("cache")))
+        fit(make_config(TINY, {"train.epochs": 1}), out, verbose=False)
+    return out
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path / "images")

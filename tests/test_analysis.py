@@ -8,8 +8,7 @@ from fixedhead import analyze, fit
 from fixedhead.cli import main
 from fixedhead.config import make_config
 from fixedhead.evaluation.analysis import compare
-
-TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128}
+from tiny import TINY
 
 
 @pytest.fixture(scope="module")

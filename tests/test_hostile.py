@@ -27,20 +27,16 @@ from conftest import write_image_folder
 from fixedhead.cli import main
 from fixedhead.runs import RunDir
 from formats import write_cifar10, write_cifar100
+from tiny import TINY_FLAGS
 
-FAST = ["--arch", "fastnet-small", "--batch-size", "128", "--quiet"]
+FAST = TINY_FLAGS[2:]  # the tiny run's flags after --data digits
 PAYLOAD = "pwned"  # the file a payload would write
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One finished digits run (1 epoch), copied into each case that needs a run folder."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FIXEDHEAD_CACHE", str(cache))
-        assert main(["train", "--data", "digits", "--epochs", "1", "--out", str(out), *FAST]) == 0
-    return out
+@pytest.fixture
+def trained_run(tiny_run):
+    """The session's finished tiny run (conftest.py), copied into each case that needs a run folder."""
+    return tiny_run
 
 
 class Case:

@@ -17,6 +17,7 @@ from fixedhead.errors import UserError
 from fixedhead.files import atomic_write
 from fixedhead.runs import RunDir
 from interrupts import same_result, wait_for
+from tiny import TINY_FLAGS
 
 TRAIN = [sys.executable, "-m", "fixedhead", "train", "--data", "digits", "--arch", "fastnet-small", "--epochs", "4",
          "--batch-size", "32", "--lr", "0.05", "--quiet"]
@@ -140,7 +141,7 @@ def test_good_archive_extracts(tmp_path):
 
 # ---- derived files, locks, resume, metrics (issue: no result may be silently wrong) ------------
 
-FAST_RUN = ["--data", "digits", "--arch", "fastnet-small", "--epochs", "1", "--batch-size", "128", "--quiet"]
+FAST_RUN = [*TINY_FLAGS, "--epochs", "1"]
 
 
 def test_overwrite_and_retraining_remove_what_described_the_old_weights(tmp_path, capsys):

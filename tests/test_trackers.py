@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 
+import tiny
 from fixedhead import plots
 from fixedhead.cli import main
 from fixedhead.config import make_config
@@ -17,8 +18,7 @@ from fixedhead.runs import RunDir
 from fixedhead.trackers import head_numbers
 from fixedhead.training.fit import fit
 
-TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,
-        "data.val_fraction": 0.1}
+TINY = {**tiny.TINY, "data.val_fraction": 0.1}
 
 
 class Recorder:

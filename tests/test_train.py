@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import tiny
 from conftest import write_image_folder
 from fixedhead import class_vectors, fit, optim
 from fixedhead.config import make_config
@@ -11,8 +12,7 @@ from fixedhead.errors import UserError
 from fixedhead.models.classifier import build_model
 from interrupts import fit_interrupted, same_result
 
-TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 3, "train.batch_size": 128,
-        "train.lr": 0.05}
+TINY = {**tiny.TINY, "train.epochs": 3, "train.lr": 0.05}
 
 
 def test_fit_writes_a_self_describing_run(tmp_path, monkeypatch):

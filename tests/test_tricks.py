@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import tiny
 from fixedhead import fit
 from fixedhead.cli import main
 from fixedhead.config import make_config
@@ -21,8 +22,7 @@ from fixedhead.optim.lookahead import Lookahead
 from fixedhead.training import epoch as steps
 from interrupts import fit_interrupted, same_result
 
-TINY = {"data.name": "digits", "model.arch": "fastnet-small", "train.epochs": 2, "train.batch_size": 128,
-        "train.lr": 0.05}
+TINY = {**tiny.TINY, "train.lr": 0.05}
 
 
 def _correlated_images(n=64, side=12, seed=0):
