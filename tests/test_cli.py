@@ -90,7 +90,7 @@ def test_checkpoint_class_count_mismatch(tmp_path, capsys):
     assert code == 0, err
     two = write_image_folder(tmp_path / "two", classes=("cat", "dog"))
     code, _, err = run_cli(capsys, "score", tmp_path / "r", "--data-dir", two)
-    assert code == 2 and "head has 3 classes but dataset 'imagefolder' has 2" in err
+    assert code == 2 and "has 2 classes and the run 3" in err and "'owl' in the run" in err
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -97,6 +97,7 @@ def fixture_run(root, name, variant, dataset, seed, acc, status="finished"):
     (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "data": {"name": dataset}}))
     (folder / "final.json").write_text(json.dumps({"status": status, "test_acc": acc, "seed": seed}))
     (folder / "sweep.json").write_text(json.dumps({"variant": variant}))
+    (folder / "meta.json").write_text(json.dumps({"fixedhead": "test", "seed": seed}))  # the marker of a run
 
 
 def test_report_tables_against_numpy_and_scipy(tmp_path):
@@ -351,9 +352,10 @@ def test_a_cell_pooling_runs_of_different_settings_says_which(tmp_path):
     # Cell b: the same saved config, but train.bf16 auto resolved on two machines (meta.json says how).
     for seed, meta in enumerate([{"bf16": True}, {"bf16": False}]):
         fixture_run(tmp_path, f"b-{seed}", "v", "b", seed, 0.7 - seed / 10)
-        (tmp_path / f"b-{seed}" / "meta.json").write_text(json.dumps(meta))
+        (tmp_path / f"b-{seed}" / "meta.json").write_text(json.dumps({"fixedhead": "test", **meta}))
     fixture_run(tmp_path, "c-0", "v", "c", 0, 0.7)  # cell c: one run started in bf16, resumed in float32,
-    (tmp_path / "c-0" / "meta.json").write_text(json.dumps({"bf16": True, "resumed": [{"epoch": 3, "bf16": False}]}))
+    (tmp_path / "c-0" / "meta.json").write_text(json.dumps({"fixedhead": "test", "bf16": True,
+                                                            "resumed": [{"epoch": 3, "bf16": False}]}))
     fixture_run(tmp_path, "c-1", "v", "c", 1, 0.6)  # and one whose meta.json says nothing
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "mix", "grid": {"data.name": ["a", "b", "c"]},
                                                               "variants": {"v": {}}}))
@@ -391,7 +393,7 @@ def test_the_report_judges_runs_trained_under_an_older_rule_by_todays(tmp_path):
         folder = tmp_path / f"r-{seed}"
         final = json.loads((folder / "final.json").read_text())
         (folder / "final.json").write_text(json.dumps({**final, "train_losses": [3.35, last]}))
-        (folder / "meta.json").write_text(json.dumps({"classes": [str(c) for c in range(10)]}))
+        (folder / "meta.json").write_text(json.dumps({"fixedhead": "test", "classes": [str(c) for c in range(10)]}))
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "old", "variants": {"v": {}}}))
     result = write_report(tmp_path)
     assert result["counts"] == {"finished": 1, "diverged": 1, "failed": 0, "unfinished": 0}
@@ -439,6 +441,7 @@ def test_a_matched_selection_picks_one_value_per_row_by_the_mean_over_its_column
                                                                 "train": {"lr": lr}}))
             (folder / "final.json").write_text(json.dumps({"status": "finished", "seed": seed, "val_acc": v,
                                                            "test_acc": v - 0.01}))
+            (folder / "meta.json").write_text(json.dumps({"fixedhead": "test"}))  # the marker of a run
     report = {"columns": ["model.fixed"], "rows": [], "metrics": ["test_acc", "train.lr"]}
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "m", "grid": {"train.lr": [0.001, 0.1]}, "report": [
         {**report, "title": "matched", "select": {"key": "train.lr", "by": "val_acc", "per": "row"}},

@@ -20,6 +20,19 @@ TRAIN_FLAGS = {
 }
 
 
+def _seed(text: str) -> int:
+    """A --seed flag's value: an integer in the range a config's seed has."""
+    from .config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"takes an integer in 0..{MAX_SEED}, got {shown(text)}")
+    return value
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -51,6 +64,7 @@ def _add_train(sub):
 
 
 def _train(args) -> int:
+    from . import data
     from .config import make_config, parse_overrides, read_yaml, saved_config, to_dict
     from .training.fit import fit
 
@@ -62,6 +76,9 @@ def _train(args) -> int:
     if args.resume and run.has_checkpoint():
         saved = to_dict(saved_config(run.read_config(), run.config_path, run.version()))
     config = make_config(saved, file_layer, flags, parse_overrides(args.set))
+    if args.data_dir is not None and not data.reads_files(config.data.name):
+        raise UserError(f"--data-dir {shown(args.data_dir)} is given but {config.data.name} reads no files; say which "
+                        "dataset that folder holds with --data (e.g. imagefolder, cifar10, fashion-mnist)")
     from .training.distributed import teardown
 
     try:
@@ -111,6 +128,9 @@ def _data(args) -> int:
         root = download(args.name, args.data_dir)
         print(f"{args.name} is in {root}")
     else:
+        from .config import make_config
+
+        make_config({"data.name": args.name, "data.num_classes": args.num_classes})  # the bounds a run has
         print(json.dumps(data.info(args.name, args.data_dir, args.variant, args.num_classes), indent=2))
     return 0
 
@@ -155,9 +175,9 @@ def _severities(text: str) -> list[int]:
     try:
         if "-" in text:
             low, high = (int(v) for v in text.split("-"))
-            values = list(range(low, high + 1))
+            values = list(range(low, high + 1)) if 1 <= low <= high <= 5 else []  # bounded before any list is made
         else:
-            values = [int(v) for v in text.split(",")]
+            values = [int(v) for v in text.split(",")[:5]] if text.count(",") < 5 else []
     except ValueError:
         values = []
     if not values or not all(1 <= v <= 5 for v in values):
@@ -203,7 +223,7 @@ def _add_robustness(sub):
     p.add_argument("--corruptions", default="all", help="all, none, or a comma list of corruption names")
     p.add_argument("--severities", default="1-5")
     p.add_argument("--preset", default="imagenet-c", help="imagenet-c (the paper's), cifar-c or tiny-imagenet-c")
-    p.add_argument("--seed", type=int, default=0, help="seed of the impulse noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the impulse noise")
     p.add_argument("--generalization", action="append", default=[], metavar="SPEC",
                    help="cifar10.1[:v4][@DIR] or folder:PATH (repeatable)")
     p.add_argument("--device", default="auto")
@@ -213,7 +233,7 @@ def _add_robustness(sub):
     p.add_argument("--out", required=True)
     p.add_argument("--corruptions", default="all")
     p.add_argument("--preset", default="imagenet-c")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 def _sweep(args) -> int:
@@ -305,7 +325,7 @@ def build_parser() -> Parser:
                    "fashion-mnist-mini; never downloads), fashion-mnist (downloads if missing), fashion-mnist-mini "
                    "or digits")
     p.add_argument("--data-dir", help="where to look for (or download) Fashion-MNIST")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true")
     return parser

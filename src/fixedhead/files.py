@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -95,9 +96,23 @@ def save_figure(fig, path) -> None:
     write_bytes(path, buffer.getbuffer())
 
 
-def read_bytes(path, what: str = "file", limit: int = MAX_TEXT_BYTES) -> bytes:
-    """At most `limit` bytes (a longer file, /dev/zero or a pipe that never ends is an error)."""
+def check_regular(path, what: str = "file") -> Path:
+    """`path` if it is a regular file (or a missing one, which the reader reports); a FIFO, device or socket,
+    whose reading could block forever or never end, is one error. Every input is opened through this."""
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise UserError(f"{what} {path} is {kind}, not a regular file; give a file")
+    return path
+
+
+def read_bytes(path, what: str = "file", limit: int = MAX_TEXT_BYTES) -> bytes:
+    """At most `limit` bytes (a longer file, /dev/zero or a pipe is an error)."""
+    path = check_regular(path, what)
     try:
         with open(path, "rb") as file:
             data = file.read(limit + 1)
@@ -191,7 +206,7 @@ def load_torch(path, what: str = "checkpoint") -> dict:
     """A weights-only torch file (no pickled code runs); anything else is one error naming it."""
     import torch
 
-    path = Path(path)
+    path = check_regular(path, what)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

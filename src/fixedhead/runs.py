@@ -21,7 +21,7 @@ import json
 import math
 import os
 import platform
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,11 +85,18 @@ def describe_environment(seed: int, device: str) -> dict:
     }
 
 
+def _folder(path) -> Path:
+    """A run, sweep or compare folder's path; an empty one (which would mean the working folder) is refused."""
+    if not str(path).strip():
+        raise UserError("the folder (--out or a run folder) must be a non-empty path; give one, e.g. runs/x")
+    return Path(path)
+
+
 class RunDir:
     """Paths and readers/writers of one run folder, by what they hold (no caller spells a file name)."""
 
     def __init__(self, path, writable: bool = True):
-        self.path = Path(path)
+        self.path = _folder(path)
         self.writable = writable  # False on the non-zero ranks of a distributed run: only rank 0 writes
         self.config_path = self.path / "config.yaml"
         self.meta_path = self.path / "meta.json"
@@ -104,6 +111,7 @@ class RunDir:
         self.evaluation_figure = self.path / "evaluation"  # .png and .pdf beside evaluation.json
         self.sweep_info_path = self.path / "sweep.json"
         self.failure_path = self.path / "failure.json"
+        self.tensorboard_dir = self.path / "tensorboard"  # train.log=tensorboard: event files
 
     def _own_files(self) -> list[Path]:
         return [self.config_path, self.meta_path, self.metrics_path, self.checkpoint_path, self.model_path,
@@ -111,11 +119,33 @@ class RunDir:
 
     def _derived(self) -> list[Path]:
         """What describes the run's weights: it must never outlive them, so training removes it."""
-        return [self.analysis_dir, self.evaluation_path, *(self.evaluation_figure.with_suffix(s) for s in (".png", ".pdf")),
+        return [self.evaluation_path, *(self.evaluation_figure.with_suffix(s) for s in (".png", ".pdf")),
                 self.failure_path]
 
     def is_run(self) -> bool:
-        return self.config_path.exists()
+        """Whether fixedhead made this folder a run: its meta.json names the fixedhead version that wrote it."""
+        try:
+            return self.meta_path.is_file() and isinstance(self.read_meta().get("fixedhead"), str)
+        except UserError:
+            return False
+
+    def check_ours(self) -> None:
+        """Refuse a folder that holds files fixedhead did not write (a run is never started or overwritten over
+        someone's files); the sweep's own record of a run it is about to train is allowed."""
+        if not self.path.is_dir() or self.is_run():
+            return
+        foreign = sorted(p.name for p in self.path.iterdir() if p not in (self.sweep_info_path, self.failure_path))
+        if foreign:
+            raise UserError(f"{self.path} holds {len(foreign)} file(s) that fixedhead did not write (e.g. "
+                            f"{shown(foreign[0])}) and is not a fixedhead run; choose a new or empty folder for --out")
+
+    def analysis_folder(self) -> Path:
+        """The analysis folder, made if needed; a symlink there (which would send the writes elsewhere) is refused."""
+        if self.analysis_dir.is_symlink() or (self.analysis_dir.exists() and not self.analysis_dir.is_dir()):
+            raise UserError(f"{self.analysis_dir} is a link or a file, not a folder of this run; remove it and analyse "
+                            "again")
+        self.analysis_dir.mkdir(parents=True, exist_ok=True)
+        return self.analysis_dir
 
     # ---- state --------------------------------------------------------------------------------
 
@@ -168,20 +198,48 @@ class RunDir:
             os.close(handle)
 
     def clear(self) -> None:
-        """Remove this run's own files and what was derived from them (for --overwrite); anything else
-        in the folder is kept."""
+        """Remove this run's own files, its tracker logs and what was derived from them (for --overwrite);
+        anything else in the folder is kept."""
         if self.writable:
             for path in self._own_files():
                 path.unlink(missing_ok=True)
+            self._remove([p for p in self.tensorboard_dir.glob("events.out.tfevents.*")]
+                         if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink() else [],
+                         self.tensorboard_dir)
         self.clear_derived()
 
     def clear_derived(self) -> None:
-        """Remove the analyses and evaluations of the weights about to change."""
-        for path in self._derived() if self.writable else ():
-            try:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
-            except OSError as error:
-                raise UserError(f"cannot remove {path}, which describes the old weights: {error.strerror}") from None
+        """Remove the analyses and evaluations of the weights about to change: only the files fixedhead wrote
+        (analysis.json lists the analysis's figures), then the analysis folder if that left it empty."""
+        if not self.writable:
+            return
+        self._remove(self._derived())
+        if self.analysis_dir.is_symlink():
+            self._remove([self.analysis_dir])
+        elif self.analysis_dir.is_dir():
+            self._remove([self.analysis_dir / name for name in self._analysis_files()], self.analysis_dir)
+
+    def _analysis_files(self) -> list[str]:
+        names = [self.analysis_path.name, self.matrices_path.name]
+        try:
+            figures = (self.read_analysis() or {}).get("figures")
+        except UserError:
+            figures = None
+        if isinstance(figures, list):
+            names += [f for f in figures if isinstance(f, str) and f and Path(f).name == f and f not in (".", "..")]
+        return names
+
+    @staticmethod
+    def _remove(paths: list[Path], folder: Path | None = None) -> None:
+        """Unlink these files (a folder among them is left alone), then `folder` if it is empty."""
+        try:
+            for path in paths:
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+            if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError as error:
+            raise UserError(f"cannot remove {error.filename}, which describes the old weights: {error.strerror}") from None
 
     # ---- records ------------------------------------------------------------------------------
 
@@ -344,7 +402,7 @@ class SweepDir:
     the report; the demo's summary and reading."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = _folder(path)
         self.experiment_path = self.path / "experiment.yaml"
         self.report_path = self.path / "report.md"
         self.csv_path = self.path / "results.csv"
@@ -367,7 +425,8 @@ class SweepDir:
         return [RunDir(p) for p in sorted(self.path.iterdir()) if RunDir(p).is_run()]
 
     def figure(self, metric: str) -> Path:
-        return self.path / f"figure_{metric}"
+        """figure_<metric> (.png and .pdf): a metric name from an experiment file never becomes a path of its own."""
+        return self.path / ("figure_" + re.sub(r"[^A-Za-z0-9_.+\[\]-]+", "_", metric).replace("..", "_"))
 
     def write_experiment(self, experiment: dict) -> None:
         write_yaml(self.experiment_path, experiment)
@@ -377,7 +436,7 @@ class CompareDir:
     """The --out folder of `fixedhead compare`: the table and the figures of several runs side by side."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = _folder(path)
         self.table_path = self.path / "compare.md"
         self.heatmaps = self.path / "class_vector_cosine"  # .png and .pdf
         self.severity_figure = self.path / "accuracy_vs_severity"  # .png and .pdf

@@ -46,13 +46,13 @@ def _tag(key: str) -> str:
 
 
 class TensorBoard:
-    """Per-epoch scalars into `<run>/tensorboard` (view: tensorboard --logdir RUN_OR_SWEEP_FOLDER)."""
+    """Per-epoch scalars into the run's tensorboard folder (view: tensorboard --logdir RUN_OR_SWEEP_FOLDER)."""
 
-    def __init__(self, run_path, config: dict):
+    def __init__(self, run, config: dict):
         check_tracker("tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_path / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(run.tensorboard_dir))
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()))
 
     def __call__(self, record: dict) -> None:
@@ -73,11 +73,11 @@ class WandB:
     """Per-epoch metrics to a Weights & Biases run named after the run folder (its own settings,
     e.g. WANDB_PROJECT and WANDB_MODE=offline, come from the environment)."""
 
-    def __init__(self, run_path, config: dict):
+    def __init__(self, run, config: dict):
         check_tracker("wandb")
         import wandb
 
-        self.run = wandb.init(name=run_path.name, dir=str(run_path), config=config,
+        self.run = wandb.init(name=run.path.name, dir=str(run.path), config=config,
                                    project=None, reinit=True)
 
     def __call__(self, record: dict) -> None:
@@ -89,9 +89,9 @@ class WandB:
         self.run.finish()
 
 
-def open_tracker(kind: str, run_path, config: dict):
-    """The tracker train.log names, or None."""
-    return None if kind == "none" else {"tensorboard": TensorBoard, "wandb": WandB}[kind](run_path, config)
+def open_tracker(kind: str, run, config: dict):
+    """The tracker train.log names for a run folder (a RunDir), or None."""
+    return None if kind == "none" else {"tensorboard": TensorBoard, "wandb": WandB}[kind](run, config)
 
 
 class Progress:

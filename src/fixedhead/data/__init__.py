@@ -191,6 +191,12 @@ def check_num_classes(name: str, num_classes: int | None) -> None:
                         f"{name!r} has its own classes")
 
 
+def reads_files(name: str) -> bool:
+    """Whether a dataset is read from files (--data-dir); digits, the embedded subset and glyphs are not."""
+    spec = DATASETS[name]
+    return spec.sources is not None and not spec.generated
+
+
 def generated_datasets() -> list[str]:
     return [name for name, spec in DATASETS.items() if spec.generated]
 

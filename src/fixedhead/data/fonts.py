@@ -61,7 +61,8 @@ def system_faces() -> list[Face]:
     found = []
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) == 3 and parts[0].lower().endswith((".ttf", ".otf", ".ttc", ".otc")) and parts[1].isdigit():
+        if len(parts) == 3 and parts[0].lower().endswith((".ttf", ".otf", ".ttc", ".otc")) and parts[1].isdigit() \
+                and Path(parts[0]).is_file():  # a FIFO named like a font would block its reader
             found.append(Face(parts[0], int(parts[1]), parts[2]))
     return found
 

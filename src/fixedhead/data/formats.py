@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, reason
+from ..files import check_regular
 from .imagefolder import decode_images
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -61,7 +62,7 @@ _READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, Attribu
 def read_pickle(path: Path) -> dict:
     """A CIFAR pickle as a dict with str keys; any failure is one UserError naming the file."""
     try:
-        with open(path, "rb") as file:
+        with open(check_regular(path, "CIFAR pickle"), "rb") as file:
             data = _NumpyOnlyUnpickler(file, encoding="latin1").load()
     except FileNotFoundError:
         raise UserError(f"missing file {path}") from None

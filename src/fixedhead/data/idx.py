@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import check_regular
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 PREFIX = {"train": "train", "test": "t10k"}
 SYSTEM_DIR = Path("/usr/share/datasets")  # where Debian's dataset-fashion-mnist puts the files
 TORCHVISION_DIR = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
+MAX_IDX_BYTES = 4 << 30  # what an IDX header may claim (MNIST's training images: 47 MB)
 
 
 def idx_name(split: str, kind: str) -> str:
@@ -48,8 +50,14 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     """An IDX array of unsigned bytes; a wrong magic number or a short file is an error naming it."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as file:
-            raw = file.read()
+        with opener(check_regular(path, "IDX file"), "rb") as file:
+            raw = file.read(4 + 4 * expected_dims)
+            shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(expected_dims))
+            magic = bytes((0, 0, 0x08, expected_dims))
+            claimed = math.prod(shape) if len(raw) == 4 + 4 * expected_dims and raw[:4] == magic else 0
+            if claimed > MAX_IDX_BYTES:
+                raise UserError(f"{path} claims {claimed:,} bytes of images, more than {MAX_IDX_BYTES >> 30} GiB")
+            raw += file.read(claimed + 1)  # no more than the header claims: a gzip bomb stops here
     except FileNotFoundError:
         raise UserError(f"missing file {path}") from None
     except (OSError, EOFError) as error:

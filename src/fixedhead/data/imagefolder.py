@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError, shown
+from ..files import check_regular
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -39,6 +40,7 @@ def list_images(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[i
 
 
 def _decode(path: Path, size: int | None) -> np.ndarray:
+    check_regular(path, "image")
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")

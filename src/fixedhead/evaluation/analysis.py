@@ -88,7 +88,7 @@ def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = Fal
               "classes": outputs["classes"],
               "head": outputs["head"], **measure(outputs)}
     run = RunDir(run_dir)
-    result["figures"] = _pictures(outputs, result, run.analysis_dir, tsne, cluster)
+    result["figures"] = _pictures(outputs, result, run.analysis_folder(), tsne, cluster)
     run.write_matrices({key: result[key] for key in MATRICES})
     run.write_analysis({key: value for key, value in result.items() if key not in MATRICES})
     return result

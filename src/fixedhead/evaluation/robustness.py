@@ -20,7 +20,7 @@ from ..files import atomic_write
 from ..runs import RunDir
 from ..tables import markdown_table
 from .corruptions import CORRUPTIONS, corrupt, parameters
-from .trained import TrainedRun, load_trained
+from .trained import TrainedRun, check_same_data, load_trained
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
@@ -76,6 +76,7 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
     """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json."""
     trained = load_trained(run_dir, device)
     test = data.load_split(trained.config.data, "test")
+    check_same_data(trained, test, f"the test split of {trained.config.data.name}")
     clean = trained.accuracy(test.images, test.labels)
     result = {"run": str(run_dir), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
               "corruptions": {}, "generalization": {}}

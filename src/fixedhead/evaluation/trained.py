@@ -6,6 +6,7 @@ once, and the model, class names, input shape and normalisation travel together.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .. import data
 from ..config import Config, make_config, saved_config, to_dict
 from ..data.pipeline import BatchLoader
 from ..devices import resolve_device
-from ..errors import UserError, reason
+from ..errors import UserError, reason, shown
 from ..files import check_fields
 from ..models.classifier import build_model
 from ..runs import RunDir
@@ -68,7 +69,9 @@ def _payload(run: RunDir, allow_unfinished: bool) -> tuple[dict, Path]:
         checkpoint = check_fields(run.load_checkpoint(), {"model": dict, "config": dict, "data": dict, "epoch": int}, path)
         payload = {"model": checkpoint["model"], "config": checkpoint["config"], **checkpoint["data"],
                    "source": f"{path.name} (unfinished run, epoch {checkpoint['epoch']})", "unfinished": True}
-    return check_fields(payload, PAYLOAD_FIELDS, path), path
+    check_fields(payload, PAYLOAD_FIELDS, path)
+    _check_normalisation(payload, path)
+    return payload, path
 
 
 def load_trained(run_dir, device="cpu", allow_unfinished: bool = False) -> TrainedRun:
@@ -89,12 +92,32 @@ def load_trained(run_dir, device="cpu", allow_unfinished: bool = False) -> Train
                       payload["unfinished"])
 
 
-def check_classes(head_classes: int, data_classes: list[str], where: str) -> None:
-    if head_classes != len(data_classes):
-        raise UserError(
-            f"the checkpoint's head has {head_classes} classes but {where} has {len(data_classes)}; "
-            "evaluate on the dataset the run was trained on"
-        )
+def check_same_data(trained: TrainedRun, images: data.ImageSet, where: str) -> None:
+    """Refuse images whose class names, channels or size differ from the run's: scored against other classes
+    or another input, an accuracy means nothing."""
+    shape = tuple(images.images.shape[1:])
+    if list(images.classes) != list(trained.classes):
+        differ = next((i for i, (a, b) in enumerate(zip(trained.classes, images.classes)) if a != b),
+                      min(len(trained.classes), len(images.classes)))
+        ours = trained.classes[differ] if differ < len(trained.classes) else "(none)"
+        theirs = images.classes[differ] if differ < len(images.classes) else "(none)"
+        raise UserError(f"{where} has {len(images.classes)} classes and the run {len(trained.classes)}; class "
+                        f"{differ} is {shown(theirs)} there but {shown(ours)} in the run; score on the run's dataset")
+    if shape != (trained.in_channels, trained.image_size, trained.image_size):
+        raise UserError(f"{where} holds {'x'.join(map(str, shape))} images but the run was trained on "
+                        f"{trained.in_channels}x{trained.image_size}x{trained.image_size}")
+
+
+def _check_normalisation(payload: dict, path) -> None:
+    """mean and std: one finite number per channel, std above 0 (a zero std divides every image by 0)."""
+    for key in ("mean", "std"):
+        values = payload[key]
+        if len(values) != payload["in_channels"] or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise UserError(f"{path}: {key} must hold {payload['in_channels']} finite numbers (one per channel), "
+                            f"found {shown(values)}")
+    if not all(v > 0 for v in payload["std"]):
+        raise UserError(f"{path}: every std must be above 0, found {shown(payload['std'])}")
 
 
 def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None, allow_unfinished: bool = False,
@@ -107,7 +130,8 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
     trained = load_trained(run_dir, device, allow_unfinished)
     trained.with_settings({**({"data.data_dir": str(data_dir)} if data_dir else {}), **(overrides or {})})
     images = data.load_split(trained.config.data, split)
-    check_classes(trained.model.head.num_classes, images.classes, f"dataset {trained.config.data.name!r}")
+    check_same_data(trained, images, f"the {split} split of {trained.config.data.name} in "
+                                     f"{trained.config.data.data_dir or 'its usual place'}")
     return trained, trained.loader(images.images, images.labels)
 
 

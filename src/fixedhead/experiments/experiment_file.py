@@ -75,14 +75,34 @@ def check_experiment(tree, path) -> dict:
                 raise UserError(f"{path}: unknown key {shown(key)} in {section}; accepted: {', '.join(options)}")
             _check_section(value, options[key], f"{path}: {section}.{key}")
     for report in report_layouts(tree):
-        if any(not (isinstance(p, list) and len(p) == 2) for p in report.get("compare") or []):
-            raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
-        select = report.get("select")
-        if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
-                                       and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY):
-            raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: {'|'.join(SELECT_BY)}[, per: cell|row]}} "
-                            "(chosen on validation, never on test)")
+        _check_report(report, path)
+    _check_paper(tree.get("paper") or {}, path)
     return tree
+
+
+def _check_report(report: dict, path) -> None:
+    """One report layout, as strictly as the report reads it: names, [column, column] pairs, a selection on
+    validation metrics only."""
+    for key in ("rows", "columns", "metrics"):
+        if any(not isinstance(item, str) for item in report.get(key) or []):
+            raise UserError(f"{path}: report.{key} must be a list of names (config keys, variant, metrics)")
+    if any(not (isinstance(p, list) and len(p) == 2 and all(isinstance(c, str) for c in p))
+           for p in report.get("compare") or []):
+        raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
+    select = report.get("select")
+    if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
+                                   and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY):
+        raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: {'|'.join(SELECT_BY)}[, per: cell|row]}} "
+                        "(chosen on validation, never on test)")
+
+
+def _check_paper(paper: dict, path) -> None:
+    """paper: {metric: {"row | column": number}}: the paper's numbers shown beside ours."""
+    for metric, cells in paper.items():
+        if not isinstance(metric, str) or not isinstance(cells, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in cells.items()):
+            raise UserError(f"{path}: paper must map each metric to {{\"row | column\": number}}, found "
+                            f"{shown({metric: cells})}")
 
 
 def report_layouts(tree: dict) -> list:

@@ -34,10 +34,17 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value).lower()).strip("-") or "x"
 
 
+MAX_RUNS = 10_000  # a sweep's planned runs: far more is a mistake in the file, not a plan
+
+
 def expand(experiment: dict) -> list[PlannedRun]:
     """Every (variant, grid point, seed) as a run with a readable name; each config is validated now."""
     grid = experiment.get("grid") or {}
     variants = experiment.get("variants") or {"": {}}
+    count = len(variants) * math.prod(len(values) for values in grid.values()) * len(experiment["seeds"])
+    if count > MAX_RUNS:
+        raise UserError(f"the experiment expands to {count:,} runs (variants x grid x seeds), more than {MAX_RUNS:,}; "
+                        "narrow the grid, or split it into several files")
     short = ["data" if key == "data.name" else key.split(".")[-1] for key in grid]
     labels = short if len(set(short)) == len(short) else [key.replace(".", "-") for key in grid]
     runs = []

@@ -31,6 +31,7 @@ from .epoch import Interrupted, LossOf, StopSignals, train_epoch
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     """Decide between a fresh start and a resume; refuse to clobber a run unless told to, and refuse to
     resume a run with a config that contradicts the one it was started with. Changes nothing on disk."""
+    run.check_ours()
     if overwrite:
         return config, None
     if run.is_finished():
@@ -58,6 +59,16 @@ def _checkpoint(run: RunDir, config) -> dict:
         raise UserError(f"{run.checkpoint_path} was interrupted mid-epoch by an older fixedhead whose partial epochs "
                         "this one cannot continue; restart with --overwrite")
     return checkpoint
+
+
+def _check_same_data(checkpoint: dict, data: dict) -> None:
+    """A resumed run trains on the data it started on: the same class names, channels and image size."""
+    saved, now = checkpoint.get("data") or {}, _data_meta(data)
+    for key in ("classes", "in_channels", "image_size"):
+        if saved.get(key) != now[key]:
+            raise UserError(f"--resume would go on with other data than the run started on ({key}: "
+                            f"{shown(saved.get(key), 80)} then, {shown(now[key], 80)} now); resume on the same "
+                            "dataset, or start again with --overwrite")
 
 
 def _data_meta(data: dict) -> dict:
@@ -141,7 +152,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
         training = _build(config, ctx, device, whiten=checkpoint is None)
         _start(run, training, checkpoint, overwrite, device)
         callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
-        tracker = open_tracker(config.train.log, run.path, config_mod.flat(config)) if ctx.is_main else None
+        tracker = open_tracker(config.train.log, run, config_mod.flat(config)) if ctx.is_main else None
         callbacks += [tracker] if tracker else []
         final = None
         try:
@@ -212,6 +223,7 @@ def _start(run: RunDir, training: Training, checkpoint: dict | None, overwrite: 
     model built and the checkpoint restored, is anything removed: the old run with --overwrite, and in
     any case what described the weights about to change."""
     if checkpoint is not None:
+        _check_same_data(checkpoint, training.data)
         training.restore(checkpoint)
         logged = [r for r in run.read_metrics() if r["epoch"] <= training.epoch]
     if overwrite:

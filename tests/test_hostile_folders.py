@@ -1,0 +1,164 @@
+"""Hostile inputs, round three: nothing is deleted or overwritten that fixedhead did not write, and nothing
+is written outside the run folder. Each case: exit 2, one line on stderr, no traceback, every file that was
+there before unchanged."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fixedhead.cli import main
+from tiny import TINY_FLAGS
+
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _refused(capsys, *argv) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_someone_elses_files_is_never_taken_for_a_run(tmp_path, capsys, overwrite):
+    project = tmp_path / "proj"
+    (project / "analysis" / "notebooks").mkdir(parents=True)
+    (project / "analysis" / "notebooks" / "thesis.ipynb").write_text("{}")
+    (project / "evaluation.json").write_text('{"mine": 1}')
+    (project / "config.yaml").write_text("my: own\n")
+    before = _snapshot(project)
+    err = _refused(capsys, "train", *TINY_FLAGS, "--epochs", "1", "--out", project, *(["--overwrite"] if overwrite else []))
+    assert "did not write" in err and "not a fixedhead run" in err
+    assert _snapshot(project) == before
+
+
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    for command in (["train", *TINY_FLAGS, "--epochs", "1"], ["sweep", "smoke/pipeline"], ["demo", "--data", "digits"]):
+        assert "non-empty path" in _refused(capsys, *command, "--out", "")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_removes_only_what_fixedhead_wrote_in_the_analysis_folder(tmp_path, capsys, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert main(["analyze", str(run)]) == 0
+    written = sorted(p.name for p in (run / "analysis").iterdir())
+    assert "analysis.json" in written and any(name.endswith(".png") for name in written)
+    (run / "analysis" / "my-notes.md").write_text("mine")
+    assert main(["train", *TINY_FLAGS, "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert [p.name for p in (run / "analysis").iterdir()] == ["my-notes.md"]
+
+
+def test_an_analysis_folder_that_links_elsewhere_is_refused_and_the_target_untouched(tmp_path, capsys, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (run / "analysis").symlink_to(elsewhere, target_is_directory=True)
+    assert "is a link or a file" in _refused(capsys, "analyze", run)
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
+
+
+def test_overwrite_clears_the_old_tracker_logs(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    argv = ["train", *TINY_FLAGS, "--epochs", "1", "--log", "tensorboard", "--out", str(out)]
+    assert main(argv) == 0
+    first = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert first and main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    second = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert len(second) == len(first) and not set(first) & set(second)  # the old run's curves are gone
+
+
+# ---- never hang on a FIFO, never expand a small input into unbounded work --------------------------------
+
+
+def _fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_where_a_file_is_read(tmp_path, capsys, tiny_run, image_folder):
+    fifo = _fifo(tmp_path / "config.yaml")
+    assert "is a FIFO" in _refused(capsys, "train", *TINY_FLAGS, "--config", fifo, "--out", tmp_path / "r")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "final.json").unlink()
+    _fifo(run / "final.json")
+    assert "is a FIFO" in _refused(capsys, "train", "--out", run, "--resume", "--quiet")
+    _fifo(image_folder / "train" / "cat" / "zz.png")
+    err = _refused(capsys, "train", "--data", "imagefolder", "--data-dir", image_folder, "--epochs", "1",
+                   "--out", tmp_path / "r2", "--quiet")
+    assert "is a FIFO" in err and "zz.png" in err
+
+
+def test_counts_are_bounded_before_any_work(tmp_path, capsys, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert "--severities takes" in _refused(capsys, "robustness", run, "--severities", "1-1000000000000")
+    assert "--severities takes" in _refused(capsys, "robustness", run, "--severities", "1," * 100_000 + "1")
+    assert "integer in 0.." in _refused(capsys, "robustness", run, "--seed", "-1")
+    assert "data.num_classes must be" in _refused(capsys, "data", "info", "glyphs", "--num-classes", "0")
+    grid = tmp_path / "big.yaml"  # 6 keys of 10 values: a million runs from a few hundred bytes
+    keys = ("train.lr", "train.epochs", "train.batch_size", "train.lookahead", "train.eval_batch_size", "seed")
+    grid.write_text("grid:\n" + "".join(f"  {key}: [{', '.join(str(v) for v in range(1, 11))}]\n" for key in keys))
+    assert "more than 10,000" in _refused(capsys, "sweep", grid, "--out", tmp_path / "sweep", "--dry-run")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_data_dir_without_a_dataset_that_reads_files_is_refused(tmp_path, capsys, image_folder):
+    assert "reads no files" in _refused(capsys, "train", "--data-dir", image_folder, "--epochs", "1",
+                                        "--out", tmp_path / "r", "--quiet")
+    assert not (tmp_path / "r").exists()
+
+
+def test_scoring_or_resuming_on_other_classes_is_refused(tmp_path, capsys, image_folder):
+    from conftest import write_image_folder
+
+    out = tmp_path / "run"
+    flags = ["--arch", "fastnet-small", "--batch-size", "6", "--epochs", "1", "--quiet"]
+    assert main(["train", "--data", "imagefolder", "--data-dir", str(image_folder), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    other = write_image_folder(tmp_path / "other", classes=("ant", "bee", "cow"))
+    before = _snapshot(out)
+    err = _refused(capsys, "score", out, "--data-dir", other)
+    assert "'ant' there but 'cat' in the run" in err
+    (out / "final.json").unlink()
+    (out / "model.pt").unlink()
+    before = _snapshot(out)
+    err = _refused(capsys, "train", "--out", out, "--resume", "--data-dir", other, "--quiet")
+    assert "other data than the run started on" in err and "ant" in err
+    assert _snapshot(out) == before
+
+
+def test_a_zero_std_in_the_weights_file_is_refused(tmp_path, capsys, tiny_run):
+    import torch
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    state = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**state, "std": [0.0]}, run / "model.pt")
+    assert "every std must be above 0" in _refused(capsys, "score", run)
+
+
+def test_names_in_an_experiment_file_never_become_paths_outside_the_sweep(tmp_path, capsys):
+    """A metric named like a path is drawn inside the sweep folder; sections the report could not read are
+    refused by the sweep before anything trains."""
+    from fixedhead.runs import SweepDir
+
+    sweep = SweepDir(tmp_path / "sweep")
+    for name in ("../../../x", "/etc/x", "a/../../b"):
+        figure = sweep.figure(name)
+        assert figure.parent == sweep.path and ".." not in figure.name
+    for section, value in (("report", "{rows: [[a, b]]}"), ("report", "{compare: [[a, [b]]]}"),
+                           ("paper", "{test_acc: [1, 2]}")):
+        path = tmp_path / f"{section}.yaml"
+        path.write_text(f"variants: {{a: {{}}}}\n{section}: {value}\n")
+        _refused(capsys, "sweep", path, "--out", tmp_path / "out", "--dry-run")
+    assert not (tmp_path / "out").exists()
