@@ -186,3 +186,17 @@ def test_config_refuses_an_unknown_library_before_anything_is_built():
         make_config({"model.arch": "timm:no_such_model_at_all"})
     with pytest.raises(UserError, match="unknown arch"):
         make_config({"model.arch": "keras:resnet"})
+
+
+def test_a_torchvision_builder_downloads_no_backbone_unless_pretrained_is_asked(monkeypatch):
+    """Detection and segmentation builders default weights_backbone to ImageNet weights: with pretrained off
+    they get None, so nothing is fetched (a download here would fail, offline, or hang)."""
+    import torchvision
+
+    from fixedhead.models import zoo
+
+    calls = []
+    real = torchvision.models.get_model
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, **kw: calls.append(kw) or real(name, **kw))
+    zoo._torchvision_create(torchvision.models, "fcn_resnet50", pretrained=False)
+    assert calls == [{"weights": None, "weights_backbone": None}]

@@ -16,6 +16,7 @@ that its default will change), so that a run means the same network after a torc
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 
 import torch
@@ -162,7 +163,10 @@ def _torchvision_create(models, name: str, pretrained: bool) -> nn.Module:
             raise UserError(_not_cached(f"torchvision:{name}", host))
     if not pretrained and name in PUBLISHED_INIT:
         return models.get_model(name, weights=None, init_weights=True)
-    return models.get_model(name, weights="DEFAULT" if pretrained else None)
+    off = {}
+    if not pretrained and "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
+        off = {"weights_backbone": None}  # detection and segmentation builders default to an ImageNet backbone
+    return models.get_model(name, weights="DEFAULT" if pretrained else None, **off)
 
 
 def _create(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
