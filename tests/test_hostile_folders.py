@@ -162,3 +162,19 @@ def test_names_in_an_experiment_file_never_become_paths_outside_the_sweep(tmp_pa
         path.write_text(f"variants: {{a: {{}}}}\n{section}: {value}\n")
         _refused(capsys, "sweep", path, "--out", tmp_path / "out", "--dry-run")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, value", [("losses", "abc"), ("losses", ["a", "b"]), ("best", "x"), ("best", {"epoch": 1}),
+                                          ("partial", {"per_rank": "x"}), ("train_time_s", float("nan")),
+                                          ("partial", {"per_rank": [[0.0, 0, 0]], "step": "a", "elapsed": 0.0, "lr": 0.1})])
+def test_a_damaged_checkpoint_field_is_one_line_on_resume(tmp_path, capsys, tiny_run, field, value):
+    import torch
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    for name in ("final.json", "model.pt"):
+        (run / name).unlink()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "epoch": 0, field: value}, run / "checkpoint.pt")
+    before = _snapshot(run)
+    assert f"{field} is" in _refused(capsys, "train", "--out", run, "--resume", "--quiet")
+    assert _snapshot(run) == before

@@ -58,7 +58,36 @@ def _checkpoint(run: RunDir, config) -> dict:
     if checkpoint.get("partial") is not None and "per_rank" not in checkpoint["partial"]:
         raise UserError(f"{run.checkpoint_path} was interrupted mid-epoch by an older fixedhead whose partial epochs "
                         "this one cannot continue; restart with --overwrite")
+    bad = next((key for key, ok in _STATE_RULES.items() if not _holds(ok, checkpoint.get(key))), None)
+    if bad is not None:
+        raise UserError(f"{run.checkpoint_path}: {bad} is {shown(checkpoint.get(bad))}, not what fixedhead writes there; "
+                        "the file is damaged: restart with --overwrite")
     return checkpoint
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _holds(test, value) -> bool:
+    try:
+        return bool(test(value))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return False
+
+
+# What the small fields of a checkpoint hold (the tensors are checked by loading them into the model).
+_STATE_RULES = {
+    "train_time_s": lambda v: _number(v) and math.isfinite(v) and v >= 0,
+    "losses": lambda v: v is None or (isinstance(v, (list, tuple)) and 1 <= len(v) <= 2 and all(map(_number, v))),
+    "best": lambda v: v is None or (isinstance(v["epoch"], int) and _number(v["val_acc"]) and isinstance(v["model"], dict)),
+    "partial": lambda v: v is None or (
+        isinstance(v["step"], int) and v["step"] >= 0 and _number(v["elapsed"]) and _number(v["lr"])
+        and isinstance(v["per_rank"], list) and v["per_rank"]
+        and all(len(r) == 3 and all(map(_number, r)) for r in v["per_rank"])),  # floats after a gather across ranks
+    "lookahead": lambda v: v is None or isinstance(v, dict),
+    "plateau": lambda v: v is None or isinstance(v, dict),
+}
 
 
 def _check_same_data(checkpoint: dict, data: dict) -> None:
