@@ -178,3 +178,20 @@ def test_a_damaged_checkpoint_field_is_one_line_on_resume(tmp_path, capsys, tiny
     before = _snapshot(run)
     assert f"{field} is" in _refused(capsys, "train", "--out", run, "--resume", "--quiet")
     assert _snapshot(run) == before
+
+
+def test_an_analysis_of_weights_replaced_meanwhile_writes_nothing(tmp_path, capsys, tiny_run, monkeypatch):
+    """An analyze that was still measuring the old weights when --overwrite retrained the run must not write
+    its analysis beside the new weights (simulated: model.pt rewritten while the numbers are computed)."""
+    from fixedhead.evaluation import analysis
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    measure = analysis.measure
+
+    def retrained_meanwhile(outputs):
+        (run / "model.pt").write_bytes((run / "model.pt").read_bytes() + b"")  # a new file: new inode and time
+        return measure(outputs)
+
+    monkeypatch.setattr(analysis, "measure", retrained_meanwhile)
+    assert "changed while it was being evaluated" in _refused(capsys, "analyze", run)
+    assert not (run / "analysis" / "analysis.json").exists()

@@ -27,7 +27,7 @@ def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
                         "fixedhead score gives its accuracy")
     out = predict(trained.model, loader, trained.config.train.bf16, with_features=True)
     out.update(weight=head.vectors().cpu(), classes=trained.classes, source=trained.source,
-               unfinished=trained.unfinished,
+               unfinished=trained.unfinished, trained=trained,
                head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,
                      "scale": head.scale.item(), "num_features": head.num_features})
     return out
@@ -88,7 +88,9 @@ def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = Fal
               "classes": outputs["classes"],
               "head": outputs["head"], **measure(outputs)}
     run = RunDir(run_dir)
+    outputs["trained"].check_unchanged()
     result["figures"] = _pictures(outputs, result, run.analysis_folder(), tsne, cluster)
+    outputs["trained"].check_unchanged()  # the figures took a while: check again right before the record
     run.write_matrices({key: result[key] for key in MATRICES})
     run.write_analysis({key: value for key, value in result.items() if key not in MATRICES})
     return result

@@ -90,6 +90,7 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
         new = generalization_set(spec, trained)
         result["generalization"][spec] = {"acc": trained.accuracy(new.images, new.labels), "num_images": len(new)}
     run = RunDir(run_dir)
+    trained.check_unchanged()
     run.write_evaluation(result)
     if result["corruptions"]:
         from .. import plots

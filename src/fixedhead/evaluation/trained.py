@@ -43,6 +43,15 @@ class TrainedRun:
     device: torch.device
     source: str  # model.pt, or the checkpoint of an unfinished run (and its epoch)
     unfinished: bool = False
+    weights_file: Path | None = None  # the file the weights came from, and its stamp when they were read
+    stamp: tuple | None = None
+
+    def check_unchanged(self) -> None:
+        """Refuse to write a result about these weights when their file changed since it was read (the run was
+        retrained or overwritten meanwhile): the result would describe weights that no longer exist."""
+        if self.weights_file is not None and _stamp(self.weights_file) != self.stamp:
+            raise UserError(f"{self.weights_file} changed while it was being evaluated (trained again or overwritten); "
+                            "nothing was written; run the command again")
 
     def loader(self, images: torch.Tensor, labels: torch.Tensor) -> BatchLoader:
         """Batches of (N, C, H, W) uint8 images normalised with the run's own training statistics."""
@@ -58,6 +67,14 @@ class TrainedRun:
         """The same weights under other evaluation settings (train.tta, data.data_dir), validated like any config."""
         self.config = make_config(to_dict(self.config), overrides)
         return self
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _payload(run: RunDir, allow_unfinished: bool) -> tuple[dict, Path]:
@@ -79,6 +96,7 @@ def load_trained(run_dir, device="cpu", allow_unfinished: bool = False) -> Train
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise UserError(f"{run.path} is not a folder; give a run folder written by fixedhead train")
+    stamps = {path: _stamp(path) for path in (run.model_path, run.checkpoint_path)}
     payload, path = _payload(run, allow_unfinished)
     config = saved_config(payload["config"], path, run.version())
     model = build_model(config.model, config.seed, len(payload["classes"]), payload["in_channels"], payload["image_size"])
@@ -89,7 +107,7 @@ def load_trained(run_dir, device="cpu", allow_unfinished: bool = False) -> Train
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     return TrainedRun(run.path, model.to(device).eval(), config, payload["classes"], payload["in_channels"],
                       payload["image_size"], payload["mean"], payload["std"], device, payload["source"],
-                      payload["unfinished"])
+                      payload["unfinished"], path, stamps[path])
 
 
 def check_same_data(trained: TrainedRun, images: data.ImageSet, where: str) -> None:
