@@ -18,6 +18,14 @@ def test_import_does_not_load_plotting_or_scipy_or_pick_a_backend():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": "svg"})
 
 
+def test_the_head_api_loads_without_the_analysis_stack():
+    """ClassHead, Classifier and swap_head need torch only: no scipy, scikit-learn, matplotlib or YAML."""
+    code = ("import sys; from fixedhead import ClassHead, Classifier, swap_head; "
+            "heavy = [m for m in ('scipy', 'sklearn', 'matplotlib', 'yaml', 'fixedhead.config') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_drawing_a_figure_leaves_the_backend_alone(tmp_path):
     code = ("import matplotlib, numpy as np; from pathlib import Path; from fixedhead import plots; "
             "plots.feature_scatter(np.zeros((4, 2)), np.array([0, 1, 0, 1]), ['a', 'b'], Path(r'%s') / 'f', 't'); "
