@@ -157,7 +157,7 @@ def test_names_in_an_experiment_file_never_become_paths_outside_the_sweep(tmp_pa
         figure = sweep.figure(name)
         assert figure.parent == sweep.path and ".." not in figure.name
     for section, value in (("report", "{rows: [[a, b]]}"), ("report", "{compare: [[a, [b]]]}"),
-                           ("paper", "{test_acc: [1, 2]}")):
+                           ("report", "{select: {key: [train.lr], by: val_acc}}"), ("paper", "{test_acc: [1, 2]}")):
         path = tmp_path / f"{section}.yaml"
         path.write_text(f"variants: {{a: {{}}}}\n{section}: {value}\n")
         _refused(capsys, "sweep", path, "--out", tmp_path / "out", "--dry-run")

@@ -91,7 +91,8 @@ def _check_report(report: dict, path) -> None:
         raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
     select = report.get("select")
     if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
-                                   and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY):
+                                   and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY
+                                   and isinstance(select["key"], str)):
         raise UserError(f"{path}: report.select must be {{key: CONFIG_KEY, by: {'|'.join(SELECT_BY)}[, per: cell|row]}} "
                         "(chosen on validation, never on test)")
 
