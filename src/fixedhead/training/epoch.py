@@ -58,7 +58,8 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
                 partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.SINGLE,
                 on_step=None, limit: int | None = None) -> dict:
     """One pass over the training loader, or its first `limit` steps (the last epoch of a fractional
-    train.epochs); returns mean loss, accuracy and images/s.
+    train.epochs); returns mean loss, accuracy and images/s. `model` computes (loss, predictions) from
+    (images, labels, label_smoothing): a LossOf, or what DDP and torch.compile made of one.
 
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
     the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
