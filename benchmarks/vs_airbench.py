@@ -38,7 +38,7 @@ from fixedhead.config import flat, flatten, make_config, parse_overrides  # noqa
 from fixedhead.data import load  # noqa: E402
 from fixedhead.devices import keep_freed_memory, native_bf16  # noqa: E402
 from fixedhead.errors import UserError  # noqa: E402
-from fixedhead.experiments.experiment_file import load_experiment  # noqa: E402
+from fixedhead.experiments.experiment_file import recipe  # noqa: E402
 from fixedhead.experiments.statistics import mean_ci, summarise  # noqa: E402
 from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
 
@@ -57,15 +57,7 @@ PEER_AS_CONFIG = {
 }
 
 
-def recipe_config(path: str) -> dict:
-    """The one run an experiment file describes (configs/speed/cpu-fast.yaml): its base, `base_from`
-    resolved, with its one variant; a file with a grid or several variants is not one recipe."""
-    experiment = load_experiment(path)
-    variants = list((experiment.get("variants") or {"": {}}).values())
-    if experiment.get("grid") or len(variants) != 1:
-        raise UserError(f"{path} describes several runs (a grid or {len(variants)} variants); the side by side "
-                        "takes a recipe with one variant, e.g. speed/cpu-fast or speed/cpu-fast-short")
-    return {**experiment["base"], **(variants[0] or {})}
+recipe_config = recipe  # the one run an experiment file describes (fixedhead.experiments.experiment_file)
 
 
 def ours(overrides: dict, data_dir: str, seed: int, folder: Path) -> dict:

@@ -183,3 +183,21 @@ def test_an_interrupted_demo_continues_when_run_again(tmp_path, capsys, monkeypa
     code, out, err = run_cli(capsys, "demo", "--data", "digits", "--out", tmp_path / "demo", *args)
     assert code == 0, err
     assert "| dot-learned |" in out
+
+
+def test_config_takes_a_recipe_of_one_run_by_path_or_shipped_name(tmp_path, capsys):
+    """train --config reads an experiment file of one run (its base and variant) as sweep names them; an
+    experiment of several runs is refused in one line that points to sweep."""
+    import yaml
+
+    from fixedhead.cli import _config_file
+
+    assert _config_file("speed/cpu-fast")["model.arch"] == "airnet"
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(yaml.safe_dump({"base": {"data.name": "digits", "model.arch": "fastnet-small",
+                                               "train.batch_size": 128}, "variants": {"only": {"model.fixed": True}}}))
+    code, _, err = run_cli(capsys, "train", "--config", recipe, "--epochs", "1", "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["fixed"] is True
+    code, _, err = run_cli(capsys, "train", "--config", "demo/digits", "--out", tmp_path / "r2")
+    assert code == 2 and "describes several runs" in err and "fixedhead sweep demo/digits" in err

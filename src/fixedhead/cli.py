@@ -55,7 +55,8 @@ def _add_train(sub):
         else:
             kind = type(default) if isinstance(default, (int, float)) else str
             p.add_argument(flag, type=kind, help=f"{text} (default: {default})")
-    p.add_argument("--config", help="YAML file of config overrides")
+    p.add_argument("--config", help="YAML file of config keys, or an experiment file of one run (a path, or a "
+                   "shipped name such as speed/cpu-fast)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -63,13 +64,27 @@ def _add_train(sub):
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _config_file(name: str) -> dict:
+    """--config: a YAML file of config keys, or an experiment file of one run (a path, or a shipped name such
+    as speed/cpu-fast, as sweep takes them), whose base and variant are the layer."""
+    from pathlib import Path
+
+    from .config import read_yaml
+    from .experiments.experiment_file import is_experiment, recipe, shipped
+    from .files import read_yaml as read_tree
+
+    if not Path(name).exists() and shipped(name) is not None:
+        return recipe(name)
+    return recipe(name) if is_experiment(read_tree(name, "config file")) else read_yaml(name)
+
+
 def _train(args) -> int:
     from . import data
-    from .config import make_config, parse_overrides, read_yaml, saved_config, to_dict
+    from .config import make_config, parse_overrides, saved_config, to_dict
     from .training.fit import fit
 
     flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
-    file_layer = read_yaml(args.config) if args.config else {}
+    file_layer = _config_file(args.config) if args.config else {}
     run = RunDir(args.out)
     # --resume continues the saved config; flags on top of it must agree with it (fit checks).
     saved = {}

@@ -204,3 +204,19 @@ def _base_file(name: str, path: Path) -> Path:
         return packaged
     raise UserError(f"{path}: base_from {shown(name)} is neither a file beside it nor a shipped experiment "
                     "(e.g. speed/cpu-fast)")
+
+
+def recipe(name) -> dict:
+    """The one run an experiment file describes (`speed/cpu-fast`, or a path): its base, base_from resolved,
+    with its one variant, as dotted config keys; a file with a grid or several variants is not one run."""
+    experiment = load_experiment(name)
+    variants = list((experiment.get("variants") or {"": {}}).values())
+    if experiment.get("grid") or len(variants) != 1:
+        raise UserError(f"{name} describes several runs (a grid or {len(variants)} variants); run it with "
+                        f"fixedhead sweep {name}, or give a file of one run (e.g. speed/cpu-fast)")
+    return {**experiment["base"], **(variants[0] or {})}
+
+
+def is_experiment(tree) -> bool:
+    """Whether a YAML tree is an experiment file rather than a plain config (seed, data, model, train)."""
+    return isinstance(tree, dict) and bool({"base", "base_from", "variants", "grid"} & set(tree))
