@@ -69,13 +69,14 @@ def _config_file(name: str) -> dict:
     as speed/cpu-fast, as sweep takes them), whose base and variant are the layer."""
     from pathlib import Path
 
-    from .config import read_yaml
+    from .config import config_tree
     from .experiments.experiment_file import is_experiment, recipe, shipped
-    from .files import read_yaml as read_tree
+    from .files import read_yaml
 
     if not Path(name).exists() and shipped(name) is not None:
         return recipe(name)
-    return recipe(name) if is_experiment(read_tree(name, "config file")) else read_yaml(name)
+    tree = read_yaml(name, "config file")
+    return recipe(name) if is_experiment(tree) else config_tree(tree, name)
 
 
 def _train(args) -> int:
@@ -192,7 +193,8 @@ def _severities(text: str) -> list[int]:
             low, high = (int(v) for v in text.split("-"))
             values = list(range(low, high + 1)) if 1 <= low <= high <= 5 else []  # bounded before any list is made
         else:
-            values = [int(v) for v in text.split(",")[:5]] if text.count(",") < 5 else []
+            parts = text.split(",", 5)  # a sixth part means too many: nothing longer is ever split off
+            values = [int(v) for v in parts] if len(parts) <= 5 else []
     except ValueError:
         values = []
     if not values or not all(1 <= v <= 5 for v in values):

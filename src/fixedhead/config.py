@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -169,6 +170,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 PLACE_KEYS = ("data.data_dir", "train.device", "train.log")
 
 
+@functools.cache
 def fields() -> dict:
     """{"train.lr": dataclasses.Field, ...}: every key's field, by its dotted name, in the order of the docs."""
     out = {"seed": next(f for f in dataclasses.fields(Config) if f.name == "seed")}
@@ -198,6 +200,7 @@ def registries() -> dict:
             "schedules": SCHEDULES, "plateau_on": PLATEAU_MODES, "trackers": TRACKERS}
 
 
+@functools.cache
 def choices() -> dict:
     """{key: (accepted words, ...)} for every word-valued key: one place to validate them all."""
     found, named = {}, None
@@ -290,7 +293,11 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def read_yaml(path) -> dict:
     """A config file: bounded, strict YAML (files.read_yaml) holding a mapping."""
-    tree = files.read_yaml(path, "config file")
+    return config_tree(files.read_yaml(path, "config file"), path)
+
+
+def config_tree(tree, path) -> dict:
+    """A parsed config file's tree: a mapping of keys (an empty file is {})."""
     if tree is None:
         return {}
     if not isinstance(tree, dict):

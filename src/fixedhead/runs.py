@@ -203,9 +203,8 @@ class RunDir:
         if self.writable:
             for path in self._own_files():
                 path.unlink(missing_ok=True)
-            self._remove([p for p in self.tensorboard_dir.glob("events.out.tfevents.*")]
-                         if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink() else [],
-                         self.tensorboard_dir)
+            if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink():
+                self._remove(list(self.tensorboard_dir.glob("events.out.tfevents.*")), self.tensorboard_dir)
         self.clear_derived()
 
     def clear_derived(self) -> None:

@@ -6,6 +6,7 @@ once, and the model, class names, input shape and normalisation travel together.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,7 @@ class TrainedRun:
 
     def with_settings(self, overrides: dict) -> TrainedRun:
         """The same weights under other evaluation settings (train.tta, data.data_dir), validated like any config."""
-        self.config = make_config(to_dict(self.config), overrides)
-        return self
+        return dataclasses.replace(self, config=make_config(to_dict(self.config), overrides))
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -142,11 +142,11 @@ def open_split(run_dir, split: str = "test", device: str = "auto", data_dir=None
                overrides: dict | None = None) -> tuple[TrainedRun, BatchLoader]:
     """The run and a loader over one split of its dataset.
 
-    Only that split is read: the class names, input size and normalisation come from the run itself.
-    A class-count mismatch is an error. `overrides` change evaluation settings of the run's config
+    Only that split is read: the class names, input size and normalisation come from the run itself;
+    a split with other class names, channels or size is an error. `overrides` change evaluation settings of the run's config
     (e.g. train.tta) and are validated like any config."""
-    trained = load_trained(run_dir, device, allow_unfinished)
-    trained.with_settings({**({"data.data_dir": str(data_dir)} if data_dir else {}), **(overrides or {})})
+    settings = {**({"data.data_dir": str(data_dir)} if data_dir else {}), **(overrides or {})}
+    trained = load_trained(run_dir, device, allow_unfinished).with_settings(settings)
     images = data.load_split(trained.config.data, split)
     check_same_data(trained, images, f"the {split} split of {trained.config.data.name} in "
                                      f"{trained.config.data.data_dir or 'its usual place'}")
