@@ -18,7 +18,7 @@ def weights(run):
 def same_result(a, b) -> bool:
     """Two run folders hold the same final metrics, per-epoch metrics (timings aside) and weights, bit for bit."""
     fa, fb = (json.loads((r / "final.json").read_text()) for r in (a, b))
-    keys = ("test_acc", "test_loss", "epochs", "selected_epoch")
+    keys = ("test_acc", "test_loss", "epochs", "selected_epoch", "status", "train_losses", "train_loss_end")
     ma, mb = ([{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
                for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (a, b))
     wa, wb = weights(a), weights(b)

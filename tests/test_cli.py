@@ -78,7 +78,7 @@ def test_refuses_to_clobber_a_finished_run(tmp_path, capsys):
     assert run_cli(capsys, "train", "--epochs", "1", "--out", out, *FAST)[0] == 0
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     code, _, err = run_cli(capsys, "train", "--epochs", "1", "--out", out, *FAST)
-    assert code == 2 and "already holds a finished run" in err and "--overwrite" in err
+    assert code == 2 and "already holds a run trained to its end" in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
     assert run_cli(capsys, "train", "--epochs", "1", "--out", out, "--overwrite", *FAST)[0] == 0
 
@@ -160,13 +160,15 @@ def test_a_run_written_by_another_version_is_one_line_naming_it(tmp_path, capsys
     assert code == 2 and err.count("\n") == 1 and "fixedhead 0.0.9" in err and "model.head" in err, err
 
 
-def test_train_says_when_the_finished_run_diverged(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("status, said", [("diverged", "the run diverged (training loss non-finite, or higher"),
+                                          ("at_chance", "the run ended at chance (training loss fell but")])
+def test_train_says_when_the_run_did_not_train(tmp_path, capsys, monkeypatch, status, said):
     import fixedhead.training.fit as train_module
 
-    monkeypatch.setattr(train_module, "diverged", lambda losses, num_classes=None: True)  # as if the loss had blown up
+    monkeypatch.setattr(train_module, "outcome", lambda *args: status)  # as if the loss had blown up / stalled
     code, _, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", tmp_path / "r", *FAST)
-    assert code == 0 and "the run diverged" in err
-    assert json.loads((tmp_path / "r" / "final.json").read_text())["status"] == "diverged"
+    assert code == 0 and said in err and "over the last quarter" in err, err
+    assert json.loads((tmp_path / "r" / "final.json").read_text())["status"] == status
 
 
 def test_an_interrupted_demo_continues_when_run_again(tmp_path, capsys, monkeypatch):

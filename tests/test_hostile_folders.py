@@ -195,3 +195,94 @@ def test_an_analysis_of_weights_replaced_meanwhile_writes_nothing(tmp_path, caps
     monkeypatch.setattr(analysis, "measure", retrained_meanwhile)
     assert "changed while it was being evaluated" in _refused(capsys, "analyze", run)
     assert not (run / "analysis" / "analysis.json").exists()
+
+
+@pytest.mark.parametrize("command", [["analyze"], ["robustness", "--corruptions", "none"]])
+def test_an_analysis_or_evaluation_of_a_run_being_trained_is_refused(tmp_path, capsys, tiny_run, command):
+    from fixedhead.runs import RunDir
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = _snapshot(run)
+    with RunDir(run).lock():  # as a training process holds it
+        err = _refused(capsys, command[0], run, *command[1:])
+    assert "in use by another fixedhead process" in err and "--out" not in err
+    assert _snapshot(run) == before
+
+
+def test_a_training_into_a_run_being_analysed_is_refused_and_the_analysis_completes(tmp_path, capsys, tiny_run,
+                                                                                 monkeypatch):
+    from fixedhead.evaluation import analysis
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    weights = (run / "model.pt").read_bytes()
+    measure, codes = analysis.measure, []
+
+    def retrain_meanwhile(outputs):
+        codes.append(main(["train", *TINY_FLAGS, "--epochs", "1", "--out", str(run), "--overwrite"]))
+        return measure(outputs)
+
+    monkeypatch.setattr(analysis, "measure", retrain_meanwhile)
+    assert main(["analyze", str(run)]) == 0 and codes == [2]
+    assert "in use by another fixedhead process" in capsys.readouterr().err
+    assert (run / "model.pt").read_bytes() == weights and (run / "analysis" / "analysis.json").is_file()
+
+
+def test_a_folder_name_that_is_not_utf8_is_printed_back_as_given(tmp_path, monkeypatch):
+    """On a strict UTF-8 stdout (a UTF-8 locale), a name's undecodable byte reaches Python as a lone
+    surrogate; printing it after training must not end in a traceback."""
+    import io
+    import sys
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    folder = os.fsdecode(bytes(tmp_path) + b"/run\xff")
+    assert main(["train", *TINY_FLAGS, "--epochs", "1", "--out", folder]) == 0
+    assert out.buffer.getvalue().rstrip().endswith(b"-> " + bytes(tmp_path) + b"/run\xff")
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """The folder is not writable (chmod does not stop root, so the permission check is told so)."""
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and access(path, mode, **kw))
+
+
+@pytest.mark.parametrize("how", ["--overwrite", "--resume"])
+def test_a_read_only_tracker_folder_is_refused_before_anything_changes(tmp_path, capsys, tiny_run, monkeypatch, how):
+    """--overwrite used to remove the run's files and then fail on the tracker's events; --resume used to
+    rewrite meta.json and then fail in TensorBoard's writer thread with a traceback."""
+    pytest.importorskip("tensorboard")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"old curves")
+    if how == "--resume":
+        (run / "final.json").unlink()
+        (run / "model.pt").unlink()
+    _read_only(monkeypatch, run / "tensorboard")
+    before = _snapshot(run)
+    flags = [*TINY_FLAGS, "--epochs", "1"] if how == "--overwrite" else ["--quiet"]
+    err = _refused(capsys, "train", *flags, "--out", run, how, "--set", "train.log=tensorboard")
+    assert "tensorboard" in err and "not writable" in err
+    assert _snapshot(run) == before
+
+
+def test_a_tracker_folder_that_links_elsewhere_is_refused(tmp_path, capsys, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (tmp_path / "elsewhere").mkdir()
+    (run / "tensorboard").symlink_to(tmp_path / "elsewhere")
+    before = _snapshot(tmp_path)
+    err = _refused(capsys, "train", *TINY_FLAGS, "--epochs", "1", "--out", run, "--overwrite",
+                   "--set", "train.log=tensorboard")
+    assert "is a link or a file" in err
+    assert _snapshot(tmp_path) == before and not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_file_in_a_read_only_folder_stops_an_overwrite_before_anything_is_removed(tmp_path, capsys, tiny_run,
+                                                                                  monkeypatch):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "analysis").mkdir()
+    (run / "analysis" / "analysis.json").write_text("{}")
+    _read_only(monkeypatch, run / "analysis")
+    before = _snapshot(run)
+    err = _refused(capsys, "train", *TINY_FLAGS, "--epochs", "1", "--out", run, "--overwrite")
+    assert "not writable; nothing was removed" in err
+    assert _snapshot(run) == before

@@ -120,8 +120,8 @@ def test_a_100k_class_run_trains_from_the_cli_without_forming_logits(tmp_path, c
     assert main(argv) == 0, capsys.readouterr().err
     final = json.loads((out / "final.json").read_text())
     # Random labels over 100,000 classes: 4 steps cannot beat a uniform guess (loss ln C), so the divergence
-    # rule may call the run diverged; what matters here is that it ran to its end, with finite losses.
-    assert final["status"] in ("finished", "diverged") and final["num_test"] == 512
+    # rule may call the run at chance; what matters here is that it ran to its end, with finite losses.
+    assert final["status"] in ("finished", "at_chance") and final["num_test"] == 512
     assert len(final["train_losses"]) == 2 and all(np.isfinite(final["train_losses"]))
     assert 0 <= final["test_acc"] <= 1 and np.isfinite(final["test_loss"])
     assert not logits_made  # never an F.cross_entropy over (B, C) logits

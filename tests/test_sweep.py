@@ -337,6 +337,7 @@ def test_diverged_runs_are_counted_in_their_cell_and_kept_in_the_csv(tmp_path):
     assert "| a | 85.00 ± 7.07 (n=2) [1/3 diverged] |" in text  # the two that trained; the third counted
     assert "| b | - [2/2 diverged] |" in text
     assert "3 diverged" in text and "higher in the last epoch than in the first" in text and "ln C" in text
+    assert "0 at chance" in text
     assert result["counts"]["diverged"] == 3
     csv_text = (tmp_path / "results.csv").read_text()
     assert "diverged" in csv_text and "0.137" in csv_text  # the diverged run's accuracy stays visible
@@ -375,29 +376,37 @@ def test_variants_down_the_side_are_not_also_across_the_top(tmp_path):
     assert table["columns"] == ["all"] and table["cells"]["s16"]["all"]["mean"] == pytest.approx(0.89)
 
 
-def test_the_divergence_rule():
-    from fixedhead.runs import diverged
+def test_the_outcome_rule():
+    from fixedhead.runs import outcome
 
-    assert not diverged(None) and not diverged((2.3, 0.4)) and not diverged((2.3, 0.4), 10)
-    assert diverged((2.3, 404.0)) and diverged((2.3, float("nan"))) and diverged((float("inf"),) * 2)
-    # Falling, but not below the loss of a uniform guess over C classes (ln C): the run learned nothing.
-    assert diverged((3.26, 2.52), 10) and not diverged((3.26, 2.52)) and not diverged((3.26, 2.30), 10)
-    assert diverged((8.0, 6.91), 1000) and not diverged((8.0, 6.90), 1000)  # ln 1000 = 6.9078
+    assert outcome(None) == outcome((2.3, 0.4)) == outcome((2.3, 0.4), 0.3, 10) == "finished"
+    # Diverged only when the loss rose or became non-finite.
+    assert outcome((2.3, 404.0)) == outcome((2.3, float("nan"))) == outcome((float("inf"),) * 2) == "diverged"
+    assert outcome((2.3, 404.0), 0.1, 10) == "diverged"  # a low end cannot hide a rise
+    # Falling, but not below the loss of a uniform guess over C classes (ln C): at chance, not diverged.
+    assert outcome((3.26, 2.52), None, 10) == "at_chance" and outcome((3.26, 2.52)) == "finished"
+    assert outcome((3.26, 2.30), None, 10) == "finished"  # ln 10 = 2.3026
+    assert outcome((8.0, 6.91), None, 1000) == "at_chance" and outcome((8.0, 6.90), None, 1000) == "finished"
+    # The end loss (the last epoch's last quarter) decides, where recorded: a one-epoch run that learned.
+    assert outcome((2.64,), 2.10, 10) == "finished" and outcome((2.64,), 2.40, 10) == "at_chance"
+    assert outcome((3.0, 2.2), 2.4, 10) == "at_chance"
 
 
 def test_the_report_judges_runs_trained_under_an_older_rule_by_todays(tmp_path):
     """A run recorded as finished whose loss fell from 3.35 to 2.40 over 10 classes (above ln 10 = 2.303, at
-    12.8% test accuracy) is counted as diverged, its accuracy kept in the csv; one at 2.20 still trained."""
-    for seed, (last, acc) in enumerate([(2.40, 0.128), (2.20, 0.30)]):
-        fixture_run(tmp_path, f"r-{seed}", "v", "a", seed, acc)
+    12.8% test accuracy) is counted as at chance, its accuracy kept in the csv; one at 2.20 still trained;
+    one recorded as diverged whose loss fell is at chance too."""
+    for seed, (last, acc, status) in enumerate([(2.40, 0.128, "finished"), (2.20, 0.30, "finished"),
+                                                (2.50, 0.11, "diverged")]):
+        fixture_run(tmp_path, f"r-{seed}", "v", "a", seed, acc, status)
         folder = tmp_path / f"r-{seed}"
         final = json.loads((folder / "final.json").read_text())
         (folder / "final.json").write_text(json.dumps({**final, "train_losses": [3.35, last]}))
         (folder / "meta.json").write_text(json.dumps({"fixedhead": "test", "classes": [str(c) for c in range(10)]}))
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "old", "variants": {"v": {}}}))
     result = write_report(tmp_path)
-    assert result["counts"] == {"finished": 1, "diverged": 1, "failed": 0, "unfinished": 0}
-    assert "30.00 (n=1) [1/2 diverged]" in (tmp_path / "report.md").read_text()
+    assert result["counts"] == {"finished": 1, "diverged": 0, "at_chance": 2, "failed": 0, "unfinished": 0}
+    assert "30.00 (n=1) [2/3 at chance]" in (tmp_path / "report.md").read_text()
     assert "0.128" in (tmp_path / "results.csv").read_text()
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import json
 import os
 import sys
 
 from .errors import UserError, one_line, shown
-from .runs import DIVERGENCE_RULE, CompareDir, RunDir, SweepDir
+from .runs import OUTCOME_RULES, CompareDir, RunDir, SweepDir
 
 # flag dest -> config key; a flag left unset does not override the config file.
 TRAIN_FLAGS = {
@@ -105,10 +107,14 @@ def _train(args) -> int:
         return 0
     print(f"test accuracy {final['test_acc']:.4f} ({final['num_test']} images, epoch {final['selected_epoch']}, "
           f"{final['train_time_s']:.0f} s training) -> {args.out}")
-    if final["status"] == "diverged":
-        losses = final["train_losses"]
-        print(f"note: the run diverged ({DIVERGENCE_RULE}): its training loss went from {losses[0]:.4g} in the "
-              f"first epoch to {losses[-1]:.4g} in the last; reports count it as diverged", file=sys.stderr)
+    if final["status"] in OUTCOME_RULES:
+        losses, end = final["train_losses"], final["train_loss_end"]
+        said = {"diverged": "diverged", "at_chance": "ended at chance"}[final["status"]]
+        print(f"note: the run {said} ({OUTCOME_RULES[final['status']]}): its mean "
+              f"training loss went from {losses[0]:.4g} in the first epoch to {losses[-1]:.4g} in the last"
+              + (f", {end:.4g} over the last quarter" if end is not None else "")
+              + f"; reports count it as {final['status']}, beside the mean of the runs that trained",
+              file=sys.stderr)
     return 0
 
 
@@ -352,7 +358,24 @@ COMMANDS = {"train": _train, "score": _score, "demo": _demo, "data": _data, "ana
             "robustness": _robustness, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
 
 
+def _tolerant_output() -> None:
+    """Paths come from the user as bytes: a name that is not valid in the locale's encoding reaches Python as
+    lone surrogates, which a strict stdout (a UTF-8 locale) refuses to print, after the work is done. Print
+    such bytes back as they came, and anything else unprintable as a backslash escape."""
+    def handler(error):
+        try:
+            return codecs.lookup_error("surrogateescape")(error)
+        except UnicodeError:
+            return codecs.lookup_error("backslashreplace")(error)
+
+    codecs.register_error("fixedhead", handler)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="fixedhead")
+
+
 def main(argv=None) -> int:
+    _tolerant_output()
     try:
         argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)

@@ -122,7 +122,7 @@ def bars(table: dict, stem: Path, ylabel: str, xlabel: str, factor: float = 1.0)
     fig, ax = _figure((max(4.0, 1.2 * len(rows) * max(len(columns), 1) * 0.6 + 2), 3.4))
     for k, column in enumerate(columns):
         cells = [table["cells"][row].get(column) for row in rows]
-        cells = [c if c and c["n"] else None for c in cells]  # a cell whose runs all diverged has no bar
+        cells = [c if c and c["n"] else None for c in cells]  # a cell where no run trained has no bar
         means = [factor * c["mean"] if c else np.nan for c in cells]
         stds = [0 if not c or np.isnan(c["std"]) else factor * c["std"] for c in cells]
         ax.bar(np.arange(len(rows)) + k * width, means, width, yerr=stds, capsize=4, label=column or "all",

@@ -44,21 +44,38 @@ from .files import (
 from .version import VERSION
 
 
-def diverged(losses: tuple | None, num_classes: int | None = None) -> bool:
-    """The divergence rule, over (first, last) epochs' mean training losses: a non-finite loss (the run stops
-    there), a last epoch's loss above the first's (a blow-up that stayed finite), or, where the number of
-    classes C is known, a last epoch's loss not below ln C: the cross-entropy of a uniform guess (label
-    smoothing or not), so the run ended no better than guessing (a learned dot head at lr 3.2 fell from
-    3.26 to 2.52 > ln 10 and scored 10%)."""
+def outcome(losses: tuple | None, end_loss: float | None = None, num_classes: int | None = None) -> str:
+    """How a run that trained to its end came out, from its (first, last) epochs' mean training losses and
+    `end_loss`, the mean over the last quarter of the last epoch's steps (the last epoch's mean where a run
+    did not record it):
+
+    - "diverged": a loss became non-finite (training stops there) or the last epoch's loss is above the
+      first's (a blow-up that stayed finite). Only then: a run whose loss fell never diverged.
+    - "at_chance": the loss did not rise, but the end loss is not below ln C, the cross-entropy of a uniform
+      guess over the C classes (label smoothing or not): training ended no better than guessing (a learned
+      dot head at lr 3.2 fell from 3.26 to 2.52 > ln 10 and scored 10%). A one-epoch run is judged on the
+      end of its epoch, not on the mean that includes its untrained first steps.
+    - "finished" otherwise.
+    """
     if losses is None:
-        return False
+        return "finished"
     if not all(map(math.isfinite, losses)) or losses[-1] > losses[0]:
-        return True
-    return num_classes is not None and num_classes > 1 and losses[-1] >= math.log(num_classes)
+        return "diverged"
+    end = losses[-1] if end_loss is None else end_loss
+    if num_classes is not None and num_classes > 1 and end >= math.log(num_classes):
+        return "at_chance"
+    return "finished"
 
 
-DIVERGENCE_RULE = ("training loss non-finite, higher in the last epoch than in the first, or not below ln C, "
-                   "the loss of a uniform guess over C classes")
+#: The statuses of a run that trained to its end (a result, not to be trained again).
+RESULTS = ("finished", "diverged", "at_chance")
+#: The results that are not in a cell's mean but counted beside it.
+FAILED_TO_TRAIN = ("diverged", "at_chance")
+
+OUTCOME_RULES = {
+    "diverged": "training loss non-finite, or higher in the last epoch than in the first",
+    "at_chance": "training loss fell but ended not below ln C, the loss of a uniform guess over C classes",
+}
 
 
 class RunInUse(UserError):
@@ -161,7 +178,7 @@ class RunDir:
     def is_finished(self) -> bool:
         """Trained to its end (or stopped by divergence): a result, not to be trained again."""
         final = self.final()
-        return final is not None and final["status"] in ("finished", "diverged")
+        return final is not None and final["status"] in RESULTS
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
@@ -170,8 +187,10 @@ class RunDir:
         return self.model_path.exists()
 
     @contextlib.contextmanager
-    def lock(self):
-        """Hold the run folder for one training process; a second one is refused (RunInUse).
+    def lock(self, training: bool = True):
+        """Hold the run folder for one process that writes into it: training, or (`training=False`) an
+        analysis or evaluation of an existing run, which holds it from reading the weights to writing what
+        it derived, so that no training replaces them meanwhile. A second one is refused (RunInUse).
         The lock is the kernel's (flock on the folder itself, so no lock file is left behind): it goes
         away with the process, even after kill -9."""
         if not self.writable:
@@ -179,6 +198,8 @@ class RunDir:
             return
         import fcntl
 
+        if not training and not self.path.is_dir():
+            raise UserError(f"{self.path} is not a folder; give a run folder written by fixedhead train")
         created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -189,8 +210,9 @@ class RunDir:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunInUse(f"{self.path} is being trained by another fixedhead process; wait for it or "
-                               "choose another --out") from None
+                raise RunInUse(f"{self.path} is in use by another fixedhead process (training it, or analysing "
+                               "or evaluating it); wait for it to end" + (" or choose another --out" if training
+                                                                           else "")) from None
             yield
         finally:
             if created and not any(self.path.iterdir()):  # refused before writing anything: leave no trace
@@ -200,23 +222,40 @@ class RunDir:
     def clear(self) -> None:
         """Remove this run's own files, its tracker logs and what was derived from them (for --overwrite);
         anything else in the folder is kept."""
-        if self.writable:
-            for path in self._own_files():
-                path.unlink(missing_ok=True)
-            if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink():
-                self._remove(list(self.tensorboard_dir.glob("events.out.tfevents.*")), self.tensorboard_dir)
-        self.clear_derived()
+        self._remove_all(self._removals(own=True))
 
     def clear_derived(self) -> None:
         """Remove the analyses and evaluations of the weights about to change: only the files fixedhead wrote
         (analysis.json lists the analysis's figures), then the analysis folder if that left it empty."""
+        self._remove_all(self._removals(own=False))
+
+    def _removals(self, own: bool) -> list[tuple[list[Path], Path | None]]:
+        """(files, folder to remove if that empties it): the run's own files and tracker logs if `own`, and
+        what describes its weights."""
+        groups = []
+        if own:
+            groups.append((self._own_files(), None))
+            if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink():
+                groups.append((sorted(self.tensorboard_dir.glob("events.out.tfevents.*")), self.tensorboard_dir))
+        groups.append((self._derived(), None))
+        if self.analysis_dir.is_symlink():
+            groups.append(([self.analysis_dir], None))
+        elif self.analysis_dir.is_dir():
+            groups.append(([self.analysis_dir / name for name in self._analysis_files()], self.analysis_dir))
+        return groups
+
+    def _remove_all(self, groups: list[tuple[list[Path], Path | None]]) -> None:
+        """All or nothing, as far as the folders' permissions tell: a file whose folder is read-only is
+        refused before anything is removed (else an --overwrite would leave half a run)."""
         if not self.writable:
             return
-        self._remove(self._derived())
-        if self.analysis_dir.is_symlink():
-            self._remove([self.analysis_dir])
-        elif self.analysis_dir.is_dir():
-            self._remove([self.analysis_dir / name for name in self._analysis_files()], self.analysis_dir)
+        present = [path for paths, _ in groups for path in paths if path.is_symlink() or path.is_file()]
+        blocked = next((path for path in present if not os.access(path.parent, os.W_OK | os.X_OK)), None)
+        if blocked is not None:
+            raise UserError(f"cannot remove {blocked}: its folder is not writable; nothing was removed (make "
+                            f"{blocked.parent} writable, or choose another --out)")
+        for paths, folder in groups:
+            self._remove(paths, folder)
 
     def _analysis_files(self) -> list[str]:
         names = [self.analysis_path.name, self.matrices_path.name]

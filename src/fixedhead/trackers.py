@@ -11,6 +11,7 @@ package only when used (extras `fixedhead[tensorboard]`, `fixedhead[wandb]`).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -87,6 +88,21 @@ class WandB:
         if final:
             self.run.summary.update({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
         self.run.finish()
+
+
+def check_tracker_folder(kind: str, run) -> None:
+    """Refuse, before anything of the run is written, a tracker folder that its writer would fail on halfway
+    (a read-only one: TensorBoard's writer thread fails after training started) or that sends its writes
+    out of the run folder (a link)."""
+    folder = {"tensorboard": run.tensorboard_dir, "wandb": run.path / "wandb"}.get(kind)
+    if folder is None:
+        return
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UserError(f"{folder} is a link or a file, not a folder of this run; remove it (train.log={kind} "
+                        "writes there)")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{folder} is not writable and train.log={kind} writes there; make it writable, or "
+                        "train with --set train.log=none")
 
 
 def open_tracker(kind: str, run, config: dict):

@@ -82,17 +82,20 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
 
 
 def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = False, cluster: bool = False) -> dict:
-    """Measure a run and write RUN_DIR/analysis/analysis.json plus PNG and PDF figures."""
-    outputs = run_outputs(run_dir, split, device)
-    result = {"run": str(run_dir), "split": split, "source": outputs["source"], "unfinished": outputs["unfinished"],
-              "classes": outputs["classes"],
-              "head": outputs["head"], **measure(outputs)}
+    """Measure a run and write RUN_DIR/analysis/analysis.json plus PNG and PDF figures. The run is held
+    (RunDir.lock) from reading its weights to writing the record: a training into it meanwhile is refused,
+    and one already running makes this refused. Weights replaced by other means are caught by their stamp."""
     run = RunDir(run_dir)
-    outputs["trained"].check_unchanged()
-    result["figures"] = _pictures(outputs, result, run.analysis_folder(), tsne, cluster)
-    outputs["trained"].check_unchanged()  # the figures took a while: check again right before the record
-    run.write_matrices({key: result[key] for key in MATRICES})
-    run.write_analysis({key: value for key, value in result.items() if key not in MATRICES})
+    with run.lock(training=False):
+        outputs = run_outputs(run_dir, split, device)
+        result = {"run": str(run_dir), "split": split, "source": outputs["source"],
+                  "unfinished": outputs["unfinished"], "classes": outputs["classes"],
+                  "head": outputs["head"], **measure(outputs)}
+        outputs["trained"].check_unchanged()
+        result["figures"] = _pictures(outputs, result, run.analysis_folder(), tsne, cluster)
+        outputs["trained"].check_unchanged()  # the figures took a while: check again right before the record
+        run.write_matrices({key: result[key] for key in MATRICES})
+        run.write_analysis({key: value for key, value in result.items() if key not in MATRICES})
     return result
 
 

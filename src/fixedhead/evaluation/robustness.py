@@ -73,12 +73,26 @@ def generalization_set(spec: str, trained: TrainedRun) -> data.ImageSet:
 
 def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5), preset: str = "imagenet-c",
                    seed: int = 0, generalization: list[str] = (), device: str = "auto") -> dict:
-    """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json."""
-    trained = load_trained(run_dir, device)
+    """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json. The run is held
+    (RunDir.lock) from reading its weights to writing the result, as `analyze` holds it."""
+    run = RunDir(run_dir)
+    with run.lock(training=False):
+        trained = load_trained(run_dir, device)
+        result = _measure(trained, corruptions, severities, preset, seed, generalization)
+        trained.check_unchanged()
+        run.write_evaluation(result)
+        if result["corruptions"]:
+            from .. import plots
+
+            plots.accuracy_vs_severity({run.path.name: result}, run.evaluation_figure)
+    return result
+
+
+def _measure(trained: TrainedRun, corruptions, severities, preset: str, seed: int, generalization) -> dict:
     test = data.load_split(trained.config.data, "test")
     check_same_data(trained, test, f"the test split of {trained.config.data.name}")
     clean = trained.accuracy(test.images, test.labels)
-    result = {"run": str(run_dir), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
+    result = {"run": str(trained.path), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
               "corruptions": {}, "generalization": {}}
     for name in corruptions:
         per_severity = {str(s): trained.accuracy(corrupted_set(test.images, name, s, preset, seed), test.labels)
@@ -89,13 +103,6 @@ def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5),
     for spec in generalization:
         new = generalization_set(spec, trained)
         result["generalization"][spec] = {"acc": trained.accuracy(new.images, new.labels), "num_images": len(new)}
-    run = RunDir(run_dir)
-    trained.check_unchanged()
-    run.write_evaluation(result)
-    if result["corruptions"]:
-        from .. import plots
-
-        plots.accuracy_vs_severity({run.path.name: result}, run.evaluation_figure)
     return result
 
 

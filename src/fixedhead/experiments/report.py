@@ -23,7 +23,7 @@ import numpy as np
 from ..config import PLACE_KEYS, all_keys, flatten
 from ..errors import UserError
 from ..files import read_yaml, write_text
-from ..runs import DIVERGENCE_RULE, SweepDir, diverged, num_classes, precision
+from ..runs import FAILED_TO_TRAIN, OUTCOME_RULES, RESULTS, SweepDir, num_classes, outcome, precision
 from ..tables import markdown_table
 from .experiment_file import SELECT_BY, check_experiment, report_layouts
 from .statistics import difference_ci, mean_ci, summarise
@@ -80,9 +80,11 @@ def collect(root) -> list[dict]:
         record.update({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "seed"})
         losses = final.get("train_losses")
         if isinstance(losses, list) and losses and all(isinstance(v, (int, float)) for v in losses):
-            record["train_loss"] = losses[-1]  # the last epoch's mean training loss (the divergence rule's)
-            if record["status"] in ("finished", "diverged"):  # today's rule, also for runs trained under an older one
-                record["status"] = "diverged" if diverged(tuple(losses), num_classes(meta)) else "finished"
+            record["train_loss"] = losses[-1]  # the last epoch's mean training loss (one of runs.outcome's)
+            end = final.get("train_loss_end")
+            if record["status"] in RESULTS:  # today's rule, also for runs trained under an older one
+                end = end if isinstance(end, (int, float)) and not isinstance(end, bool) else None
+                record["status"] = outcome(tuple(losses), end, num_classes(meta))
         analysis = run.read_analysis() or {}
         record.update({k: v for k, v in analysis.items() if isinstance(v, (int, float)) and k != "acc"})
         evaluation = run.read_evaluation() or {}
@@ -198,15 +200,16 @@ def mixed_cells(cells: dict, layout: dict) -> list[str]:
 
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None, by_cell: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
-    with `diverged`, the number of the cell's runs that diverged (their values are not in the summary),
-    and `undefined`, the number whose value is not a number (a Spearman over no confusions at all).
+    with `diverged` and `at_chance`, the numbers of the cell's runs that failed to train so (their values are
+    not in the summary; runs.outcome), and `undefined`, the number whose value is not a number (a Spearman over no confusions at all).
     `by_cell`: cell_runs(records, layout), when the caller has it already."""
     runs_by_cell = cell_runs(records, layout) if by_cell is None else by_cell
-    diverged: dict = {}
+    failed: dict = {status: {} for status in FAILED_TO_TRAIN}
     for record in records:
-        if record["status"] == "diverged":
+        if record["status"] in failed:
             cell = (_label(record, layout["rows"]), _label(record, layout["columns"]))
-            diverged[cell] = diverged.get(cell, 0) + 1
+            failed[record["status"]][cell] = failed[record["status"]].get(cell, 0) + 1
+    failed_cells = {cell for by_cell in failed.values() for cell in by_cell}
     tables = []
     for metric in layout["metrics"]:
         cells: dict = {}
@@ -219,13 +222,13 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None, b
                     cells.setdefault(cell[0], {}).setdefault(cell[1], []).append(record[metric])
                 else:
                     undefined[cell] = undefined.get(cell, 0) + 1
-        if not cells and not diverged and not undefined:
+        if not cells and not failed_cells and not undefined:
             continue
         summary: dict = {}  # every cell with a run, also those where none trained or none has a value
-        for row, col in {(r, c) for r, columns in cells.items() for c in columns} | set(diverged) | set(undefined):
+        for row, col in {(r, c) for r, columns in cells.items() for c in columns} | failed_cells | set(undefined):
             values = cells.get(row, {}).get(col)
             summary.setdefault(row, {})[col] = {**(summarise(values) if values else {"n": 0}),
-                                                "diverged": diverged.get((row, col), 0),
+                                                **{status: failed[status].get((row, col), 0) for status in failed},
                                                 "undefined": undefined.get((row, col), 0)}
         columns = sorted({c for row in summary.values() for c in row})
         chosen = metric == (layout.get("select") or {}).get("key")  # a choice, not an outcome: no difference
@@ -246,8 +249,9 @@ def _cell(metric: str, s: dict | None, paper_value=None) -> str:
     if s is None:
         return "-"
     paper = "" if paper_value is None else f" [paper {paper_value}]"
-    runs = s["n"] + s["diverged"] + s["undefined"]
-    counted = "".join(f" [{s[k]}/{runs} {k}]" for k in ("diverged", "undefined") if s[k])
+    uncounted = (*FAILED_TO_TRAIN, "undefined")
+    runs = s["n"] + sum(s.get(k, 0) for k in uncounted)
+    counted = "".join(f" [{s[k]}/{runs} {k.replace('_', ' ')}]" for k in uncounted if s.get(k))
     if s["n"] == 0:
         return f"-{counted}{paper}"
     std = "" if math.isnan(s["std"]) else f" ± {_fmt(metric, s['std'])}"
@@ -325,12 +329,12 @@ def write_report(root) -> dict:
         sections.append((layout.get("title"), build_tables(records, layout, experiment.get("paper"), by_cell),
                          mixed_cells(by_cell, layout)))
     tables = [table for _, section, _ in sections for table in section]
-    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "diverged", "failed", "unfinished")}
+    counts = {s: sum(r["status"] == s for r in records) for s in (*RESULTS, "failed", "unfinished")}
+    rules = "; ".join(f"'k/m {k.replace('_', ' ')}': {rule}" for k, rule in OUTCOME_RULES.items())
     header = [f"# Report: {experiment.get('name', root.name)}", "",
-              f"{len(records)} runs: {counts['finished']} finished, {counts['diverged']} diverged, {counts['failed']} "
-              f"failed, {counts['unfinished']} unfinished. Cells: mean ± sample std over the seeds that trained "
-              f"(n = runs); 'k/m diverged' counts the cell's runs that diverged ({DIVERGENCE_RULE}); their "
-              f"accuracies are in {sweep_dir.csv_path.name}; 'k/m undefined' counts runs whose value is not a number "
+              f"{len(records)} runs: " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
+              + ". Cells: mean ± sample std over the seeds that trained (n = runs), and beside it the cell's runs "
+              f"that did not train ({rules}); their accuracies are in {sweep_dir.csv_path.name}; 'k/m undefined' counts runs whose value is not a number "
               "(a Spearman correlation with no confusion to correlate), left out of the mean. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     body = []

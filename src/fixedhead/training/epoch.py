@@ -68,12 +68,10 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     """
     model.train()
     device = loader.labels.device
-    partial = partial or {"step": 0, "per_rank": [[0.0, 0, 0]] * ctx.world, "elapsed": 0.0}
-    mine = _partial_sums(partial["per_rank"], ctx)
-    loss_sum = torch.tensor(mine[0], dtype=torch.float32, device=device)
-    correct = torch.tensor(int(mine[1]), dtype=torch.int64, device=device)
-    seen, start = int(mine[2]), time.perf_counter() - partial["elapsed"]
+    partial = partial or {"step": 0, "per_rank": [[0.0, 0, 0, 0.0, 0]] * ctx.world, "elapsed": 0.0}
+    sums, start = _Sums(_partial_sums(partial["per_rank"], ctx), device), time.perf_counter() - partial["elapsed"]
     last = (len(loader) if limit is None else min(limit, len(loader))) - 1
+    end_from = last + 1 - max(1, (last + 1) // 4)  # the epoch's last quarter: the end loss
     progress.update(partial["step"])
     for step, (images, labels) in enumerate(itertools.islice(loader.epoch(seed, epoch, ctx.rank, ctx.world), last + 1)):
         if step < partial["step"]:
@@ -86,29 +84,53 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
         scheduler.step()
         if on_step is not None:
             on_step()
-        loss_sum += loss.detach() * len(labels)
-        correct += (predicted == labels).sum()
-        seen += len(labels)
+        sums.add(loss.detach(), predicted == labels, step >= end_from)
         if step % 10 == 0 or step == last:
-            rate = seen / (time.perf_counter() - start)
-            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+            rate = sums.seen / (time.perf_counter() - start)
+            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{sums.correct.item() / sums.seen:.3f}", img_s=f"{rate:.0f}")
         progress.update(1)
         if _should_stop(stop, ctx, device) and step < last:
             # Each rank's own running sums, so that a resumed epoch adds them up in the same order.
-            sums = distributed.gather_across([loss_sum.item(), correct.item(), seen], device)
-            return {"partial": {"step": step + 1, "per_rank": sums, "elapsed": time.perf_counter() - start}}
+            per_rank = distributed.gather_across(sums.values(), device)
+            return {"partial": {"step": step + 1, "per_rank": per_rank, "elapsed": time.perf_counter() - start}}
     elapsed = time.perf_counter() - start
-    total_loss, total_correct, seen = distributed.sum_across([loss_sum.item(), correct.item(), seen], device)
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
+    loss_sum, correct, seen, end_sum, end_seen = distributed.sum_across(sums.values(), device)
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "train_loss_end": end_sum / end_seen if end_seen else None,
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+
+class _Sums:
+    """One rank's running sums over an epoch: loss, correct predictions and images over all its steps, and
+    loss and images over its last quarter (the end loss by which `runs.outcome` tells a run that ended at
+    chance). The losses stay tensors on the device, so that a step does not wait for the device."""
+
+    def __init__(self, saved: list, device):
+        self.loss, self.end_loss = (torch.tensor(float(saved[i]), dtype=torch.float32, device=device) for i in (0, 3))
+        self.correct = torch.tensor(int(saved[1]), dtype=torch.int64, device=device)
+        self.seen, self.end_seen = int(saved[2]), int(saved[4])
+
+    def add(self, loss, hits, at_end: bool) -> None:
+        self.loss += loss * len(hits)
+        self.correct += hits.sum()
+        self.seen += len(hits)
+        if at_end:
+            self.end_loss += loss * len(hits)
+            self.end_seen += len(hits)
+
+    def values(self) -> list:
+        return [self.loss.item(), self.correct.item(), self.seen, self.end_loss.item(), self.end_seen]
 
 
 def _partial_sums(per_rank: list, ctx) -> list:
     """This rank's running sums of an interrupted epoch; if the number of processes changed, rank 0
-    carries the totals (the epoch's figures stay right; only the summation order differs)."""
+    carries the totals (the epoch's figures stay right; only the summation order differs). A checkpoint
+    of a version that kept no end sums resumes with them at zero: the end loss then covers the steps
+    after the resumption."""
+    per_rank = [list(r) + [0.0, 0][len(r) - 3:] for r in per_rank]
     if len(per_rank) == ctx.world:
         return per_rank[ctx.rank]
-    return [sum(r[i] for r in per_rank) for i in range(3)] if ctx.is_main else [0.0, 0, 0]
+    return [sum(r[i] for r in per_rank) for i in range(5)] if ctx.is_main else [0.0, 0, 0, 0.0, 0]
 
 
 def _should_stop(stop, ctx, device) -> bool:

@@ -22,8 +22,8 @@ from ..models.classifier import build_model
 from ..models.whitening import MAX_IMAGES, first_conv, whiten_first_conv
 from ..optim import PLATEAU_MODES, lr_factor, make_optimizer
 from ..optim.lookahead import Lookahead
-from ..runs import RunDir, describe_environment, diverged
-from ..trackers import head_numbers, open_tracker
+from ..runs import RunDir, describe_environment, outcome
+from ..trackers import check_tracker_folder, head_numbers, open_tracker
 from . import distributed
 from .epoch import Interrupted, LossOf, StopSignals, train_epoch
 
@@ -35,7 +35,7 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     if overwrite:
         return config, None
     if run.is_finished():
-        raise UserError(f"{run.path} already holds a finished run (or a diverged one); choose another --out or "
+        raise UserError(f"{run.path} already holds a run trained to its end (finished, diverged or at chance); choose another --out or "
                         "pass --overwrite")
     elif run.has_checkpoint() and not resume:
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
@@ -80,11 +80,12 @@ def _holds(test, value) -> bool:
 _STATE_RULES = {
     "train_time_s": lambda v: _number(v) and math.isfinite(v) and v >= 0,
     "losses": lambda v: v is None or (isinstance(v, (list, tuple)) and 1 <= len(v) <= 2 and all(map(_number, v))),
+    "end_loss": lambda v: v is None or _number(v),
     "best": lambda v: v is None or (isinstance(v["epoch"], int) and _number(v["val_acc"]) and isinstance(v["model"], dict)),
     "partial": lambda v: v is None or (
         isinstance(v["step"], int) and v["step"] >= 0 and _number(v["elapsed"]) and _number(v["lr"])
         and isinstance(v["per_rank"], list) and v["per_rank"]
-        and all(len(r) == 3 and all(map(_number, r)) for r in v["per_rank"])),  # floats after a gather across ranks
+        and all(len(r) in (3, 5) and all(map(_number, r)) for r in v["per_rank"])),  # floats after a gather
     "lookahead": lambda v: v is None or isinstance(v, dict),
     "plateau": lambda v: v is None or isinstance(v, dict),
 }
@@ -122,7 +123,8 @@ class Training:
     best: dict | None = None
     train_time_s: float = 0.0
     partial: dict | None = None
-    losses: tuple | None = None  # (first epoch's, last epoch's) mean training loss: the divergence rule
+    losses: tuple | None = None  # (first epoch's, last epoch's) mean training loss: runs.outcome
+    end_loss: float | None = None  # mean training loss over the last epoch's last quarter: runs.outcome
     steps: int = 0  # optimizer steps to train: train.epochs' worth, or what train.images_seen buys (planned_steps)
 
     @property
@@ -138,7 +140,7 @@ class Training:
             "scheduler": self.scheduler.state_dict(),
             **{name: part.state_dict() if part is not None else None for name, part in self._optional().items()},
             "epoch": self.epoch, "best": self.best, "train_time_s": self.train_time_s,
-            "losses": self.losses, "torch_rng": torch.get_rng_state(),
+            "losses": self.losses, "end_loss": self.end_loss, "torch_rng": torch.get_rng_state(),
         }
 
     def restore(self, checkpoint: dict) -> None:
@@ -157,6 +159,7 @@ class Training:
             raise UserError(f"the checkpoint says {checkpoint['epoch']} epochs were done, outside 0..{self.epochs}")
         self.epoch, self.best, self.train_time_s = checkpoint["epoch"], checkpoint["best"], checkpoint["train_time_s"]
         self.partial, self.losses = checkpoint.get("partial"), checkpoint.get("losses")
+        self.end_loss = checkpoint.get("end_loss")
 
     def _optional(self) -> dict:
         return {"plateau": self.plateau, "lookahead": self.lookahead}
@@ -179,6 +182,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     with run.lock():
         config, checkpoint = _open_run(run, config, resume, overwrite)
         training = _build(config, ctx, device, whiten=checkpoint is None)
+        check_tracker_folder(config.train.log, run)
         _start(run, training, checkpoint, overwrite, device)
         callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
         tracker = open_tracker(config.train.log, run, config_mod.flat(config)) if ctx.is_main else None
@@ -306,6 +310,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
             training.best = _end_epoch(run, record, training.model, data, training.plateau, tc, training.best, config)
             training.epoch, training.train_time_s = epoch + 1, training.train_time_s + record["epoch_time_s"]
             training.losses = (training.losses or (record["train_loss"],))[:1] + (record["train_loss"],)
+            training.end_loss = record["train_loss_end"]
             run.save_checkpoint(training.state())
             if verbose:
                 print(_epoch_line(record, training.epochs), file=sys.stderr, flush=True)
@@ -388,8 +393,8 @@ def _finish(run: RunDir, training: Training) -> dict:
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
     run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
-        "status": "diverged" if diverged(training.losses, len(data["classes"])) else "finished", **test,
-        "train_losses": list(training.losses or ()), "train_time_s": training.train_time_s, "test_time_s": test_time_s,
+        "status": outcome(training.losses, training.end_loss, len(data["classes"])), **test,
+        "train_losses": list(training.losses or ()), "train_loss_end": training.end_loss, "train_time_s": training.train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": training.epochs, "steps": training.steps,
         "train_images": len(data["train"].labels), "images_seen": images_shown(training.steps, data["train"]),
         "selected_epoch": best["epoch"] if best else training.epochs, "seed": config.seed,
