@@ -26,7 +26,7 @@ def test_yaml_file(tmp_path):
 @pytest.mark.parametrize("layer,match", [
     ({"train.lrr": 1}, "unknown config key 'train.lrr'; did you mean train.lr"),
     ({"train.schedule": "onecycle"}, "choose one of: linear, cosine, step, constant, plateau"),
-    ({"train.optimizer": "adam"}, "choose one of: sgd, muon"),
+    ({"train.optimizer": "adam"}, "choose one of: sgd, adamw, muon, timm:NAME"),
     ({"model": {"similarity": "euclid"}}, "choose one of: dot, cosine"),
     ({"model.arch": "resnet1000"}, "choose one of: resnet18"),
     ({"data.name": "mnist2"}, "choose one of: digits, imagefolder"),

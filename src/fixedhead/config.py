@@ -109,15 +109,19 @@ class TrainConfig:
     images_seen: Optional[int] = _key(None, "a training budget instead: epochs = round(budget / images per epoch), at "
                                       "least 1", within=_count(1, 10**12, optional=True))
     batch_size: int = _key(128, "the global batch (split across torchrun processes)", within=_count(1, 1 << 20))
-    lr: float = _key(0.1, "peak learning rate of SGD", within=_within(0, 1000, low_open=True))
-    momentum: float = _key(0.9, "SGD momentum", within=_within(0, 1, high_open=True))
+    lr: float = _key(0.1, "peak learning rate", within=_within(0, 1000, low_open=True))
+    momentum: float = _key(0.9, "SGD momentum; adamw's beta1", within=_within(0, 1, high_open=True))
+    beta2: float = _key(0.999, "adamw's second-moment decay", within=_within(0, 1, high_open=True))
     decoupled: bool = _key(False, "lr and weight_decay in airbench's units: per 1,024 images, apart from momentum and "
                            "each other")
     bn_bias_lr: float = _key(1.0, "lr multiplier of batch-norm shifts, their weight decay divided by it (airbench: 64)",
                              within=_within(0, 10_000, low_open=True))
     nesterov: bool = _key(True, "Nesterov momentum")
-    optimizer: str = _key("sgd", "sgd; muon: conv filters take Muon steps (airbench94_muon), the rest SGD "
-                          "(batch-normed nets)", choices="optimizers")
+    optimizer: str = _key("sgd", "sgd, adamw (torch's); muon: conv filters take Muon steps (airbench94_muon), the "
+                          "rest SGD (batch-normed nets); timm:NAME: one of timm's optimizers", choices="optimizers")
+    layer_decay: Optional[float] = _key(None, "lr x layer_decay ** (layers above): timm's layer-wise decay, for "
+                                        "models with timm's group_matcher", within=_within(0, 1, optional=True,
+                                                                                             low_open=True))
     muon_lr: float = _key(0.24, "Muon's step for the filters, each bank rescaled to norm sqrt(out) first "
                           "(airbench94_muon: 0.24)", within=_within(0, 1000, low_open=True))
     muon_momentum: float = _key(0.6, "Muon's momentum (airbench94_muon: 0.6)", within=_within(0, 1, high_open=True))
@@ -339,6 +343,10 @@ def validate(config: Config) -> None:
             from .models import zoo
 
             zoo.check_name(values[key])
+        elif key == "train.optimizer":
+            from .optim.optimizers import check_optimizer
+
+            check_optimizer(values[key])
         elif values[key] not in accepted:
             noun = "dataset" if key == "data.name" else key.split(".")[-1]
             raise UserError(f"unknown {noun} {shown(values[key])} ({key}); choose one of: {', '.join(accepted)}")
@@ -377,6 +385,9 @@ def _check_rules(config: Config) -> None:
     if config.train.warmup_start > 0 and (config.train.schedule == "plateau" or config.train.warmup_epochs == 0):
         raise UserError(f"train.warmup_start={config.train.warmup_start} sets where the warm-up starts, but this run "
                         "has none (train.warmup_epochs=0 or train.schedule=plateau); give it a warm-up or leave it at 0")
+    if config.train.decoupled and config.train.optimizer not in ("sgd", "muon"):
+        raise UserError(f"train.decoupled gives lr and weight_decay in airbench's SGD units; {config.train.optimizer} "
+                        "takes them as they are: leave train.decoupled false")
     _check_vectors(config)
     check_tracker(config.train.log)
 
