@@ -36,7 +36,7 @@ def fit_interrupted(config, run_dir, epoch_index: int, monkeypatch) -> None:
     real_epoch = train_mod.train_epoch
 
     def dies(*args, **kwargs):
-        if args[6] == epoch_index:  # train_epoch's epoch argument
+        if args[5] == epoch_index:  # train_epoch's epoch argument
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

@@ -144,3 +144,23 @@ def test_the_ceiling_of_non_negative_features_is_about_one_over_root_two_for_ran
     ceiling = metrics.cosine_ceiling(features, weight, torch.arange(100) % 10)
     expected = np.mean([np.linalg.norm(np.clip(w, 0, None)) / np.linalg.norm(w) for w in weight.numpy()])
     assert ceiling == pytest.approx(expected) and abs(ceiling - 2 ** -0.5) < 0.03
+
+
+def test_top_k_accuracy_matches_sklearn():
+    from sklearn.metrics import top_k_accuracy_score
+
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(500, 12, generator=generator), torch.randint(0, 12, (500,), generator=generator)
+    expected = top_k_accuracy_score(labels.numpy(), logits.numpy(), k=5, labels=np.arange(12))
+    assert metrics.top_k_accuracy(logits, labels) == pytest.approx(expected)
+
+
+def test_final_json_and_score_give_top5_where_there_are_more_than_5_classes(tiny_run, capsys):
+    import json
+
+    from fixedhead.cli import main
+
+    final = json.loads((tiny_run / "final.json").read_text())
+    assert 0 <= final["test_acc"] <= final["test_top5_acc"] <= 1
+    assert main(["score", str(tiny_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top5_acc"] == pytest.approx(final["test_top5_acc"])

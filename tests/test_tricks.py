@@ -20,6 +20,7 @@ from fixedhead.models.whitening import first_conv, patch_covariance, whiten_firs
 from fixedhead.optim import make_optimizer
 from fixedhead.optim.lookahead import Lookahead
 from fixedhead.training import epoch as steps
+from fixedhead.training.stepping import Stepper
 from interrupts import fit_interrupted, same_result
 
 TINY = {**tiny.TINY, "train.lr": 0.05}
@@ -196,8 +197,8 @@ def test_lookahead_follows_its_recursion_and_ends_on_the_slow_weights():
         lookahead.step()
 
     with tqdm(disable=True) as progress:
-        steps.train_epoch(steps.LossOf(model), data["train"], optimizer, scheduler, config.train, 0, 0, progress,
-                          on_step=on_step)
+        stepper = Stepper(optimizer, scheduler, config.train, model, on_step=on_step)
+        steps.train_epoch(steps.LossOf(model), data["train"], stepper, config.train, 0, 0, progress)
     assert len(before) == total
     synced = 0
     for name in names:

@@ -124,7 +124,9 @@ def _score(args) -> int:
     result = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, device=args.device, tta=args.tta)
     tta = "" if result["tta"] == "none" else f", test-time augmentation {result['tta']}"
     print(json.dumps(result) if args.json else
-          f"{result['split']} accuracy {result['acc']:.4f} ({result['count']} images{tta})")
+          f"{result['split']} accuracy {result['acc']:.4f}"
+          + (f", top-5 {result['top5_acc']:.4f}" if "top5_acc" in result else "")
+          + f" ({result['count']} images{tta})")
     return 0
 
 

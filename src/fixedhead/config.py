@@ -138,6 +138,14 @@ class TrainConfig:
     final_lr: float = _key(0.0, "the linear and cosine schedules end at this fraction of the peak lr (airbench: 0.07)",
                            within=_within(0, 1))
     label_smoothing: float = _key(0.0, "of the cross-entropy", within=_within(0, 1, high_open=True))
+    accumulate: int = _key(1, "batches whose gradients one optimizer step gathers (their mean): a step sees "
+                           "batch_size x accumulate images", within=_count(1, 1_000_000))
+    clip_grad: Optional[float] = _key(None, "clip the gradients' global L2 norm to this before each step",
+                                      within=_within(0, 1e9, optional=True, low_open=True))
+    ema: Optional[float] = _key(None, "decay of an exponential moving average of the weights, updated every step; "
+                                "validation and the final weights are the average's", within=_within(
+                                    0, 1, optional=True, low_open=True, high_open=True))
+    fp16: bool = _key(False, "float16 autocast with a gradient scaler (CUDA; not with bf16)")
     lookahead: int = _key(0, "sync slow and fast weights every this many steps (airbench: 5); 0: off",
                           within=_count(0, 1_000_000, note=" (0: off)"))
     select: str = _key("last", "which weights are final: the last epoch's, or the best on validation",
@@ -385,6 +393,9 @@ def _check_rules(config: Config) -> None:
     if config.train.warmup_start > 0 and (config.train.schedule == "plateau" or config.train.warmup_epochs == 0):
         raise UserError(f"train.warmup_start={config.train.warmup_start} sets where the warm-up starts, but this run "
                         "has none (train.warmup_epochs=0 or train.schedule=plateau); give it a warm-up or leave it at 0")
+    if config.train.fp16 and config.train.bf16 is not False:
+        raise UserError(f"train.fp16 and train.bf16={config.train.bf16} both choose the autocast precision; set "
+                        "train.bf16=false to train in float16, or leave train.fp16 false")
     if config.train.decoupled and config.train.optimizer not in ("sgd", "muon"):
         raise UserError(f"train.decoupled gives lr and weight_decay in airbench's SGD units; {config.train.optimizer} "
                         "takes them as they are: leave train.decoupled false")

@@ -56,8 +56,11 @@ def emulated_bf16(bf16, device) -> bool:
     return bf16 is True and not native_bf16(device)
 
 
-def autocast(device: torch.device, bf16):
-    """bf16 autocast on `device` when asked (train.bf16: true, or auto where native), else nothing."""
+def autocast(device: torch.device, bf16, fp16: bool = False):
+    """bf16 autocast on `device` when asked (train.bf16: true, or auto where native), float16 with `fp16`
+    (train.fp16, whose gradients a scaler keeps in range: training.stepping), else nothing."""
+    if fp16:
+        return torch.autocast(device.type, dtype=torch.float16)
     if not use_bf16(bf16, device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -8,6 +8,14 @@ import torch
 import torch.nn.functional as F
 
 
+TOP_K = 5  # the top-k accuracy reported beside top-1 (top5_acc), where a run has more than k classes
+
+
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = TOP_K) -> float:
+    """Fraction of images whose label is among the k largest logits (N, C); ties broken by torch.topk."""
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean().item()
+
+
 def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of images classified as their label (N,): `outputs` are logits (N, C), whose arg-max
     is the class, or the predicted classes (N,)."""

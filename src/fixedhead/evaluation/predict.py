@@ -45,11 +45,14 @@ def predict(model, loader, bf16: bool = False, with_features: bool = False, tta:
 
 
 def scores(predictions: dict) -> dict:
-    """Accuracy (a fraction), mean cross-entropy and count from predict()'s output."""
+    """Accuracy (a fraction), mean cross-entropy and count from predict()'s output, and the top-5 accuracy
+    (`top5_acc`) where the logits were formed over more than 5 classes."""
     labels = predictions["labels"]
-    if "logits" in predictions:
-        logits = predictions["logits"]
-        acc, loss = metrics.accuracy(logits, labels), F.cross_entropy(logits, labels).item()
-    else:
-        acc, loss = metrics.accuracy(predictions["predicted"], labels), predictions["losses"].mean().item()
-    return {"acc": acc, "loss": loss, "count": len(labels)}
+    if "logits" not in predictions:
+        return {"acc": metrics.accuracy(predictions["predicted"], labels), "loss": predictions["losses"].mean().item(),
+                "count": len(labels)}
+    logits = predictions["logits"]
+    top_k = ({f"top{metrics.TOP_K}_acc": metrics.top_k_accuracy(logits, labels)}
+             if logits.shape[1] > metrics.TOP_K else {})
+    return {"acc": metrics.accuracy(logits, labels), **top_k, "loss": F.cross_entropy(logits, labels).item(),
+            "count": len(labels)}

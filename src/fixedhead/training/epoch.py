@@ -54,17 +54,16 @@ class Interrupted(Exception):
     """Training stopped on request after writing a checkpoint; the message says how to resume."""
 
 
-def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch: int, progress,
-                partial: dict | None = None, stop: StopSignals | None = None, ctx=distributed.SINGLE,
-                on_step=None, limit: int | None = None) -> dict:
+def train_epoch(model, loader, stepper, train_cfg, seed: int, epoch: int, progress, partial: dict | None = None,
+                stop: StopSignals | None = None, ctx=distributed.SINGLE, limit: int | None = None) -> dict:
     """One pass over the training loader, or its first `limit` steps (the last epoch of a fractional
     train.epochs); returns mean loss, accuracy and images/s. `model` computes (loss, predictions) from
     (images, labels, label_smoothing): a LossOf, or what DDP and torch.compile made of one.
 
     `partial` (from an interrupted epoch) skips the steps already taken and restores the running sums;
     the skipped batches are still drawn, so the data order and augmentation stay those of the epoch.
-    If `stop` receives a signal, the epoch ends after the current step with record["partial"] set.
-    `on_step` is called after every optimizer step (lookahead).
+    If `stop` receives a signal, the epoch ends after the current optimizer step with record["partial"] set.
+    `stepper` (stepping.Stepper) does the backward and the optimizer's steps.
     """
     model.train()
     device = loader.labels.device
@@ -76,20 +75,16 @@ def train_epoch(model, loader, optimizer, scheduler, train_cfg, seed: int, epoch
     for step, (images, labels) in enumerate(itertools.islice(loader.epoch(seed, epoch, ctx.rank, ctx.world), last + 1)):
         if step < partial["step"]:
             continue
-        with autocast(device, train_cfg.bf16):
-            loss, predicted = model(images, labels, train_cfg.label_smoothing)  # a LossOf, maybe wrapped
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if on_step is not None:
-            on_step()
+        with stepper.no_sync(model, step, last):
+            with autocast(device, train_cfg.bf16, train_cfg.fp16):
+                loss, predicted = model(images, labels, train_cfg.label_smoothing)  # a LossOf, maybe wrapped
+            stepper.backward(loss, step, last)
         sums.add(loss.detach(), predicted == labels, step >= end_from)
         if step % 10 == 0 or step == last:
             rate = sums.seen / (time.perf_counter() - start)
             progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{sums.correct.item() / sums.seen:.3f}", img_s=f"{rate:.0f}")
         progress.update(1)
-        if _should_stop(stop, ctx, device) and step < last:
+        if stepper.steps_at(step, last) and _should_stop(stop, ctx, device) and step < last:
             # Each rank's own running sums, so that a resumed epoch adds them up in the same order.
             per_rank = distributed.gather_across(sums.values(), device)
             return {"partial": {"step": step + 1, "per_rank": per_rank, "elapsed": time.perf_counter() - start}}

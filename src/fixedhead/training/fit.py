@@ -22,6 +22,7 @@ from ..models.classifier import build_model
 from ..models.whitening import MAX_IMAGES, first_conv, whiten_first_conv
 from ..optim import PLATEAU_MODES, lr_factor, make_optimizer
 from ..optim.lookahead import Lookahead
+from .stepping import Stepper, make_ema
 from ..runs import RunDir, describe_environment, outcome
 from ..trackers import check_tracker_folder, head_numbers, open_tracker
 from . import distributed
@@ -87,6 +88,8 @@ _STATE_RULES = {
         and isinstance(v["per_rank"], list) and v["per_rank"]
         and all(len(r) in (3, 5) and all(map(_number, r)) for r in v["per_rank"])),  # floats after a gather
     "lookahead": lambda v: v is None or isinstance(v, dict),
+    "ema": lambda v: v is None or isinstance(v, dict),
+    "scaler": lambda v: v is None or isinstance(v, dict),
     "plateau": lambda v: v is None or isinstance(v, dict),
 }
 
@@ -119,6 +122,8 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     plateau: object = None  # ReduceLROnPlateau for schedule=plateau
     lookahead: Lookahead | None = None
+    ema: torch.nn.Module | None = None  # train.ema: the weights' moving average (stepping.make_ema)
+    scaler: torch.amp.GradScaler | None = None  # train.fp16
     epoch: int = 0
     best: dict | None = None
     train_time_s: float = 0.0
@@ -162,7 +167,11 @@ class Training:
         self.end_loss = checkpoint.get("end_loss")
 
     def _optional(self) -> dict:
-        return {"plateau": self.plateau, "lookahead": self.lookahead}
+        return {"plateau": self.plateau, "lookahead": self.lookahead, "ema": self.ema, "scaler": self.scaler}
+
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that validation scores and that become the run's: the moving average with train.ema."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def _evaluate(model, loader, tc, prefix: str) -> dict:
@@ -226,7 +235,8 @@ def _build(config, ctx, device, whiten: bool) -> Training:
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
     return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
-                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, steps=steps)
+                    Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, make_ema(model, tc.ema),
+                    torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
 
 
 def images_per_epoch(loader) -> int:
@@ -292,6 +302,7 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
     if verbose and emulated_bf16(tc.bf16, next(training.model.parameters()).device):
         print(f"note: {EMULATED_BF16}; use --bf16 auto (or --set train.bf16=auto)", file=sys.stderr)
     on_step = training.lookahead.step if training.lookahead is not None else None
+    stepper = Stepper(training.optimizer, training.scheduler, tc, training.model, on_step, training.ema, training.scaler)
     with StopSignals() as stop:
         for epoch in range(training.epoch, training.epochs):
             _whiten_bias(training.model, config.model, epoch)
@@ -300,14 +311,15 @@ def _loop(run: RunDir, training: Training, ctx, verbose: bool, callbacks: list) 
                       disable=None if verbose else True, file=sys.stderr) as progress:
                 partial, training.partial = training.partial, None
                 record = {"epoch": epoch + 1, "lr": partial["lr"] if partial else training.optimizer.param_groups[0]["lr"]}
-                record.update(train_epoch(training.stepped, data["train"], training.optimizer, training.scheduler, tc,
-                                          config.seed, epoch, progress, partial, stop, ctx, on_step, limit))
+                record.update(train_epoch(training.stepped, data["train"], stepper, tc, config.seed, epoch, progress,
+                                          partial, stop, ctx, limit))
             if "partial" in record:
                 run.save_checkpoint(training.state({**record["partial"], "lr": record["lr"]}))
                 raise Interrupted(f"stopped by {stop.received} in epoch {epoch + 1} after step "
                                   f"{record['partial']['step']} of {limit}; checkpoint written; "
                                   f"continue with: fixedhead train --out {run.path} --resume")
-            training.best = _end_epoch(run, record, training.model, data, training.plateau, tc, training.best, config)
+            training.best = _end_epoch(run, record, training.evaluated(), data, training.plateau, tc, training.best,
+                                       config)
             training.epoch, training.train_time_s = epoch + 1, training.train_time_s + record["epoch_time_s"]
             training.losses = (training.losses or (record["train_loss"],))[:1] + (record["train_loss"],)
             training.end_loss = record["train_loss_end"]
@@ -385,8 +397,8 @@ def _fail(run: RunDir, record: dict, config) -> None:
 
 def _finish(run: RunDir, training: Training) -> dict:
     config, model, data, best = training.config, training.model, training.data, training.best
-    if best is not None:
-        model.load_state_dict(best["model"])
+    if best is not None or training.ema is not None:  # the final weights: the best on validation, or the EMA's
+        model.load_state_dict(best["model"] if best is not None else training.evaluated().state_dict())
     start = time.perf_counter()
     test = _evaluate(model, data["test"], config.train, "test")
     test_time_s = time.perf_counter() - start
