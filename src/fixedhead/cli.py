@@ -130,6 +130,26 @@ def _score(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .evaluation.deploy import export_run
+
+    print(f"wrote {export_run(args.run_dir, args.format, args.out)} (and its classes and input in a .json beside it)")
+    return 0
+
+
+def _predict(args) -> int:
+    from .evaluation.deploy import MAX_PREDICT, predict_files
+
+    if not 1 <= args.top_k <= 1000 or len(args.images) > MAX_PREDICT:
+        raise UserError(f"predict takes 1 to {MAX_PREDICT:,} images and --top-k from 1 to 1,000, got "
+                        f"{len(args.images)} images and --top-k {args.top_k}")
+    results = predict_files(args.run_dir, args.images, args.top_k)
+    for result in results:
+        print(json.dumps(result) if args.json else result["image"] + "  " + ", ".join(
+            f"{entry['class']} {entry['probability']:.3f}" for entry in result["top"]))
+    return 0
+
+
 def _demo(args) -> int:
     from .config import parse_overrides
     from .experiments.demo import demo, results_table
@@ -339,6 +359,16 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", help="test-time augmentation: none, flip, shift, flip-shift (default: the run's own)")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("export", help="a run as a self-contained model: normalisation and head inside, float images "
+                       "in [0, 1] -> logits (ONNX, TorchScript or safetensors)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="onnx", help="onnx, torchscript or safetensors (default: onnx)")
+    p.add_argument("--out", help="the file to write (default: RUN_DIR/export/); an existing file is not replaced")
+    p = sub.add_parser("predict", help="the top classes of image files under a run's final weights")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+", help="image files (resized to the run's image size)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
     _add_data(sub)
     _add_analysis(sub)
     _add_robustness(sub)
@@ -356,7 +386,7 @@ def build_parser() -> Parser:
     return parser
 
 
-COMMANDS = {"train": _train, "score": _score, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
+COMMANDS = {"train": _train, "score": _score, "export": _export, "predict": _predict, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
             "robustness": _robustness, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
 
 

@@ -67,6 +67,10 @@ def outcome(losses: tuple | None, end_loss: float | None = None, num_classes: in
     return "finished"
 
 
+#: What `fixedhead export` writes into a run's export/ folder, per format, each with NAME.json beside it (its
+#: classes and input); the only files training removes from there.
+EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+
 #: The statuses of a run that trained to its end (a result, not to be trained again).
 RESULTS = ("finished", "diverged", "at_chance")
 #: The results that are not in a cell's mean but counted beside it.
@@ -129,6 +133,7 @@ class RunDir:
         self.sweep_info_path = self.path / "sweep.json"
         self.failure_path = self.path / "failure.json"
         self.tensorboard_dir = self.path / "tensorboard"  # train.log=tensorboard: event files
+        self.export_dir = self.path / "export"  # fixedhead export: the model in each format, and its description
 
     def _own_files(self) -> list[Path]:
         return [self.config_path, self.meta_path, self.metrics_path, self.checkpoint_path, self.model_path,
@@ -158,11 +163,19 @@ class RunDir:
 
     def analysis_folder(self) -> Path:
         """The analysis folder, made if needed; a symlink there (which would send the writes elsewhere) is refused."""
-        if self.analysis_dir.is_symlink() or (self.analysis_dir.exists() and not self.analysis_dir.is_dir()):
-            raise UserError(f"{self.analysis_dir} is a link or a file, not a folder of this run; remove it and analyse "
+        return self._own_folder(self.analysis_dir)
+
+    def export_folder(self) -> Path:
+        """The export folder, made if needed; a symlink there is refused."""
+        return self._own_folder(self.export_dir)
+
+    @staticmethod
+    def _own_folder(folder: Path) -> Path:
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise UserError(f"{folder} is a link or a file, not a folder of this run; remove it and run the command "
                             "again")
-        self.analysis_dir.mkdir(parents=True, exist_ok=True)
-        return self.analysis_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     # ---- state --------------------------------------------------------------------------------
 
@@ -238,6 +251,9 @@ class RunDir:
             if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink():
                 groups.append((sorted(self.tensorboard_dir.glob("events.out.tfevents.*")), self.tensorboard_dir))
         groups.append((self._derived(), None))
+        if self.export_dir.is_dir() and not self.export_dir.is_symlink():
+            names = [*EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values())]
+            groups.append(([self.export_dir / name for name in names], self.export_dir))
         if self.analysis_dir.is_symlink():
             groups.append(([self.analysis_dir], None))
         elif self.analysis_dir.is_dir():

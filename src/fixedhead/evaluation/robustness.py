@@ -20,7 +20,7 @@ from ..files import atomic_write
 from ..runs import RunDir
 from ..tables import markdown_table
 from .corruptions import CORRUPTIONS, corrupt, parameters
-from .trained import TrainedRun, check_same_data, load_trained
+from .trained import TrainedRun, as_run_input, check_same_data, load_trained
 
 CACHE_VERSION = 1  # bump when a corruption's output changes, so old cached sets are not reused
 
@@ -37,28 +37,13 @@ def corrupted_set(images: torch.Tensor, name: str, severity: int, preset: str, s
     return torch.from_numpy(np.array(entry["images"]))
 
 
-def _as_trained(images: data.ImageSet, trained: TrainedRun, spec: str) -> data.ImageSet:
-    """The images in the run's channels and size: grey images stored as RGB become one channel again;
-    anything else that differs is an error (evaluating on other inputs measures nothing)."""
-    channels, side = trained.in_channels, trained.image_size
-    x = images.images
-    if channels == 1 and x.shape[1] == 3:
-        if not (torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])):
-            raise UserError(f"{spec} holds colour images but the run was trained on 1-channel (grey) images")
-        x = x[:, :1].contiguous()
-    if x.shape[1] != channels or x.shape[-1] != side or x.shape[-2] != side:
-        raise UserError(f"{spec} holds {x.shape[1]}x{x.shape[-2]}x{x.shape[-1]} images but the run was trained on "
-                        f"{channels}x{side}x{side}; resize them (data.image_size resizes an image folder)")
-    return data.ImageSet(x, images.labels, images.classes)
-
-
 def generalization_set(spec: str, trained: TrainedRun) -> data.ImageSet:
     """'cifar10.1' or 'cifar10.1:v4' (looked up in DIR given as 'cifar10.1@DIR', else the run's data
     folder) or 'folder:PATH' (PATH/<class name>/<images>), with labels mapped onto `classes`."""
     config, classes = trained.config, trained.classes
     size = config.data.image_size
     if spec.startswith("folder:"):
-        return _as_trained(data.load_folder_onto(spec[len("folder:"):], classes, size), trained, spec)
+        return as_run_input(data.load_folder_onto(spec[len("folder:"):], classes, size), trained, spec)
     name, _, where = spec.partition("@")
     name, _, variant = name.partition(":")
     if name != "cifar10.1":
@@ -68,7 +53,7 @@ def generalization_set(spec: str, trained: TrainedRun) -> data.ImageSet:
     if unknown:
         raise UserError(f"{spec} has classes the run was not trained on: {', '.join(unknown)}")
     mapping = torch.tensor([classes.index(c) for c in new.classes])
-    return _as_trained(data.ImageSet(new.images, mapping[new.labels], classes), trained, spec)
+    return as_run_input(data.ImageSet(new.images, mapping[new.labels], classes), trained, spec)
 
 
 def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5), preset: str = "imagenet-c",

@@ -110,6 +110,21 @@ def load_trained(run_dir, device="cpu", allow_unfinished: bool = False) -> Train
                       payload["unfinished"], path, stamps[path])
 
 
+def as_run_input(images: data.ImageSet, trained: TrainedRun, spec: str) -> data.ImageSet:
+    """The images in the run's channels and size: grey images stored as RGB become one channel again;
+    anything else that differs is an error (evaluating on other inputs measures nothing)."""
+    channels, side = trained.in_channels, trained.image_size
+    x = images.images
+    if channels == 1 and x.shape[1] == 3:
+        if not (torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])):
+            raise UserError(f"{spec} holds colour images but the run was trained on 1-channel (grey) images")
+        x = x[:, :1].contiguous()
+    if x.shape[1] != channels or x.shape[-1] != side or x.shape[-2] != side:
+        raise UserError(f"{spec} holds {x.shape[1]}x{x.shape[-2]}x{x.shape[-1]} images but the run was trained on "
+                        f"{channels}x{side}x{side}; resize them (data.image_size resizes an image folder)")
+    return data.ImageSet(x, images.labels, images.classes)
+
+
 def check_same_data(trained: TrainedRun, images: data.ImageSet, where: str) -> None:
     """Refuse images whose class names, channels or size differ from the run's: scored against other classes
     or another input, an accuracy means nothing."""
