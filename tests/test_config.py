@@ -107,6 +107,17 @@ def test_the_schema_loads_without_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["report", "--help"]])
+def test_version_and_help_answer_without_torch(argv):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fixedhead.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)" % argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr == "False\n" and ("fixedhead" in done.stdout)
+
+
 def test_every_word_valued_key_is_checked_against_the_registry_beside_its_code():
     from fixedhead.config import choices
     from fixedhead.data.pipeline import TTA_VIEWS

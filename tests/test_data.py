@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_image_folder
 from fixedhead import data
 from fixedhead.data import pipeline
 from fixedhead.errors import UserError
@@ -187,3 +188,18 @@ def test_validation_split_is_stratified_and_disjoint():
     train, val = pipeline.split_validation(100, 0.2, labels, seed=0)
     assert len(val) == 20 and set(train.tolist()).isdisjoint(val.tolist())
     assert torch.bincount(labels[val]).tolist() == [5, 5, 5, 5]
+
+
+def test_an_image_folder_with_val_instead_of_test_scores_val_and_says_so(tmp_path, capsys):
+    from fixedhead.cli import main
+
+    root = write_image_folder(tmp_path / "images", splits=("train", "val"))
+    assert main(["train", "--data", "imagefolder", "--data-dir", str(root), "--arch", "fastnet-small", "--epochs",
+                 "1", "--batch-size", "6", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "has no test/; its val/ is the test split" in captured.err
+    assert "(18 images" in captured.out  # the 3 x 6 images of val/
+    (root / "val").rename(root / "elsewhere")
+    assert main(["train", "--data", "imagefolder", "--data-dir", str(root), "--epochs", "1",
+                 "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+    assert "test/ (or" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import UserError, one_line, shown
 from .runs import OUTCOME_RULES, CompareDir, RunDir, SweepDir
@@ -40,11 +41,25 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def _add_train(sub):
+def _add_train(sub, flags: bool = True):
+    """The train command; its config flags (whose help lists the registries' words, which loads torch)
+    only when `flags`, i.e. when the command line is a train command."""
+    p = sub.add_parser("train", help="train one run into --out")
+    if flags:
+        _add_train_flags(p)
+    p.add_argument("--config", help="YAML file of config keys, or an experiment file of one run (a path, or a "
+                   "shipped name such as speed/cpu-fast)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_train_flags(p) -> None:
     from .config import Config, accepted, fields, flat
 
     defaults, specs = flat(Config()), fields()
-    p = sub.add_parser("train", help="train one run into --out")
     for dest, key in TRAIN_FLAGS.items():
         default, words = defaults[key], specs[key].metadata["words"]
         text = specs[key].metadata["help"] + (f" [{accepted(key)}]" if accepted(key) else "")
@@ -57,13 +72,6 @@ def _add_train(sub):
         else:
             kind = type(default) if isinstance(default, (int, float)) else str
             p.add_argument(flag, type=kind, help=f"{text} (default: {default})")
-    p.add_argument("--config", help="YAML file of config keys, or an experiment file of one run (a path, or a "
-                   "shipped name such as speed/cpu-fast)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _config_file(name: str) -> dict:
@@ -97,6 +105,11 @@ def _train(args) -> int:
     if args.data_dir is not None and not data.reads_files(config.data.name):
         raise UserError(f"--data-dir {shown(args.data_dir)} is given but {config.data.name} reads no files; say which "
                         "dataset that folder holds with --data (e.g. imagefolder, cifar10, fashion-mnist)")
+    if config.data.name == "imagefolder" and config.data.data_dir and int(os.environ.get("RANK", "0")) == 0:
+        root = Path(config.data.data_dir)
+        if (root / "train").is_dir() and data.imagefolder_split(root, "test").name == "val":
+            print(f"note: {root} has no test/; its val/ is the test split (scored once, at the end; validation is "
+                  "held out of train/ by data.val_fraction)", file=sys.stderr)
     from .training.distributed import teardown
 
     try:
@@ -345,13 +358,16 @@ def _add_data(sub):
     p.add_argument("--num-classes", type=int, help="glyphs: how many classes (default 100)")
 
 
-def build_parser() -> Parser:
+def build_parser(argv: list | None = None) -> Parser:
+    """The command line's parser; the train command's config flags only where `argv` is a train command (or
+    not given), so that --version and --help answer without loading torch."""
     from .version import VERSION
 
     parser = Parser(prog="fixedhead", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fixedhead {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    _add_train(sub)
+    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else "train"
+    _add_train(sub, flags=command == "train")
     p = sub.add_parser("score", help="accuracy of a run's final weights on a split again (another --tta, a moved dataset)")
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", choices=("train", "test"))
@@ -410,7 +426,7 @@ def main(argv=None) -> int:
     _tolerant_output()
     try:
         argv = sys.argv[1:] if argv is None else argv
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"fixedhead: error: {one_line(str(error))}", file=sys.stderr)

@@ -12,6 +12,10 @@ RUN_DIR/analysis/       analysis.json (the numbers), matrices.pt (C x C matrices
 RUN_DIR/evaluation.json clean / corrupted / generalisation accuracy (fixedhead robustness)
 RUN_DIR/sweep.json      the variant and overrides a sweep gave this run
 RUN_DIR/failure.json    why a sweep's run failed
+RUN_DIR/export/         the model in the formats `fixedhead export` wrote (EXPORTS), each with NAME.json
+
+torch is imported where a tensor is read or written, so that the command line's help and a report load
+without it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-
-import torch
 
 from .errors import UserError, shown
 from .files import (
@@ -97,6 +99,7 @@ def _git_sha() -> str | None:
 
 def describe_environment(seed: int, device: str) -> dict:
     import numpy
+    import torch
 
     return {
         "fixedhead": VERSION, "git_sha": _git_sha(), "seed": seed, "device": device,
@@ -373,11 +376,15 @@ class RunDir:
 
     def write_matrices(self, matrices: dict) -> None:
         """The analysis's class-by-class matrices, as tensors (a weights-only torch file)."""
+        import torch
+
         if self.writable:
             save_torch(self.matrices_path, {key: torch.as_tensor(value) for key, value in matrices.items()})
 
     def read_matrices(self, keys: tuple, size: int) -> dict | None:
         """The matrices named by `keys`, each `size` x `size`, as numpy arrays; None when the file is absent."""
+        import torch
+
         if not self.matrices_path.exists():
             return None
         state = load_torch(self.matrices_path, "analysis matrices file")

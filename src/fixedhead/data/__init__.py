@@ -43,14 +43,26 @@ def _digits(root, split, variant):
     return {"images": x, "labels": digits.target[index].astype(np.int64), "classes": [str(d) for d in range(10)]}
 
 
+def imagefolder_split(root: Path, split: str) -> Path:
+    """The folder of an image folder's split: train/, and for the test split test/, or val/ where there is no
+    test/ (timm's and ImageNet's layout: the labelled val/ is what is scored)."""
+    if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
+        return root / "val"
+    if split == "test" and not (root / "test").is_dir():
+        raise UserError(f"expected {root}/test/ (or {root}/val/) beside {root}/train/, each holding one sub-folder "
+                        "of images per class")
+    return root / split
+
+
 def _imagefolder_sources(root: Path, split: str, variant) -> list[Path]:
-    return list_images(root / split, list_classes(root / "train"))[0]
+    return list_images(imagefolder_split(root, split), list_classes(root / "train"))[0]
 
 
 def _imagefolder(root: Path, split: str, variant, image_size=None) -> dict:
     classes = list_classes(root / "train")
-    list_classes(root / split)  # a clear error when the split folder is missing or empty
-    paths, labels = list_images(root / split, classes)
+    folder = imagefolder_split(root, split)
+    list_classes(folder)  # a clear error when the split folder is missing or empty
+    paths, labels = list_images(folder, classes)
     return {"images": decode_images(paths, image_size), "labels": np.asarray(labels, np.int64), "classes": classes}
 
 
@@ -71,7 +83,7 @@ class DatasetSpec:
 DATASETS = {
     "digits": DatasetSpec(_digits, None, flip=False),
     "imagefolder": DatasetSpec(_imagefolder, _imagefolder_sources,
-                               howto="lay out DIR/train/<class>/<images> and DIR/test/<class>/<images>"),
+                               howto="lay out DIR/train/<class>/<images> and DIR/test/<class>/<images> (or val/)"),
     "cifar10": DatasetSpec(formats.read_cifar10, formats.cifar10_files, "cifar-10-batches-py"),
     "cifar100": DatasetSpec(formats.read_cifar100, formats.cifar100_files, "cifar-100-python",
                             variants=("fine", "coarse")),
