@@ -138,6 +138,11 @@ class TrainConfig:
     final_lr: float = _key(0.0, "the linear and cosine schedules end at this fraction of the peak lr (airbench: 0.07)",
                            within=_within(0, 1))
     label_smoothing: float = _key(0.0, "of the cross-entropy", within=_within(0, 1, high_open=True))
+    class_weights: str = _key("none", "balanced: each class's loss weighted n / (C x n_c) (scikit-learn's rule)",
+                              choices=("none", "balanced"))
+    mixup: float = _key(0.0, "MixUp's alpha (torchvision); 0: off; with cutmix, one of the two per batch",
+                        within=_within(0, 100))
+    cutmix: float = _key(0.0, "CutMix's alpha (torchvision); 0: off", within=_within(0, 100))
     accumulate: int = _key(1, "batches whose gradients one optimizer step gathers (their mean): a step sees "
                            "batch_size x accumulate images", within=_count(1, 1_000_000))
     clip_grad: Optional[float] = _key(None, "clip the gradients' global L2 norm to this before each step",

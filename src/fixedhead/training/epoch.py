@@ -11,23 +11,62 @@ import threading
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..devices import autocast
+from ..errors import UserError
 from . import distributed
 
 
 class LossOf(nn.Module):
     """What a training step calls: a Classifier's loss and predictions on a batch. DDP and torch.compile wrap
     this module, so that the loss (which a many-class head computes without forming logits) is inside their
-    forward."""
+    forward.
 
-    def __init__(self, model: nn.Module):
+    `class_weight` (C,) weighs each class's cross-entropy (torch's `weight`: the mean is over the weights
+    of the batch's labels); `mix` is torchvision's MixUp / CutMix (or a RandomChoice of them), which mixes
+    images and turns labels into mixed one-hot targets. Either needs the logits formed (not a blockwise
+    many-class head); the predictions are still compared with the batch's own labels.
+    """
+
+    def __init__(self, model: nn.Module, class_weight: torch.Tensor | None = None, mix=None):
         super().__init__()
-        self.model = model
+        self.model, self.mix = model, mix
+        self.register_buffer("class_weight", class_weight)
+        if (class_weight is not None or mix is not None) and getattr(model.head, "blockwise", False):
+            raise UserError("train.class_weights, train.mixup and train.cutmix need the logits formed, which a "
+                            "blockwise many-class head (model.vectors bf16 or regenerate) never does")
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
-        return self.model.loss(images, labels, label_smoothing)
+        if self.mix is None and self.class_weight is None:
+            return self.model.loss(images, labels, label_smoothing)
+        targets = labels
+        if self.mix is not None and self.training:
+            images, targets = self.mix(images, labels)
+        logits = self.model(images).float()
+        loss = F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=label_smoothing)
+        return loss, logits.argmax(1)
+
+
+def class_weight(name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """train.class_weights: none, or balanced (scikit-learn's rule: n / (C x n_c), so that every class's
+    images weigh as much in all; a class without training images gets weight 0)."""
+    if name == "none":
+        return None
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    weight = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weight.float().to(labels.device)
+
+
+def make_mix(mixup: float, cutmix: float, num_classes: int):
+    """torchvision's MixUp (alpha = train.mixup) and CutMix (alpha = train.cutmix), one of them chosen at
+    random per batch when both are on; None when both are 0."""
+    from torchvision.transforms import v2
+
+    chosen = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix else [])
+    return None if not chosen else chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
 
 
 class StopSignals:

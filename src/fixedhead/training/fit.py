@@ -26,7 +26,7 @@ from .stepping import Stepper, make_ema
 from ..runs import RunDir, describe_environment, outcome
 from ..trackers import check_tracker_folder, head_numbers, open_tracker
 from . import distributed
-from .epoch import Interrupted, LossOf, StopSignals, train_epoch
+from .epoch import Interrupted, LossOf, StopSignals, class_weight, make_mix, train_epoch
 
 
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
@@ -234,7 +234,9 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=PLATEAU_MODES[tc.plateau_on],
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
-    return Training(config, data, model, _wrap(model, tc, ctx, device), optimizer, scheduler, plateau,
+    loss = LossOf(model, class_weight(tc.class_weights, data["train"].labels, len(data["classes"])),
+                  make_mix(tc.mixup, tc.cutmix, len(data["classes"])))
+    return Training(config, data, model, _wrap(loss, tc, ctx, device), optimizer, scheduler, plateau,
                     Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, make_ema(model, tc.ema),
                     torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
 
@@ -349,13 +351,12 @@ def _whiten_bias(model, model_cfg, epoch: int) -> None:
         first_conv(model.encoder).bias.requires_grad_(epoch < model_cfg.whiten_bias_epochs)
 
 
-def _wrap(model, tc, ctx, device):
+def _wrap(step: LossOf, tc, ctx, device):
     """The module the training steps call: DistributedDataParallel under torchrun, compiled if asked."""
-    distributed.check_same_everywhere(model.head.identity(), "class vectors")
+    distributed.check_same_everywhere(step.model.head.identity(), "class vectors")
     if tc.sync_bn and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm is GPU-only); on CPUs each process "
                         "keeps batch-norm statistics over its share of the batch")
-    step = LossOf(model)
     if torch.distributed.is_initialized():
         if tc.sync_bn:
             step = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step)  # in place: the model's layers are replaced
