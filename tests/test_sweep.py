@@ -103,7 +103,8 @@ def fixture_run(root, name, variant, dataset, seed, acc, status="finished"):
 def test_report_tables_against_numpy_and_scipy(tmp_path):
     accs = {("fixed", "a"): [0.91, 0.93, 0.92], ("learned", "a"): [0.88, 0.90, 0.85], ("fixed", "b"): [0.5]}
     for (variant, dataset), values in accs.items():
-        for seed, acc in enumerate(values):
+        for k, acc in enumerate(values):  # other seeds on the two sides: not paired, so Welch's interval
+            seed = k + 3 * (variant == "learned")
             fixture_run(tmp_path, f"{variant}-{dataset}-{seed}", variant, dataset, seed, acc)
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({"name": "fx", "grid": {"data.name": ["a", "b"]},
                                                               "variants": {"fixed": {}, "learned": {}},
@@ -123,6 +124,33 @@ def test_report_tables_against_numpy_and_scipy(tmp_path):
     assert (tmp_path / "results.csv").read_text().count("\n") == 8
     assert r"\begin{tabular}" in (tmp_path / "tables.tex").read_text()
     assert (tmp_path / "figure_test_acc.png").stat().st_size > 1000
+
+
+def test_runs_that_share_seeds_are_paired_and_judged_against_the_margin(tmp_path):
+    fixed, learned = [0.91, 0.93, 0.92, 0.90], [0.90, 0.925, 0.905, 0.895]
+    for seed, (f, lr) in enumerate(zip(fixed, learned)):
+        fixture_run(tmp_path, f"fixed-{seed}", "fixed", "a", seed, f)
+        fixture_run(tmp_path, f"learned-{seed}", "learned", "a", seed, lr)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({
+        "name": "px", "variants": {"fixed": {}, "learned": {}},
+        "report": {"compare": [["fixed", "learned", 0.01], ["learned", "fixed", 0.001]]}}))
+    result = write_report(tmp_path)
+    d = result["tables"][0]["diffs"]["fixed - learned"]["all"]
+    ref = stats.ttest_rel(fixed, learned)
+    assert d["paired"] and d["n"] == 4 and d["p"] == pytest.approx(ref.pvalue)
+    assert (d["low"], d["high"]) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+    assert d["verdict"] == "superior" and result["tables"][0]["diffs"]["learned - fixed"]["all"]["verdict"] == "inferior"
+    text = (tmp_path / "report.md").read_text()
+    assert "(paired, n = 4, p = " in text and "margin 1.00: **superior**" in text
+
+
+def test_a_compare_pair_with_a_bad_margin_is_one_line(tmp_path):
+    from fixedhead.experiments.experiment_file import load_experiment
+
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"name": "m", "variants": {"a": {}, "b": {}}, "report": {"compare": [["a", "b", -1]]}}))
+    with pytest.raises(UserError, match=r"\[column, column, MARGIN\]"):
+        load_experiment(path)
 
 
 def test_difference_ci_with_single_runs_has_no_interval():
@@ -429,7 +457,7 @@ def test_retained_accuracy_and_its_ci_against_scipy(tmp_path):
     ratio = {v: np.divide(noisy[v], clean[v]) for v in clean}
     assert tables["impulse_noise_retained"]["cells"]["a"]["fixed"]["mean"] == pytest.approx(ratio["fixed"].mean())
     for metric, values in (("impulse_noise_mean_acc", noisy), ("impulse_noise_retained", ratio)):
-        ci = stats.ttest_ind(values["fixed"], values["learned"], equal_var=False).confidence_interval(0.95)
+        ci = stats.ttest_rel(values["fixed"], values["learned"]).confidence_interval(0.95)  # paired by seed
         d = tables[metric]["diffs"]["fixed - learned"]["a"]
         assert (d["low"], d["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     # Here the fixed head is ahead on absolute accuracy but behind on retained accuracy.

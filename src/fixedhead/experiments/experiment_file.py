@@ -9,7 +9,7 @@ An experiment file (YAML) holds:
   seeds:     a count n (seeds 0..n-1) or a list
   after:     [analyze, robustness]: measurements made once a run has finished
   robustness: options of `fixedhead robustness` (corruptions, severities, preset, generalization)
-  report:    rows / columns / metrics / compare (see report.py)
+  report:    rows / columns / metrics / compare: [[column, column(, margin)], ...] (see report.py)
 The sweep (sweep.py) turns the loaded experiment into runs.
 """
 
@@ -80,15 +80,21 @@ def check_experiment(tree, path) -> dict:
     return tree
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 def _check_report(report: dict, path) -> None:
     """One report layout, as strictly as the report reads it: names, [column, column] pairs, a selection on
     validation metrics only."""
     for key in ("rows", "columns", "metrics"):
         if any(not isinstance(item, str) for item in report.get(key) or []):
             raise UserError(f"{path}: report.{key} must be a list of names (config keys, variant, metrics)")
-    if any(not (isinstance(p, list) and len(p) == 2 and all(isinstance(c, str) for c in p))
+    if any(not (isinstance(p, list) and len(p) in (2, 3) and all(isinstance(c, str) for c in p[:2])
+                and (len(p) == 2 or (_number(p[2]) and 0 < p[2] < 1e6)))
            for p in report.get("compare") or []):
-        raise UserError(f"{path}: report.compare must be a list of [column, column] pairs")
+        raise UserError(f"{path}: report.compare must be a list of [column, column] pairs, each with an optional "
+                        "margin: [column, column, MARGIN] (a positive number in the metric's units)")
     select = report.get("select")
     if select is not None and not ({"key", "by"} <= set(select) <= {"key", "by", "per"}
                                    and select.get("per", "cell") in ("cell", "row") and select["by"] in SELECT_BY

@@ -26,7 +26,7 @@ from ..files import read_yaml, write_text
 from ..runs import FAILED_TO_TRAIN, OUTCOME_RULES, RESULTS, SweepDir, num_classes, outcome, precision
 from ..tables import markdown_table
 from .experiment_file import SELECT_BY, check_experiment, report_layouts
-from .statistics import difference_ci, mean_ci, summarise
+from .statistics import difference_ci, margin_verdict, mean_ci, paired_difference_ci, summarise
 
 
 def _is_percent(metric: str) -> bool:
@@ -213,6 +213,7 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None, b
     tables = []
     for metric in layout["metrics"]:
         cells: dict = {}
+        seeded: dict = {}  # cell -> {seed: value}, to pair the runs of two columns by seed
         undefined: dict = {}
         for cell, runs in runs_by_cell.items():
             for record in runs:
@@ -220,6 +221,7 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None, b
                     continue
                 if math.isfinite(record[metric]):
                     cells.setdefault(cell[0], {}).setdefault(cell[1], []).append(record[metric])
+                    seeded.setdefault(cell, {})[record.get("seed")] = record[metric]
                 else:
                     undefined[cell] = undefined.get(cell, 0) + 1
         if not cells and not failed_cells and not undefined:
@@ -232,13 +234,25 @@ def build_tables(records: list[dict], layout: dict, paper: dict | None = None, b
                                                 "undefined": undefined.get((row, col), 0)}
         columns = sorted({c for row in summary.values() for c in row})
         chosen = metric == (layout.get("select") or {}).get("key")  # a choice, not an outcome: no difference
-        diffs = {f"{a} - {b}": {row: difference_ci(cells[row][a], cells[row][b]) for row in cells
-                                if a in cells[row] and b in cells[row]}
-                 for a, b in ([] if chosen else layout.get("compare", []))}
+        diffs = {f"{pair[0]} - {pair[1]}": {row: _difference(cells[row], seeded, row, *pair) for row in cells
+                                            if pair[0] in cells[row] and pair[1] in cells[row]}
+                 for pair in ([] if chosen else layout.get("compare", []))}
         tables.append({"metric": metric, "rows": sorted(summary, key=_row_order), "columns": columns, "cells": summary,
                        "row_keys": list(layout["rows"]),
                        "diffs": diffs, "paper": (paper or {}).get(metric, {})})
     return tables
+
+
+def _difference(row_cells: dict, seeded: dict, row: str, a: str, b: str, margin: float | None = None) -> dict:
+    """Column a - column b in one row: paired by seed where both hold the same seeds, one run each (the
+    protocol's design: fixed and learned runs share seeds), else Welch's interval; with a margin, the
+    verdict its interval implies (statistics.margin_verdict)."""
+    by_seed = seeded.get((row, a), {}), seeded.get((row, b), {})
+    paired = (set(by_seed[0]) == set(by_seed[1]) and None not in by_seed[0]
+              and len(by_seed[0]) == len(row_cells[a]) == len(row_cells[b]))
+    d = (paired_difference_ci(*by_seed) if paired
+         else {**difference_ci(row_cells[a], row_cells[b]), "paired": False, "n": (len(row_cells[a]), len(row_cells[b]))})
+    return {**d, "margin": margin, "verdict": margin_verdict(d["low"], d["high"], margin)} if margin else d
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -267,10 +281,14 @@ def markdown(table: dict) -> str:
     for name, per_row in table["diffs"].items():
         if not per_row:  # neither column of the pair has runs in this table
             continue
-        lines += ["", f"{name}, mean difference with 95% CI (Welch):", ""]
+        lines += ["", f"{name}, mean difference with 95% CI (paired by seed where both columns hold the same "
+                  "seeds: t on the paired differences; else Welch):", ""]
         for row, d in sorted(per_row.items(), key=lambda item: _row_order(item[0])):
             ci = "" if math.isnan(d["low"]) else f" [{_fmt(metric, d['low'])}, {_fmt(metric, d['high'])}]"
-            lines.append(f"- {row}: {_fmt(metric, d['diff'])}{ci}")
+            how = (f"paired, n = {d['n']}" + ("" if math.isnan(d["p"]) else f", p = {d['p']:.3g}") if d.get("paired")
+                   else f"Welch, n = {d['n'][0]} / {d['n'][1]}" if "n" in d else "Welch")
+            verdict = f"; margin {_fmt(metric, d['margin'])}: **{d['verdict']}**" if d.get("margin") else ""
+            lines.append(f"- {row}: {_fmt(metric, d['diff'])}{ci} ({how}{verdict})")
     return "\n".join(lines)
 
 

@@ -39,3 +39,46 @@ def mean_ci(cell: dict, level: float = 0.95) -> tuple[float, float, float]:
         return cell["mean"], math.nan, math.nan
     half = stats.t.ppf(0.5 + level / 2, cell["n"] - 1) * cell["std"] / math.sqrt(cell["n"])
     return cell["mean"], cell["mean"] - half, cell["mean"] + half
+
+
+def paired_difference_ci(a: dict, b: dict, level: float = 0.95) -> dict:
+    """mean over seeds of a[seed] - b[seed] (runs paired by seed: same data order, same initialisation where
+    the models share it), with a t interval on the n paired differences (df = n - 1) and the paired t-test's
+    two-sided p; `a` and `b` map seed -> value and must hold the same seeds."""
+    if set(a) != set(b):
+        raise ValueError("paired values need the same seeds on both sides")
+    d = np.asarray([a[s] - b[s] for s in sorted(a)], float)
+    n, diff = len(d), float(d.mean())
+    if n < 2:
+        return {"diff": diff, "low": math.nan, "high": math.nan, "df": math.nan, "p": math.nan, "n": n, "paired": True}
+    se = d.std(ddof=1) / math.sqrt(n)
+    if se == 0:
+        return {"diff": diff, "low": diff, "high": diff, "df": n - 1, "p": 0.0 if diff else 1.0, "n": n, "paired": True}
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * se
+    p = 2 * stats.t.sf(abs(diff) / se, n - 1)
+    return {"diff": diff, "low": diff - half, "high": diff + half, "df": n - 1, "p": float(p), "n": n, "paired": True}
+
+
+def margin_verdict(low: float, high: float, margin: float) -> str:
+    """What an interval of a difference (a - b, larger is better) says against a margin m > 0:
+    superior (low > 0), non-inferior (low > -m: a is worse by less than the margin, if at all), inferior
+    (high < -m: worse by more than the margin), else inconclusive (the interval is too wide for either)."""
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if low > 0:
+        return "superior"
+    if low > -margin:
+        return "non-inferior"
+    if high < -margin:
+        return "inferior"
+    return "inconclusive"
+
+
+def mcnemar_exact(a_correct, b_correct) -> dict:
+    """McNemar's exact test of two classifiers on the same images: of the images exactly one of them gets
+    right (a_only + b_only), is a_only's share different from one half? Two-sided binomial p. It speaks of
+    these two trained models on these images; seed-to-seed variation of training is not in it."""
+    a_correct, b_correct = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    a_only, b_only = int((a_correct & ~b_correct).sum()), int((~a_correct & b_correct).sum())
+    p = 1.0 if a_only + b_only == 0 else float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "p": p}
