@@ -2,13 +2,17 @@
 
     python scripts/fashion_mnist_mini.py build --out src/fixedhead/data/fashion_mnist_mini
     python scripts/fashion_mnist_mini.py measure --train 100 200 300 500 --seeds 3 --out runs/mini-size
+    python scripts/fashion_mnist_mini.py heldout --seeds 10 11 12 13 14 --out runs/mini-heldout
 
 `build` writes the four gzipped IDX files (byte-identical on every run) and prints their SHA-256 for
 `fixedhead.data.mini.SHA256`. `measure` trains the demo's four models on subsets of several sizes,
 with the demo's settings and a fixed budget of images seen (so each size costs the same time), and
-checks the criteria that chose the shipped size (issue 16): for each seed, both learned heads'
-Spearman(class-vector cosine, confusions) > 0.4 and both fixed heads' |Spearman| <= 0.3; over the
-seeds, the fixed cosine S=1 head beats the learned one (paired t 95% CI of the difference above 0).
+checks the criteria a size is chosen by: for each seed, both learned heads' Spearman(class-vector
+cosine, confusions) > 0.4 and both fixed heads' |Spearman| <= 0.3; over the seeds, the fixed cosine S=1
+head beats the learned one (paired t 95% CI of the difference above 0). It reads them on validation
+images (200 a class from the full training set, outside the candidate subset), never on test images.
+`heldout` is docs/protocol.md's M1: the shipped subset's readings on the 8,000 test images it does not
+ship, with fresh seeds.
 """
 
 from __future__ import annotations
@@ -22,22 +26,37 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import stats
 
+from fixedhead import metrics
 from fixedhead.data import idx, mini
+from fixedhead.evaluation.predict import predict
+from fixedhead.evaluation.trained import load_trained
 from fixedhead.experiments.demo import demo
+from fixedhead.experiments.statistics import holm, non_inferiority_p, paired_difference_ci
 
 
-def build(folder: Path, per_class: dict, source=None) -> dict:
-    """Write the subset's files into `folder`; returns {file name: SHA-256}."""
-    source = idx.locate("fashion-mnist", source)
-    if source is None:
+def _source(source=None) -> Path:
+    found = idx.locate("fashion-mnist", source)
+    if found is None:
         sys.exit("the full Fashion-MNIST is needed: apt-get install dataset-fashion-mnist, or --source DIR")
+    return found
+
+
+def build(folder: Path, per_class: dict, source=None, validation: bool = False) -> dict:
+    """Write the subset's files into `folder`; returns {file name: SHA-256}. With `validation`, the files
+    named test hold validation images instead: `per_class["test"]` a class from the full training set,
+    outside the training subset (what `measure` reads its criteria on)."""
+    source = _source(source)
     folder.mkdir(parents=True, exist_ok=True)
     digests = {}
     for split, count in per_class.items():
-        full = idx.read_split(source, split, idx.FASHION_CLASSES)
+        full = idx.read_split(source, "train" if validation else split, idx.FASHION_CLASSES)
         keep = mini.select(full["labels"], count)
+        if validation and split == "test":
+            rest = np.setdiff1d(np.arange(len(full["labels"])), mini.select(full["labels"], per_class["train"]))
+            keep = rest[mini.select(full["labels"][rest], count, seed=mini.SELECTION_SEED + 1)]
         for kind, array in (("images", full["images"][keep, 0]), ("labels", full["labels"][keep].astype(np.uint8))):
             data = mini.idx_bytes(array)
             (folder / mini.file_name(split, kind)).write_bytes(data)
@@ -65,7 +84,7 @@ def measure(sizes: list[int], seeds: int, test_per_class: int, budget: int, out:
     for train_per_class in sizes:
         epochs = max(1, round(budget / (10 * train_per_class)))
         with tempfile.TemporaryDirectory() as folder:
-            build(Path(folder), {"train": train_per_class, "test": test_per_class}, source)
+            build(Path(folder), {"train": train_per_class, "test": test_per_class}, source, validation=True)
             per_seed, started = [], time.time()
             for seed in range(seeds):
                 summary = demo(out / f"train{train_per_class}" / f"seed{seed}", data="fashion-mnist-mini", seed=seed,
@@ -78,6 +97,52 @@ def measure(sizes: list[int], seeds: int, test_per_class: int, budget: int, out:
         print(json.dumps({k: v for k, v in row.items() if k != "seeds"}), flush=True)
         (out / "measure.json").write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def _scores(run: str, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """A run's accuracy and Spearman(class-vector cosine, confusions) on these images, its own weights."""
+    trained = load_trained(run, "cpu")
+    out = predict(trained.model, trained.loader(images, labels), trained.config.train.bf16, tta=trained.config.train.tta)
+    predicted = out["logits"].argmax(1)
+    confusion = metrics.confusion_matrix(labels, predicted, len(trained.classes))
+    rho = metrics.similarity_confusion_spearman(metrics.cosine_matrix(trained.model.head.vectors().cpu()), confusion)
+    return {"acc": metrics.accuracy(predicted, labels), "spearman_rho": rho["spearman_rho"], "num_images": len(labels)}
+
+
+def heldout(seeds: list[int], out: Path, source=None) -> dict:
+    """docs/protocol.md, M1: the demo on the shipped subset with `seeds`, each model scored on the full test
+    set's images that the subset does not ship."""
+    full = idx.read_split(_source(source), "test", idx.FASHION_CLASSES)
+    rest = np.setdiff1d(np.arange(len(full["labels"])), mini.select(full["labels"], mini.PER_CLASS["test"]))
+    images, labels = torch.from_numpy(full["images"][rest]), torch.from_numpy(full["labels"][rest])
+    per_seed = {}
+    for seed in seeds:
+        summary = demo(out / f"seed{seed}", data=mini.NAME, seed=seed, log=lambda m: None)
+        per_seed[seed] = {model: _scores(run, images, labels) for model, run in summary["runs"].items()}
+        print(json.dumps({"seed": seed, **{m: round(r["acc"], 4) for m, r in per_seed[seed].items()}}), flush=True)
+    result = {"seeds": seeds, "num_images": len(rest), "per_seed": per_seed, **_m1_verdicts(per_seed)}
+    (out / "heldout.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _m1_verdicts(per_seed: dict) -> dict:
+    """The protocol's two primary tests (Holm) and its secondary readings, from per-seed scores."""
+    gap = {kind: paired_difference_ci({s: 100 * r[f"{kind}-fixed"]["acc"] for s, r in per_seed.items()},
+                                      {s: 100 * r[f"{kind}-learned"]["acc"] for s, r in per_seed.items()})
+           for kind in ("cosine", "dot")}
+    p_cosine = gap["cosine"]["p"] / 2 if gap["cosine"]["diff"] > 0 else 1 - gap["cosine"]["p"] / 2  # one-sided
+    p_dot = non_inferiority_p(gap["dot"]["diff"], gap["dot"]["low"], gap["dot"]["high"], gap["dot"]["n"], 1.0)
+    adjusted = holm([p_cosine, p_dot])
+    rho = lambda r, m: r[m]["spearman_rho"]
+    claim1 = {s: min(rho(r, "dot-learned"), rho(r, "cosine-learned")) > 0.4
+              and max(abs(rho(r, "dot-fixed")), abs(rho(r, "cosine-fixed"))) <= 0.3 for s, r in per_seed.items()}
+    rho_gap = paired_difference_ci({s: min(rho(r, "dot-learned"), rho(r, "cosine-learned")) for s, r in per_seed.items()},
+                                   {s: max(abs(rho(r, "dot-fixed")), abs(rho(r, "cosine-fixed"))) for s, r in per_seed.items()})
+    return {"cosine_gap_points": gap["cosine"], "cosine_superior_p_holm": adjusted[0],
+            "cosine_verdict": "superior" if adjusted[0] < 0.05 else "not shown",
+            "dot_gap_points": gap["dot"], "dot_non_inferior_p_holm": adjusted[1],
+            "dot_verdict": "non-inferior (margin 1 point)" if adjusted[1] < 0.05 else "not shown",
+            "claim1_per_seed": claim1, "rho_learned_minus_fixed": rho_gap}
 
 
 def main() -> None:
@@ -93,9 +158,17 @@ def main() -> None:
     m.add_argument("--budget", type=int, default=mini.IMAGES_SEEN, help="training images seen per model")
     m.add_argument("--out", type=Path, default=Path("runs/mini-size"))
     m.add_argument("--source")
+    h = sub.add_parser("heldout")
+    h.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
+    h.add_argument("--out", type=Path, default=Path("runs/mini-heldout"))
+    h.add_argument("--source")
     args = parser.parse_args()
     if args.command == "build":
         print(json.dumps(build(args.out, mini.PER_CLASS, args.source), indent=1))
+    elif args.command == "heldout":
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = heldout(args.seeds, args.out, args.source)
+        print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=1))
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         measure(args.train, args.seeds, args.test, args.budget, args.out, args.source)

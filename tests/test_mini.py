@@ -92,7 +92,7 @@ def test_the_demo_prefers_the_full_set_and_falls_back_to_the_subset_with_one_lin
     assert choose_dataset(mini.NAME, None, messages.append) == mini.NAME and len(messages) == 1
 
 
-def test_the_demo_reads_its_own_numbers_and_calls_small_gaps_neither_way():
+def test_the_demo_reads_its_own_numbers_and_reads_a_gap_only_where_mcnemar_tells_the_heads_apart():
     from fixedhead.experiments.demo import reading
 
     def result(acc, rho):
@@ -100,10 +100,24 @@ def test_the_demo_reads_its_own_numbers_and_calls_small_gaps_neither_way():
 
     results = {"dot-learned": result(0.824, 0.55), "dot-fixed": result(0.834, -0.25),
                "cosine-learned": result(0.783, 0.57), "cosine-fixed": result(0.816, -0.14)}
-    lines = reading(results)
+    tests = {"cosine": {"p": 0.0004}, "dot": {"p": 0.21}}
+    lines = reading(results, tests)
     assert "held here, rho = 0.55 (dot) and 0.57 (cosine)" in lines[0] and "at most 0.25" in lines[0]
-    assert "held here, +3.3 points" in lines[1]
-    assert "too close to call" in lines[2] and "+1.0 points" in lines[2]
+    assert "held (McNemar's exact p = 0.0004) here, +3.3 points" in lines[1]
+    assert "not told apart on these images (McNemar's exact p = 0.21) here, +1.0 points" in lines[2]
     assert "2,000 test images" in lines[3] and "demonstration" in lines[3]
     results["cosine-fixed"] = result(0.70, -0.14)
-    assert "did not hold here, -8.3 points" in reading(results)[1]
+    assert "did not hold (McNemar's exact p = 0.0004) here, -8.3 points" in reading(results, tests)[1]
+
+
+def test_the_demo_tests_the_heads_on_the_images_they_share(tmp_path, tiny_run):
+    """correct_on_test gives each run's per-image outcome in the test split's order, so that McNemar's
+    test pairs the same images: its accuracy is the run's recorded one."""
+    import json
+
+    from fixedhead.evaluation.trained import correct_on_test
+
+    correct = correct_on_test(tiny_run, "cpu")
+    final = json.loads((tiny_run / "final.json").read_text())
+    assert correct.dtype == bool and len(correct) == final["num_test"]
+    assert correct.mean() == pytest.approx(final["test_acc"])

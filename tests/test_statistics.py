@@ -39,3 +39,21 @@ def test_mcnemar_exact_is_the_two_sided_binomial_sum():
     tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
     assert got["p"] == pytest.approx(min(1.0, 2 * tail))
     assert mcnemar_exact([True, False], [True, False])["p"] == 1.0
+
+
+def test_holm_adjusts_as_the_step_down_rule_says():
+    from fixedhead.experiments.statistics import holm
+
+    # m = 3: sorted 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (the last made non-decreasing), back in given order.
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_the_non_inferiority_p_is_the_one_sided_paired_t_test_against_the_margin():
+    from fixedhead.experiments.statistics import non_inferiority_p
+
+    a, b = [0.81, 0.79, 0.84, 0.80, 0.83], [0.815, 0.80, 0.835, 0.81, 0.83]
+    d = paired_difference_ci(dict(enumerate(a)), dict(enumerate(b)))
+    shifted = [x + 0.02 for x in a]  # H0: a - b <= -0.02  <=>  (a + 0.02) - b <= 0
+    ref = stats.ttest_rel(shifted, b, alternative="greater").pvalue
+    assert non_inferiority_p(d["diff"], d["low"], d["high"], d["n"], 0.02) == pytest.approx(ref)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,3 +175,12 @@ def evaluate_run(run_dir, split: str = "test", data_dir=None, device: str = "aut
     trained, loader = open_split(run_dir, split, device, data_dir, overrides=None if tta is None else {"train.tta": tta})
     tta = trained.config.train.tta
     return {"split": split, "tta": tta, **scores(predict(trained.model, loader, trained.config.train.bf16, tta=tta))}
+
+
+def correct_on_test(run_dir, device: str = "auto") -> np.ndarray:
+    """Whether the run's final weights classify each test image right (N,) bool, in the split's order and
+    with the run's own test-time augmentation: what McNemar's test compares between two runs."""
+    trained, loader = open_split(run_dir, "test", device)
+    out = predict(trained.model, loader, trained.config.train.bf16, tta=trained.config.train.tta)
+    predicted = out["logits"].argmax(1) if "logits" in out else out["predicted"]
+    return (predicted == out["labels"]).numpy()

@@ -16,8 +16,10 @@ from .. import plots, tables
 from ..data import idx, mini
 from ..errors import UserError
 from ..evaluation.analysis import load_or_analyze
+from ..evaluation.trained import correct_on_test
 from ..runs import SweepDir
 from .report import write_report
+from .statistics import mcnemar_exact
 from .sweep import run_sweep
 
 MODELS = ("dot-learned", "dot-fixed", "cosine-learned", "cosine-fixed")  # the variants of every demo file
@@ -26,7 +28,7 @@ DEMOS = {"digits": "demo/digits", mini.NAME: "demo/fashion-mnist-mini", "fashion
 TITLES = {mini.NAME: f"{mini.NAME}, the embedded subset of Fashion-MNIST ({mini.describe()})",
           "fashion-mnist": "Fashion-MNIST"}
 
-SEED_NOISE_POINTS = 2.0  # accuracy gaps below this many points are not read from one seed
+ALPHA = 0.05  # McNemar's exact test: a gap is read (held / reversed) only at p below this
 
 COLUMNS = (("acc", "accuracy"), ("spearman_rho", "Spearman(cos, confusions)"),
            ("mean_cos_to_predicted", "mean cos(f(x), w_pred)"), ("class_vector_cos_max", "max cos(w_i, w_j)"))
@@ -57,26 +59,32 @@ def results_table(results: dict) -> str:
     return tables.markdown_table(["model", *(title for _, title in COLUMNS)], rows)
 
 
-def reading(results: dict) -> list[str]:
-    """Plain sentences setting this run's numbers against the paper's claims."""
+def reading(results: dict, tests: dict) -> list[str]:
+    """Plain sentences setting this run's numbers against the paper's claims. `tests`: McNemar's exact test
+    (statistics.mcnemar_exact) of the fixed against the learned head, per similarity ("dot", "cosine"), on
+    the shared test images: a gap is read only where p < ALPHA."""
     r = {name: results[name] for name in MODELS}
     learned_rho = min(r["dot-learned"]["spearman_rho"], r["cosine-learned"]["spearman_rho"])
     fixed_rho = max(abs(r["dot-fixed"]["spearman_rho"]), abs(r["cosine-fixed"]["spearman_rho"]))
     cos_gain = 100 * (r["cosine-fixed"]["acc"] - r["cosine-learned"]["acc"])
     dot_gain = 100 * (r["dot-fixed"]["acc"] - r["dot-learned"]["acc"])
     held = lambda ok: "held" if ok else "did not hold"
-    # One seed moves accuracy by about a point (docs/results.md), so smaller gaps are called neither way.
-    gain = lambda points: held(points > 0) if abs(points) >= SEED_NOISE_POINTS else "too close to call with one seed"
+
+    def gain(points, test):
+        p = f"McNemar's exact p = {test['p']:.2g}"
+        return f"{held(points > 0)} ({p})" if test["p"] < ALPHA else f"not told apart on these images ({p})"
+
     return [
         f"Learned class vectors encode class similarity (paper: Spearman 0.61-0.87): {held(learned_rho > fixed_rho + 0.2)} "
         f"here, rho = {r['dot-learned']['spearman_rho']:.2f} (dot) and {r['cosine-learned']['spearman_rho']:.2f} "
         f"(cosine) for learned heads against at most {fixed_rho:.2f} in size for fixed ones.",
         f"A fixed cosine head with S=1 trains better than a learned one (paper: up to +53 points): "
-        f"{gain(cos_gain)} here, {cos_gain:+.1f} points.",
-        f"Fixing dot-product class vectors raises accuracy (paper: up to +4 points): {gain(dot_gain)} here, "
-        f"{dot_gain:+.1f} points.",
-        f"One seed per model on {r['dot-learned']['num_images']:,} test images: a demonstration, not a measurement; "
-        "differences of a point or two are within seed noise (docs/results.md has 3 seeds with CIs).",
+        f"{gain(cos_gain, tests['cosine'])} here, {cos_gain:+.1f} points.",
+        f"Fixing dot-product class vectors raises accuracy (paper: up to +4 points): {gain(dot_gain, tests['dot'])} "
+        f"here, {dot_gain:+.1f} points.",
+        f"One seed per model on {r['dot-learned']['num_images']:,} test images: a demonstration, not a measurement. "
+        "McNemar's test compares these two trained models on these images; how much another seed moves a "
+        "model is not in it (docs/results.md has several seeds with CIs).",
     ]
 
 
@@ -92,7 +100,8 @@ def _train(dataset: str, folder: SweepDir, seed: int, sets: dict, overwrite: boo
     if summary["skipped"]:
         log(f"reusing the finished runs in {folder.path}: {', '.join(summary['skipped'])}")
     runs = {name.split("__")[0]: folder.run(name) for name in summary["planned"]}
-    return {model: {**load_or_analyze(runs[model].path), "run": str(runs[model].path)} for model in MODELS}
+    return {model: {**load_or_analyze(runs[model].path), "run": str(runs[model].path),
+                    "correct": correct_on_test(runs[model].path)} for model in MODELS}
 
 
 def demo(out="runs/demo", data: str = "auto", data_dir=None, seed: int = 0, overrides: dict | None = None,
@@ -102,13 +111,15 @@ def demo(out="runs/demo", data: str = "auto", data_dir=None, seed: int = 0, over
     dataset = choose_dataset(data, data_dir, log)
     sets = {**(overrides or {}), **({"data.data_dir": str(data_dir)} if data_dir else {})}
     results = _train(dataset, folder, seed, sets, overwrite, log)
+    tests = {kind: mcnemar_exact(results[f"{kind}-fixed"]["correct"], results[f"{kind}-learned"]["correct"])
+             for kind in ("dot", "cosine")}
     write_report(folder.path)
     keep = ("acc", "spearman_rho", "spearman_p", "mean_cos_to_predicted", "class_vector_cos_max", "num_images")
     title = f"The paper's four models on {TITLES.get(dataset, dataset)} (seed {seed}, n = 1 run each, test split)"
     summary = {"dataset": dataset, "title": title, "seed": seed, "n_seeds": 1,
                "runs": {name: r["run"] for name, r in results.items()},
                "results": {name: {k: r[k] for k in keep} for name, r in results.items()},
-               "reading": reading(results)}
+               "mcnemar": tests, "reading": reading(results, tests)}
     panels = {name: (np.array(r["class_vector_cosine"]), r["classes"]) for name, r in results.items()}
     plots.heatmap_grid(panels, folder.heatmaps)
     folder.write_summary(summary)

@@ -82,3 +82,24 @@ def mcnemar_exact(a_correct, b_correct) -> dict:
     a_only, b_only = int((a_correct & ~b_correct).sum()), int((~a_correct & b_correct).sum())
     p = 1.0 if a_only + b_only == 0 else float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue)
     return {"a_only": a_only, "b_only": b_only, "p": p}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given: the k-th smallest p is
+    multiplied by (m - k + 1), made non-decreasing along that order, and capped at 1."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def non_inferiority_p(diff: float, low: float, high: float, n: int, margin: float) -> float:
+    """One-sided p of a paired t test of H0: true difference <= -margin, from a paired_difference_ci result
+    (its 95% interval gives the standard error)."""
+    if n < 2 or math.isnan(low):
+        return math.nan
+    se = (high - low) / (2 * stats.t.ppf(0.975, n - 1))
+    return float(stats.t.sf((diff + margin) / se, n - 1)) if se > 0 else (0.0 if diff > -margin else 1.0)
