@@ -136,8 +136,9 @@ def _m1_verdicts(per_seed: dict) -> dict:
     rho = lambda r, m: r[m]["spearman_rho"]
     claim1 = {s: min(rho(r, "dot-learned"), rho(r, "cosine-learned")) > 0.4
               and max(abs(rho(r, "dot-fixed")), abs(rho(r, "cosine-fixed"))) <= 0.3 for s, r in per_seed.items()}
-    rho_gap = paired_difference_ci({s: min(rho(r, "dot-learned"), rho(r, "cosine-learned")) for s, r in per_seed.items()},
-                                   {s: max(abs(rho(r, "dot-fixed")), abs(rho(r, "cosine-fixed"))) for s, r in per_seed.items()})
+    learned = {s: min(rho(r, "dot-learned"), rho(r, "cosine-learned")) for s, r in per_seed.items()}
+    rho_gap = paired_difference_ci(learned, {s: max(abs(rho(r, "dot-fixed")), abs(rho(r, "cosine-fixed")))
+                                             for s, r in per_seed.items()})
     return {"cosine_gap_points": gap["cosine"], "cosine_superior_p_holm": adjusted[0],
             "cosine_verdict": "superior" if adjusted[0] < 0.05 else "not shown",
             "dot_gap_points": gap["dot"], "dot_non_inferior_p_holm": adjusted[1],

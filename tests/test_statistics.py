@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fixedhead.experiments.statistics import mcnemar_exact, margin_verdict, paired_difference_ci
+from fixedhead.experiments.statistics import margin_verdict, mcnemar_exact, paired_difference_ci
 
 
 def test_the_paired_interval_and_p_are_scipys_paired_t_test():

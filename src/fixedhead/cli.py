@@ -402,8 +402,9 @@ def build_parser(argv: list | None = None) -> Parser:
     return parser
 
 
-COMMANDS = {"train": _train, "score": _score, "export": _export, "predict": _predict, "demo": _demo, "data": _data, "analyze": _analyze, "compare": _compare,
-            "robustness": _robustness, "corrupt": _corrupt, "sweep": _sweep, "report": _report}
+COMMANDS = {"train": _train, "score": _score, "export": _export, "predict": _predict, "demo": _demo, "data": _data,
+            "analyze": _analyze, "compare": _compare, "robustness": _robustness, "corrupt": _corrupt, "sweep": _sweep,
+            "report": _report}
 
 
 def _tolerant_output() -> None:

@@ -7,7 +7,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-
 TOP_K = 5  # the top-k accuracy reported beside top-1 (top5_acc), where a run has more than k classes
 
 

@@ -22,7 +22,6 @@ from ..runs import EXPORTS, RunDir
 from .trained import TrainedRun, as_run_input, load_trained
 
 
-
 class Deployable(nn.Module):
     """A run's classifier with its input normalisation: (N, C, H, W) float images in [0, 1] -> (N, classes)
     logits. `classes` names the columns."""

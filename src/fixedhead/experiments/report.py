@@ -201,7 +201,8 @@ def mixed_cells(cells: dict, layout: dict) -> list[str]:
 def build_tables(records: list[dict], layout: dict, paper: dict | None = None, by_cell: dict | None = None) -> list[dict]:
     """Per metric: cells[row][column] = summary of the values of the runs that trained (seeds pooled),
     with `diverged` and `at_chance`, the numbers of the cell's runs that failed to train so (their values are
-    not in the summary; runs.outcome), and `undefined`, the number whose value is not a number (a Spearman over no confusions at all).
+    not in the summary; runs.outcome), and `undefined`, the number whose value is not a number (a Spearman
+    over no confusions at all).
     `by_cell`: cell_runs(records, layout), when the caller has it already."""
     runs_by_cell = cell_runs(records, layout) if by_cell is None else by_cell
     failed: dict = {status: {} for status in FAILED_TO_TRAIN}
@@ -352,7 +353,8 @@ def write_report(root) -> dict:
     header = [f"# Report: {experiment.get('name', root.name)}", "",
               f"{len(records)} runs: " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
               + ". Cells: mean ± sample std over the seeds that trained (n = runs), and beside it the cell's runs "
-              f"that did not train ({rules}); their accuracies are in {sweep_dir.csv_path.name}; 'k/m undefined' counts runs whose value is not a number "
+              f"that did not train ({rules}); their accuracies are in {sweep_dir.csv_path.name}; "
+              "'k/m undefined' counts runs whose value is not a number "
               "(a Spearman correlation with no confusion to correlate), left out of the mean. "
               "Test-set numbers are from the final (or validation-selected) weights; nothing was selected on test.", ""]
     body = []

@@ -121,7 +121,8 @@ def train_epoch(model, loader, stepper, train_cfg, seed: int, epoch: int, progre
         sums.add(loss.detach(), predicted == labels, step >= end_from)
         if step % 10 == 0 or step == last:
             rate = sums.seen / (time.perf_counter() - start)
-            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{sums.correct.item() / sums.seen:.3f}", img_s=f"{rate:.0f}")
+            progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{sums.correct.item() / sums.seen:.3f}",
+                                 img_s=f"{rate:.0f}")
         progress.update(1)
         if stepper.steps_at(step, last) and _should_stop(stop, ctx, device) and step < last:
             # Each rank's own running sums, so that a resumed epoch adds them up in the same order.

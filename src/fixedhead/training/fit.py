@@ -22,11 +22,11 @@ from ..models.classifier import build_model
 from ..models.whitening import MAX_IMAGES, first_conv, whiten_first_conv
 from ..optim import PLATEAU_MODES, lr_factor, make_optimizer
 from ..optim.lookahead import Lookahead
-from .stepping import Stepper, make_ema
 from ..runs import RunDir, describe_environment, outcome
 from ..trackers import check_tracker_folder, head_numbers, open_tracker
 from . import distributed
 from .epoch import Interrupted, LossOf, StopSignals, class_weight, make_mix, train_epoch
+from .stepping import Stepper, make_ema
 
 
 def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
@@ -36,8 +36,8 @@ def _open_run(run: RunDir, config, resume: bool, overwrite: bool):
     if overwrite:
         return config, None
     if run.is_finished():
-        raise UserError(f"{run.path} already holds a run trained to its end (finished, diverged or at chance); choose another --out or "
-                        "pass --overwrite")
+        raise UserError(f"{run.path} already holds a run trained to its end (finished, diverged or at chance); "
+                        "choose another --out or pass --overwrite")
     elif run.has_checkpoint() and not resume:
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
     if not (resume and run.has_checkpoint()):
@@ -407,7 +407,8 @@ def _finish(run: RunDir, training: Training) -> dict:
     run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
     final = {
         "status": outcome(training.losses, training.end_loss, len(data["classes"])), **test,
-        "train_losses": list(training.losses or ()), "train_loss_end": training.end_loss, "train_time_s": training.train_time_s, "test_time_s": test_time_s,
+        "train_losses": list(training.losses or ()), "train_loss_end": training.end_loss,
+        "train_time_s": training.train_time_s, "test_time_s": test_time_s,
         "tta": config.train.tta, "epochs": training.epochs, "steps": training.steps,
         "train_images": len(data["train"].labels), "images_seen": images_shown(training.steps, data["train"]),
         "selected_epoch": best["epoch"] if best else training.epochs, "seed": config.seed,
