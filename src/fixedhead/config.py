@@ -63,6 +63,12 @@ class DataConfig:
                                      within=_count(8, 1024, optional=True))
     val_fraction: float = _key(0.0, "held out of train; 0.1 is used when the schedule or selection needs one",
                                within=_within(0, 1, high_open=True))
+    imbalance: float = _key(1.0, "a long-tailed training split: largest / smallest class's images (1: as is); "
+                            "validation and test stay as they are", within=_within(1, 1_000_000))
+    imbalance_type: str = _key("exp", "exp: class i keeps n_max x imbalance^(-i/(C-1)) (LDAM's protocol); step: "
+                               "half the classes keep n_max / imbalance", choices=("exp", "step"))
+    imbalance_seed: int = _key(0, "which images a long-tailed split keeps (the same for every run seed)",
+                               within=_count(0, 2**31 - 1))
     augment: bool = _key(True, "random crops (and flips) of the training images")
     crop_padding: Optional[int] = _key(None, "None: image side // 8 (4 at 32 px)", within=_count(0, 256, optional=True))
     crop_padding_mode: str = _key("zeros", "what the crop pads with: zeros (black) or reflect (mirrored edge; airbench)",

@@ -85,18 +85,21 @@ def within_class_cos(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return mean_cos_to_class(features, means, labels)
 
 
-def scatter_ratio(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+def scatter_ratio(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weighted: bool = True) -> float:
     """tr(S_W S_B^+) / C with S_W, S_B the within- and between-class scatter (normalised by N).
 
     S_B = M^T M with rows M_c = sqrt(n_c/N) (mu_c - mu), so tr(S_W S_B^+) = ||X_w M^+||_F^2 / N where
-    X_w holds each feature minus its class mean: no D x D matrix is formed.
+    X_w holds each feature minus its class mean: no D x D matrix is formed. With `weighted` false, every
+    class counts alike in S_B (rows sqrt(1/C') (mu_c - mu), C' the classes present): Papyan et al.'s NC1.
+    The two agree on balanced data.
     """
     features = features.double()
     means, counts = class_means(features, labels, num_classes)
     present = counts > 0
     total = len(features)
     centre = features.mean(0)
-    between = (means[present] - centre) * (counts[present] / total).sqrt()[:, None]  # (C', D)
+    share = counts[present] / total if weighted else torch.full((int(present.sum()),), 1 / int(present.sum()))
+    between = (means[present] - centre) * share.double().sqrt()[:, None]  # (C', D)
     within = features - means[labels]  # (N, D)
     projected = within @ torch.linalg.pinv(between)  # (N, D) @ (D, C') -> (N, C')
     return (projected.square().sum() / total / num_classes).item()
@@ -151,3 +154,61 @@ def cluster_order(matrix: torch.Tensor) -> list[int]:
     distance = (distance + distance.T) / 2
     distance[range(len(distance)), range(len(distance))] = 0
     return leaves_list(linkage(squareform(distance, checks=False), "average")).tolist()
+
+
+# Long-tail groups by training images per class (the convention of long-tail papers, e.g. Liu et al. 2019).
+SHOT_GROUPS = {"many": (101, None), "medium": (20, 100), "few": (0, 19)}
+
+
+def class_accuracies(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy of each class over its test images (nan for a class without test images)."""
+    hits = torch.bincount(labels[predicted == labels], minlength=num_classes).double()
+    totals = torch.bincount(labels, minlength=num_classes).double()
+    return (hits / totals).tolist()
+
+
+def long_tail_accuracies(predicted: torch.Tensor, labels: torch.Tensor, train_counts: list[int]) -> dict:
+    """balanced_acc (the mean of the per-class accuracies), and many_acc / medium_acc / few_acc: the mean
+    accuracy of the classes with > 100, 20-100, < 20 training images (a group without classes is left out)."""
+    per_class = class_accuracies(predicted, labels, len(train_counts))
+    present = [a for a in per_class if a == a]
+    out = {"balanced_acc": sum(present) / len(present)}
+    for group, (low, high) in SHOT_GROUPS.items():
+        members = [a for a, n in zip(per_class, train_counts) if n >= low and (high is None or n <= high) and a == a]
+        if members:
+            out[f"{group}_acc"] = sum(members) / len(members)
+    return out
+
+
+def neural_collapse(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor,
+                    train_counts: list[int] | None = None) -> dict:
+    """Papyan, Han & Donoho (2020)'s measures of neural collapse, in float64:
+
+    - nc1: Tr(S_W S_B^+) / C, within-class scatter against between-class scatter of the features, each
+      class alike in S_B (scatter_ratio, unweighted);
+    - nc2_equinorm_means / nc2_equinorm_vectors: coefficient of variation of the centred class means'
+      norms and of the class vectors' norms; nc2_equiangular: mean |cos(m_i, m_j) + 1 / (C - 1)| over
+      pairs of centred class means (0 for a simplex);
+    - nc3: || W / ||W||_F - M / ||M||_F ||_F, class vectors against centred class means (self-duality);
+    - nc4: the share of images whose predicted class is the nearest class mean's;
+    - minority_collapse (with `train_counts` that differ): the mean pairwise cosine of the class vectors
+      of the rarest half of the classes (Fang et al. 2021: learned heads squeeze them together).
+    Classes without images are left out of the means."""
+    h, w = features.double(), weight.double()
+    classes = sorted(set(labels.tolist()))
+    means = torch.stack([h[labels == c].mean(0) for c in classes])
+    centred = means - h.mean(0)
+    nc1 = scatter_ratio(h, labels, len(w), weighted=False)
+    cv = lambda x: (x.std(unbiased=False) / x.mean()).item()
+    cos = cosine_matrix(centred)
+    pairs = off_diagonal(cos)
+    w_present = w[classes]
+    nc3 = torch.linalg.norm(w_present / torch.linalg.norm(w_present) - centred / torch.linalg.norm(centred)).item()
+    nearest = torch.tensor(classes)[torch.cdist(h, means).argmin(1)]
+    out = {"nc1": nc1, "nc2_equinorm_means": cv(centred.norm(dim=1)), "nc2_equinorm_vectors": cv(w_present.norm(dim=1)),
+           "nc2_equiangular": (pairs + 1 / (len(classes) - 1)).abs().mean().item(), "nc3": nc3,
+           "nc4": (nearest == logits.argmax(1)).double().mean().item()}
+    if train_counts is not None and len(set(train_counts)) > 1:
+        rarest = sorted(range(len(train_counts)), key=lambda c: (train_counts[c], c))[:max(2, len(train_counts) // 2)]
+        out["minority_collapse"] = off_diagonal(cosine_matrix(w[rarest])).mean().item()
+    return out

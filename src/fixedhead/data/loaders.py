@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from . import DATASETS, load_split
-from .pipeline import BatchLoader, channel_stats, split_validation
+from .pipeline import BatchLoader, channel_stats, long_tail, split_validation
 
 
 def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, device, channels_last: bool = False,
@@ -21,6 +21,10 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     if train_index is not None and (len(train_index) == 0 or len(val_index) == 0):
         raise UserError(f"data.val_fraction {fraction} leaves {len(train_index)} training and {len(val_index)} "
                         f"validation images of {len(train)}; choose a fraction that leaves both non-empty")
+    if data_cfg.imbalance != 1:  # after the validation hold-out: validation stays balanced
+        kept = long_tail(train.labels if train_index is None else train.labels[train_index], len(train.classes),
+                         data_cfg.imbalance, data_cfg.imbalance_type, data_cfg.imbalance_seed)
+        train_index = kept if train_index is None else train_index[kept]
     train_images = train.images if train_index is None else train.images[train_index]
     train_labels = train.labels if train_index is None else train.labels[train_index]
     mean, std = channel_stats(train_images)

@@ -38,6 +38,35 @@ def split_validation(num_items: int, fraction: float, labels: torch.Tensor, seed
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
+def long_tail_counts(available: list[int], ratio: float, kind: str) -> list[int]:
+    """Training images kept per class for a long-tailed version with largest / smallest = `ratio`: exp (Cao
+    et al. 2019, LDAM's protocol) keeps n_max * ratio ** (-i / (C - 1)) of class i, step keeps n_max for the
+    first half of the classes and n_max / ratio for the rest (both truncated to integers, as that code
+    does). n_max is the smallest class's count, so that every class can give what it is asked for."""
+    if ratio == 1:
+        return list(available)
+    n_max, num_classes = min(available), len(available)
+    if kind == "exp":
+        counts = [int(n_max * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
+    else:
+        counts = [n_max if i < num_classes // 2 else int(n_max / ratio) for i in range(num_classes)]
+    if min(counts) < 1:
+        raise UserError(f"data.imbalance={ratio:g} ({kind}) leaves the rarest class with {min(counts)} training images "
+                        f"of the {n_max} a class has here; choose a ratio of at most {n_max:g}")
+    return counts
+
+
+def long_tail(labels: torch.Tensor, num_classes: int, ratio: float, kind: str, seed: int) -> torch.Tensor:
+    """Sorted indices of a long-tailed subset of these training labels (long_tail_counts), each class's
+    images taken from a permutation seeded by `seed` alone (data.imbalance_seed), so that every run of an
+    experiment trains on the same images."""
+    generator = torch.Generator().manual_seed(seed)
+    members = [(labels == c).nonzero().flatten() for c in range(num_classes)]
+    counts = long_tail_counts([len(m) for m in members], ratio, kind)
+    kept = [m[torch.randperm(len(m), generator=generator)[:n]] for m, n in zip(members, counts)]
+    return torch.cat(kept).sort().values
+
+
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator, mode: str = "zeros") -> torch.Tensor:
     """Pad by `padding` (zeros, or the edge mirrored: reflect), then cut each image at its own random
     offset (B, C, H, W) -> same."""

@@ -27,10 +27,20 @@ def run_outputs(run_dir, split: str = "test", device: str = "auto") -> dict:
                         "fixedhead score gives its accuracy")
     out = predict(trained.model, loader, trained.config.train.bf16, with_features=True)
     out.update(weight=head.vectors().cpu(), classes=trained.classes, source=trained.source,
+               train_counts=_train_counts(trained),
                unfinished=trained.unfinished, trained=trained,
                head={"similarity": head.similarity, "fixed": head.fixed, "init": head.init,
                      "scale": head.scale.item(), "num_features": head.num_features})
     return out
+
+
+def _train_counts(trained) -> list[int] | None:
+    """The run's training images per class, as final.json recorded them (None for an unfinished run or one
+    trained before they were recorded): what minority collapse is measured against."""
+    counts = (RunDir(trained.path, writable=False).final() or {}).get("train_class_counts")
+    ok = isinstance(counts, list) and len(counts) == len(trained.classes) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+    return counts if ok else None
 
 
 def measure(outputs: dict) -> dict:
@@ -47,6 +57,7 @@ def measure(outputs: dict) -> dict:
         **metrics.confused_pair_auc(cosines, confusion),
         **metrics.compactness(features, weight, labels, predicted),
         **metrics.separability(weight, features, labels),
+        **metrics.neural_collapse(features, labels, weight, outputs["logits"], outputs.get("train_counts")),
         "class_vector_cosine": cosines.numpy(), "confusion": confusion.numpy(),
     }
 

@@ -17,6 +17,7 @@ from ..devices import EMULATED_BF16, emulated_bf16, keep_freed_memory, resolve_d
 from ..errors import UserError, reason, shown
 from ..evaluation.predict import predict, scores
 from ..files import check_fields
+from ..metrics import long_tail_accuracies
 from ..models import zoo
 from ..models.classifier import build_model
 from ..models.whitening import MAX_IMAGES, first_conv, whiten_first_conv
@@ -174,9 +175,15 @@ class Training:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _evaluate(model, loader, tc, prefix: str) -> dict:
+def _evaluate(model, loader, tc, prefix: str, train_counts: list[int] | None = None) -> dict:
+    """Scores of the model on a split; with `train_counts` (the training images per class), also the
+    balanced accuracy, and where the counts differ the many / medium / few-shot accuracies."""
     predictions = predict(model, loader, tc.bf16, tta=tc.tta)
-    return {f"{prefix}_{k}": v for k, v in scores(predictions).items() if k != "count"}
+    out = {k: v for k, v in scores(predictions).items() if k != "count"}
+    if train_counts is not None and "logits" in predictions:
+        tail = long_tail_accuracies(predictions["logits"].argmax(1), predictions["labels"], train_counts)
+        out.update(tail if len(set(train_counts)) > 1 else {"balanced_acc": tail["balanced_acc"]})
+    return {f"{prefix}_{k}": v for k, v in out.items()}
 
 
 def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True,
@@ -401,7 +408,8 @@ def _finish(run: RunDir, training: Training) -> dict:
     if best is not None or training.ema is not None:  # the final weights: the best on validation, or the EMA's
         model.load_state_dict(best["model"] if best is not None else training.evaluated().state_dict())
     start = time.perf_counter()
-    test = _evaluate(model, data["test"], config.train, "test")
+    counts = torch.bincount(data["train"].labels.cpu(), minlength=len(data["classes"])).tolist()
+    test = _evaluate(model, data["test"], config.train, "test", counts)
     test_time_s = time.perf_counter() - start
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
     run.save_model({"model": model.state_dict(), "config": config_mod.to_dict(config), **_data_meta(data)})
@@ -412,7 +420,7 @@ def _finish(run: RunDir, training: Training) -> dict:
         "tta": config.train.tta, "epochs": training.epochs, "steps": training.steps,
         "train_images": len(data["train"].labels), "images_seen": images_shown(training.steps, data["train"]),
         "selected_epoch": best["epoch"] if best else training.epochs, "seed": config.seed,
-        "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"],
+        "num_test": len(data["test"].labels), "val_fraction": data["val_fraction"], "train_class_counts": counts,
     }
     if "val" in data:  # the final (selected) weights on validation, whatever train.select chose them by
         final.update(_evaluate(model, data["val"], config.train, "val"))
