@@ -74,3 +74,40 @@ def test_a_run_with_mixup_cutmix_and_class_weights_resumes_exactly(tmp_path, mon
     fit_interrupted(config, tmp_path / "resumed", 1, monkeypatch)
     fit(config, tmp_path / "resumed", resume=True, verbose=False)
     assert same_result(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_logit_adjustment_adds_tau_log_prior_in_training_only():
+    from fixedhead.training.epoch import log_prior
+
+    model, generator = _model(), torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 1, 16, 16, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    train_labels = torch.tensor([0] * 40 + [1] * 20 + list(range(2, 10)) * 5)
+    prior = log_prior("logit-adjusted", 1.5, train_labels, 10)
+    step = LossOf(model, loss="logit-adjusted", log_prior=prior).train()
+    loss, predicted = step(images, labels)
+    counts = np.bincount(train_labels.numpy(), minlength=10)
+    with torch.no_grad():
+        logits = model(images).double().numpy()
+    adjusted = logits + 1.5 * np.log(counts / counts.sum())
+    log_p = adjusted - np.log(np.exp(adjusted).sum(1, keepdims=True))
+    assert loss.item() == pytest.approx(-log_p[np.arange(16), labels.numpy()].mean(), rel=1e-5)
+    assert torch.equal(predicted, torch.from_numpy(logits.argmax(1)))  # predictions from the plain logits
+    step.eval()
+    with torch.no_grad():
+        logits = model(images).double().numpy()  # eval mode: batch norm's running statistics
+    plain = -(logits - np.log(np.exp(logits).sum(1, keepdims=True)))[np.arange(16), labels.numpy()].mean()
+    assert step(images, labels)[0].item() == pytest.approx(plain, rel=1e-5)  # evaluation: no adjustment
+
+
+def test_dot_regression_is_half_the_squared_gap_of_the_cosine_to_one():
+    model, generator = _model(), torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 1, 16, 16, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    loss, _ = LossOf(model, loss="dot-regression")(images, labels)
+    with torch.no_grad():
+        features = model.forward_features(images).double().numpy()
+    vectors = model.head.weight.double().numpy()
+    f = features / np.linalg.norm(features, axis=1, keepdims=True)
+    w = vectors[labels.numpy()] / np.linalg.norm(vectors[labels.numpy()], axis=1, keepdims=True)
+    assert loss.item() == pytest.approx(0.5 * (((f * w).sum(1) - 1) ** 2).mean(), rel=1e-5)
+    with pytest.raises(UserError, match="dot-regression .*needs model.fixed"):
+        make_config(TINY, {"train.loss": "dot-regression", "model.fixed": False})

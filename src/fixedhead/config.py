@@ -144,6 +144,10 @@ class TrainConfig:
     final_lr: float = _key(0.0, "the linear and cosine schedules end at this fraction of the peak lr (airbench: 0.07)",
                            within=_within(0, 1))
     label_smoothing: float = _key(0.0, "of the cross-entropy", within=_within(0, 1, high_open=True))
+    loss: str = _key("ce", "ce; logit-adjusted: + logit_tau x log prior in training (Menon et al. 2021); "
+                     "dot-regression: 1/2 (cos(f, w_y) - 1)^2 (Yang et al. 2022; fixed heads)",
+                     choices=("ce", "logit-adjusted", "dot-regression"))
+    logit_tau: float = _key(1.0, "train.loss=logit-adjusted's tau", within=_within(0, 100))
     class_weights: str = _key("none", "balanced: each class's loss weighted n / (C x n_c) (scikit-learn's rule)",
                               choices=("none", "balanced"))
     mixup: float = _key(0.0, "MixUp's alpha (torchvision); 0: off; with cutmix, one of the two per batch",
@@ -404,6 +408,10 @@ def _check_rules(config: Config) -> None:
     if config.train.warmup_start > 0 and (config.train.schedule == "plateau" or config.train.warmup_epochs == 0):
         raise UserError(f"train.warmup_start={config.train.warmup_start} sets where the warm-up starts, but this run "
                         "has none (train.warmup_epochs=0 or train.schedule=plateau); give it a warm-up or leave it at 0")
+    if config.train.loss == "dot-regression" and (not config.model.fixed or config.train.mixup
+                                                  or config.train.cutmix or config.train.class_weights != "none"):
+        raise UserError("train.loss=dot-regression pulls features onto fixed class vectors: it needs model.fixed "
+                        "true, and hard labels without weights (no mixup, cutmix or class_weights)")
     if config.train.fp16 and config.train.bf16 is not False:
         raise UserError(f"train.fp16 and train.bf16={config.train.bf16} both choose the autocast precision; set "
                         "train.bf16=false to train in float16, or leave train.fp16 false")

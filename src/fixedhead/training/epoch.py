@@ -26,26 +26,39 @@ class LossOf(nn.Module):
 
     `class_weight` (C,) weighs each class's cross-entropy (torch's `weight`: the mean is over the weights
     of the batch's labels); `mix` is torchvision's MixUp / CutMix (or a RandomChoice of them), which mixes
-    images and turns labels into mixed one-hot targets. Either needs the logits formed (not a blockwise
-    many-class head); the predictions are still compared with the batch's own labels.
+    images and turns labels into mixed one-hot targets; `loss` (train.loss) is ce, logit-adjusted (Menon et
+    al. 2021: tau x log prior added to the logits in training only; `log_prior` (C,)) or dot-regression
+    (Yang et al. 2022, for fixed class vectors: 1/2 (cos(f(x), w_y) - 1)^2). All but plain ce need the
+    logits formed (not a blockwise many-class head); the predictions are the head's arg-max, compared with
+    the batch's own labels.
     """
 
-    def __init__(self, model: nn.Module, class_weight: torch.Tensor | None = None, mix=None):
+    def __init__(self, model: nn.Module, class_weight: torch.Tensor | None = None, mix=None, loss: str = "ce",
+                 log_prior: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.mix = model, mix
+        self.model, self.mix, self.kind = model, mix, loss
         self.register_buffer("class_weight", class_weight)
-        if (class_weight is not None or mix is not None) and getattr(model.head, "blockwise", False):
-            raise UserError("train.class_weights, train.mixup and train.cutmix need the logits formed, which a "
-                            "blockwise many-class head (model.vectors bf16 or regenerate) never does")
+        self.register_buffer("log_prior", log_prior)
+        self.plain = class_weight is None and mix is None and loss == "ce"
+        if not self.plain and getattr(model.head, "blockwise", False):
+            raise UserError("train.class_weights, train.mixup, train.cutmix and train.loss other than ce need the "
+                            "logits formed, which a blockwise many-class head (model.vectors bf16 or regenerate) "
+                            "never does")
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
-        if self.mix is None and self.class_weight is None:
+        if self.plain:
             return self.model.loss(images, labels, label_smoothing)
         targets = labels
         if self.mix is not None and self.training:
             images, targets = self.mix(images, labels)
-        logits = self.model(images).float()
-        loss = F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=label_smoothing)
+        features = self.model.forward_features(images)
+        logits = self.model.forward_head(features).float()
+        if self.kind == "dot-regression":
+            vectors = F.normalize(self.model.head.vectors().float(), dim=1)
+            cosines = (F.normalize(features.float(), dim=1) * vectors[targets]).sum(1)
+            return 0.5 * (cosines - 1).square().mean(), logits.argmax(1)
+        adjusted = logits + self.log_prior if self.kind == "logit-adjusted" and self.training else logits
+        loss = F.cross_entropy(adjusted, targets, weight=self.class_weight, label_smoothing=label_smoothing)
         return loss, logits.argmax(1)
 
 
@@ -57,6 +70,15 @@ def class_weight(name: str, labels: torch.Tensor, num_classes: int) -> torch.Ten
     counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
     weight = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
     return weight.float().to(labels.device)
+
+
+def log_prior(loss: str, tau: float, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """tau x log(class prior) from the training labels, for train.loss=logit-adjusted (else None); a class
+    without training images gets the prior of one image, so the logit stays finite."""
+    if loss != "logit-adjusted":
+        return None
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double().clamp(min=1)
+    return (tau * (counts / counts.sum()).log()).float().to(labels.device)
 
 
 def make_mix(mixup: float, cutmix: float, num_classes: int):

@@ -26,7 +26,7 @@ from ..optim.lookahead import Lookahead
 from ..runs import RunDir, describe_environment, outcome
 from ..trackers import check_tracker_folder, head_numbers, open_tracker
 from . import distributed
-from .epoch import Interrupted, LossOf, StopSignals, class_weight, make_mix, train_epoch
+from .epoch import Interrupted, LossOf, StopSignals, class_weight, log_prior, make_mix, train_epoch
 from .stepping import Stepper, make_ema
 
 
@@ -241,8 +241,9 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=PLATEAU_MODES[tc.plateau_on],
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
-    loss = LossOf(model, class_weight(tc.class_weights, data["train"].labels, len(data["classes"])),
-                  make_mix(tc.mixup, tc.cutmix, len(data["classes"])))
+    labels, num_classes = data["train"].labels, len(data["classes"])
+    loss = LossOf(model, class_weight(tc.class_weights, labels, num_classes), make_mix(tc.mixup, tc.cutmix, num_classes),
+                  tc.loss, log_prior(tc.loss, tc.logit_tau, labels, num_classes))
     return Training(config, data, model, _wrap(loss, tc, ctx, device), optimizer, scheduler, plateau,
                     Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, make_ema(model, tc.ema),
                     torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
