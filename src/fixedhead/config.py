@@ -85,7 +85,10 @@ class DataConfig:
 class ModelConfig:
     arch: str = _key("fastnet", "the encoder (docs/usage.md: Encoders), or a library model: timm:NAME, torchvision:NAME",
                      choices="encoders")
-    pretrained: bool = _key(False, "timm:/torchvision: models: start from the library's pretrained weights")
+    pretrained: bool = _key(False, "timm:/torchvision: models: start from the library's pretrained weights, "
+                            "normalised as the model was (its data config)")
+    weights: Optional[str] = _key(None, "a local file of encoder weights to start from (safetensors, or a torch state "
+                                  "dict; a library model's own classifier keys are dropped)")
     similarity: str = _key("dot", "dot or cosine: how features meet class vectors (the paper's word)",
                            choices="similarities")
     fixed: bool = _key(False, "class vectors frozen at their random draw (a buffer, never trained)")
@@ -408,6 +411,8 @@ def _check_rules(config: Config) -> None:
     if config.train.warmup_start > 0 and (config.train.schedule == "plateau" or config.train.warmup_epochs == 0):
         raise UserError(f"train.warmup_start={config.train.warmup_start} sets where the warm-up starts, but this run "
                         "has none (train.warmup_epochs=0 or train.schedule=plateau); give it a warm-up or leave it at 0")
+    if config.model.weights is not None and config.model.pretrained:
+        raise UserError("model.weights and model.pretrained both say where the encoder's weights come from; give one")
     if config.train.loss == "dot-regression" and (not config.model.fixed or config.train.mixup
                                                   or config.train.cutmix or config.train.class_weights != "none"):
         raise UserError("train.loss=dot-regression pulls features onto fixed class vectors: it needs model.fixed "

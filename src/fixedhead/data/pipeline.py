@@ -100,6 +100,11 @@ class BatchLoader:
         self.crop_padding, self.flip, self.channels_last = crop_padding, flip, channels_last
         self.crop_padding_mode = crop_padding_mode
         self.low_res = low_res  # (side, epochs): the first epochs' images scaled down to side x side
+        self.set_statistics(mean, std)
+
+    def set_statistics(self, mean, std) -> None:
+        """The per-channel mean and std (on the [0, 1] scale) that normalise() uses."""
+        device = self.images.device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import UserError, reason
+from ..errors import UserError, reason, shown
 
 LIBRARIES = ("timm", "torchvision")  # the prefix is the package's name
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -166,7 +167,12 @@ def _torchvision_create(models, name: str, pretrained: bool) -> nn.Module:
     off = {}
     if not pretrained and "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
         off = {"weights_backbone": None}  # detection and segmentation builders default to an ImageNet backbone
-    return models.get_model(name, weights="DEFAULT" if pretrained else None, **off)
+    model = models.get_model(name, weights="DEFAULT" if pretrained else None, **off)
+    if pretrained:  # the normalisation those weights were trained with (data_config)
+        preset = models.get_model_weights(name).DEFAULT.transforms()
+        model.fixedhead_data_config = {"mean": list(preset.mean), "std": list(preset.std),
+                                       "input_size": getattr(preset, "crop_size", [None])[0]}
+    return model
 
 
 def _create(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
@@ -221,3 +227,56 @@ def versions(arch: str) -> dict:
     import importlib.metadata
 
     return {prefix: importlib.metadata.version(prefix)}
+
+
+CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads", "last_linear")  # torchvision's and timm's usual names
+
+
+def load_encoder_weights(encoder: nn.Module, path) -> None:
+    """Load a local weights file into an encoder, strictly: every encoder tensor must be in the file with its
+    shape; keys the encoder lacks are allowed only under the library model's own classifier (timm's
+    pretrained_cfg "classifier", or fc / classifier / head), which the fixed or learned head replaces.
+    safetensors files are read with safetensors; anything else as a weights-only torch file (no code runs)."""
+    from ..files import check_regular, load_torch
+
+    path = check_regular(Path(path), "weights file")
+    if not path.is_file():
+        raise UserError(f"model.weights: {path} is not a file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError("model.weights in safetensors needs safetensors: pip install safetensors") from None
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # safetensors raises its own errors on a damaged header
+            raise UserError(f"cannot read {path} as safetensors ({reason(error)})") from None
+    else:
+        state = load_torch(path, "weights file")
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} holds no state dict (a mapping of names to tensors)")
+    own = encoder.state_dict()
+    heads = {getattr(encoder, "pretrained_cfg", {}).get("classifier") or "", *CLASSIFIER_NAMES} - {""}
+    foreign = [k for k in state if k not in own and k.split(".")[0] not in heads and
+               not any(k.startswith(h + ".") for h in heads)]
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    for problem, keys in (("has tensors the encoder does not", foreign), ("lacks the encoder's tensors", missing),
+                          ("has other shapes for", wrong)):
+        if keys:
+            raise UserError(f"model.weights: {path} {problem} ({len(keys)}, e.g. {shown(keys[0])}); give weights "
+                            f"of this model.arch")
+    encoder.load_state_dict({k: state[k] for k in own})
+
+
+def data_config(encoder: nn.Module) -> dict | None:
+    """The normalisation a pretrained library model was trained with: {"mean", "std", "input_size"}
+    (timm's resolve_data_config; torchvision's weights' transforms), or None where the model says none."""
+    cfg = getattr(encoder, "pretrained_cfg", None)
+    if cfg:
+        from timm.data import resolve_data_config
+
+        resolved = resolve_data_config({}, model=encoder)
+        return {"mean": list(resolved["mean"]), "std": list(resolved["std"]), "input_size": resolved["input_size"][-1]}
+    return getattr(encoder, "fixedhead_data_config", None)

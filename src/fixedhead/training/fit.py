@@ -197,7 +197,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     run = RunDir(run_dir, writable=ctx.is_main)
     with run.lock():
         config, checkpoint = _open_run(run, config, resume, overwrite)
-        training = _build(config, ctx, device, whiten=checkpoint is None)
+        training = _build(config, ctx, device, fresh=checkpoint is None)
         check_tracker_folder(config.train.log, run)
         _start(run, training, checkpoint, overwrite, device)
         callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
@@ -214,9 +214,9 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
                     callback.close(final)
 
 
-def _build(config, ctx, device, whiten: bool) -> Training:
-    """Data, model, optimizer and schedules; `whiten` computes patch-whitening filters (on resume the
-    checkpoint holds them)."""
+def _build(config, ctx, device, fresh: bool) -> Training:
+    """Data, model, optimizer and schedules; a `fresh` run loads model.weights and computes patch-whitening
+    filters (on resume the checkpoint holds them)."""
     tc = config.train
     if tc.batch_size % ctx.world:
         raise UserError(f"train.batch_size {tc.batch_size} must be a multiple of the {ctx.world} processes")
@@ -227,7 +227,11 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                    device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
-    if config.model.whiten != "none" and whiten:
+    if config.model.weights is not None and fresh:
+        zoo.load_encoder_weights(model.encoder, config.model.weights)
+    if config.model.pretrained:
+        _normalise_as_pretrained(data, model.encoder, config.model.arch, ctx.is_main)
+    if config.model.whiten != "none" and fresh:
         whiten_first_conv(model.encoder, data["train"].sample(MAX_IMAGES))
     if config.model.whiten == "frozen":
         first_conv(model.encoder).weight.requires_grad_(False)
@@ -247,6 +251,25 @@ def _build(config, ctx, device, whiten: bool) -> Training:
     return Training(config, data, model, _wrap(loss, tc, ctx, device), optimizer, scheduler, plateau,
                     Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, make_ema(model, tc.ema),
                     torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
+
+
+def _normalise_as_pretrained(data: dict, encoder, arch: str, say: bool) -> None:
+    """Normalise the images as the pretrained model's own data config says (timm's resolve_data_config,
+    torchvision's weights), not with the training set's statistics; a grey dataset gets the channels'
+    mean. A different input size is said in one line (images are not resized)."""
+    found = zoo.data_config(encoder)
+    if found is None:
+        return
+    mean, std = found["mean"], found["std"]
+    if len(mean) != data["in_channels"]:
+        mean, std = [sum(mean) / len(mean)] * data["in_channels"], [sum(std) / len(std)] * data["in_channels"]
+    for split in ("train", "val", "test"):
+        if split in data:
+            data[split].set_statistics(mean, std)
+    data["mean"], data["std"] = mean, std
+    if say and found.get("input_size") and found["input_size"] != data["image_size"]:
+        print(f"note: {arch} was pretrained on {found['input_size']} px images; these are {data['image_size']} px "
+              "(set data.image_size to resize an image folder)", file=sys.stderr)
 
 
 def images_per_epoch(loader) -> int:
