@@ -124,3 +124,41 @@ def test_a_million_point_scatter_stays_a_small_pdf(tmp_path):
     points = 1_000 * 999
     plots.similarity_confusion_scatter(rng.uniform(-1, 1, points), rng.poisson(0.1, points), 0.0, tmp_path / "s")
     assert 1_000 < (tmp_path / "s.pdf").stat().st_size < 500_000
+
+
+def test_analyze_measures_a_model_of_your_own_trainer_as_it_measures_a_run(tiny_run, tmp_path):
+    """analyze(model, loader): the same numbers as the run's own analysis, from a plain DataLoader."""
+    import shutil
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fixedhead import analyze
+    from fixedhead.evaluation.trained import open_split
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    expected = analyze(run, device="cpu")
+    trained, batches = open_split(run, "test", "cpu")
+    images = torch.cat([batches.normalise(batches.images[i:i + 500]) for i in range(0, len(batches.images), 500)])
+    loader = DataLoader(TensorDataset(images, batches.labels), batch_size=128)
+    got = analyze(trained.model, loader=loader)
+    for key in ("acc", "spearman_rho", "mean_cos_to_predicted", "class_vector_cos_max", "scatter_ratio", "nc1"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+def test_analyze_finds_the_linear_head_of_a_torchvision_model():
+    import torchvision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fixedhead import analyze
+    from fixedhead.metrics import cosine_matrix, off_diagonal
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    images, labels = torch.randn(24, 3, 32, 32), torch.arange(4).repeat(6)
+    got = analyze(model, loader=DataLoader(TensorDataset(images, labels), batch_size=8))
+    assert model.training  # measured in eval mode, then given back in the mode it came in
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    assert got["acc"] == pytest.approx((logits.argmax(1) == labels).double().mean().item())
+    assert got["class_vector_cos_max"] == pytest.approx(off_diagonal(cosine_matrix(model.fc.weight.detach())).max().item())

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import metrics
 from ..errors import UserError
 from ..files import check_fields
+from ..heads import ClassHead
 from ..runs import CompareDir, RunDir
 from ..tables import markdown_table
 from .trained import open_split, predict
@@ -92,10 +94,61 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
     return files
 
 
-def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = False, cluster: bool = False) -> dict:
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The module that turns features into logits: a fixedhead head (model.head), timm's get_classifier(),
+    or the model's last nn.Linear (torchvision's fc / classifier / heads)."""
+    head = getattr(model, "head", None)
+    if isinstance(head, ClassHead):
+        return head
+    getter = getattr(model, "get_classifier", None)
+    found = getter() if callable(getter) else None
+    if isinstance(found, (nn.Linear, ClassHead)):
+        return found
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError("the model has no classification layer to measure (no fixedhead head, no nn.Linear)")
+    return linears[-1]
+
+
+def measure_model(model: nn.Module, loader) -> dict:
+    """The paper's measurements (`measure`) for any classifier whose last layer is a fixedhead head or an
+    nn.Linear, over a loader of (images, labels) batches (a torch DataLoader, already normalised), in eval
+    mode on the model's device: the features are what enters that layer (a forward hook), the class
+    vectors its weight."""
+    head = classifier_head(model)
+    device = next(model.parameters()).device
+    captured: dict = {}
+    hook = head.register_forward_hook(lambda module, args, out: captured.update(features=args[0], logits=out))
+    parts: dict = {"features": [], "logits": [], "labels": []}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images, labels in loader:
+                model(images.to(device))
+                for key, value in (("features", captured["features"]), ("logits", captured["logits"]),
+                                   ("labels", labels)):
+                    parts[key].append(value.detach().float().cpu() if key != "labels" else value.cpu())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    weight = head.vectors().cpu() if isinstance(head, ClassHead) else head.weight.detach().float().cpu()
+    outputs = {key: torch.cat(value) for key, value in parts.items()} | {"weight": weight}
+    return measure(outputs)
+
+
+def analyze(run_dir, split: str = "test", device: str = "auto", tsne: bool = False, cluster: bool = False,
+            loader=None) -> dict:
     """Measure a run and write RUN_DIR/analysis/analysis.json plus PNG and PDF figures. The run is held
     (RunDir.lock) from reading its weights to writing the record: a training into it meanwhile is refused,
-    and one already running makes this refused. Weights replaced by other means are caught by their stamp."""
+    and one already running makes this refused. Weights replaced by other means are caught by their stamp.
+
+    `analyze(model, loader)` measures a model of your own trainer instead (measure_model): the numbers,
+    nothing written."""
+    if isinstance(run_dir, nn.Module):
+        if loader is None:
+            raise UserError("analyze(model, loader): give the loader of (images, labels) batches to measure on")
+        return measure_model(run_dir, loader)
     run = RunDir(run_dir)
     with run.lock(training=False):
         outputs = run_outputs(run_dir, split, device)
