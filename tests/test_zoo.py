@@ -200,3 +200,24 @@ def test_a_torchvision_builder_downloads_no_backbone_unless_pretrained_is_asked(
     monkeypatch.setattr(torchvision.models, "get_model", lambda name, **kw: calls.append(kw) or real(name, **kw))
     zoo._torchvision_create(torchvision.models, "fcn_resnet50", pretrained=False)
     assert calls == [{"weights": None, "weights_backbone": None}]
+
+
+def test_swap_head_on_a_transformers_vit_works_end_to_end():
+    transformers = pytest.importorskip("transformers")
+    from fixedhead import swap_head
+
+    config = transformers.ViTConfig(image_size=32, patch_size=8, num_labels=10, hidden_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=128)
+    torch.manual_seed(0)
+    vit = transformers.ViTForImageClassification(config).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():  # what the replaced classifier saw: the final layer norm's CLS token
+        cls = vit.vit(pixel_values=images).last_hidden_state[:, 0]
+    model = swap_head(vit, fixed=True, similarity="cosine", scale=4.0).eval()
+    with torch.no_grad():
+        logits = model(images)
+    expected = 4.0 * torch.nn.functional.normalize(cls, dim=1) @ model.head.vectors().T
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    loss, _ = model.train().loss(images, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert vit.vit.embeddings.patch_embeddings.projection.weight.grad is not None

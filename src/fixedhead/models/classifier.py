@@ -156,7 +156,9 @@ def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -
     timm models (those with `reset_classifier` and `num_features`) keep their own pooling and
     pre-logits path: `reset_classifier(0)` makes forward return pre-logit features. For other models
     the last nn.Linear is replaced by nn.Identity, so the model outputs what that layer received.
-    `num_classes` defaults to the replaced layer's; `head_kwargs` go to ClassHead.
+    `num_classes` defaults to the replaced layer's; `head_kwargs` go to ClassHead. A Hugging Face
+    transformers model (which returns an output object, not a tensor) is wrapped so that the encoder
+    returns that object's `logits` field, which holds the features once the classifier is an identity.
     """
     if hasattr(model, "reset_classifier") and hasattr(model, "num_features"):
         num_classes = num_classes or model.num_classes
@@ -168,7 +170,22 @@ def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -
         zoo.drop_auxiliary(model)
         linear = zoo.remove_last_linear(model)
         num_classes, num_features = num_classes or linear.out_features, linear.in_features
+        if type(model).__module__.startswith("transformers."):
+            model = TransformersFeatures(model)
     return Classifier(model, ClassHead(num_features, num_classes, **head_kwargs))
+
+
+class TransformersFeatures(nn.Module):
+    """A transformers image classifier whose classifier layer is an identity, as an encoder: images
+    (`pixel_values`) in, the output's `logits` field (now the pooled features) out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=x)
+        return out.logits if hasattr(out, "logits") else out[0]
 
 
 def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_size: int) -> Classifier:
