@@ -98,6 +98,7 @@ DATASETS = {
                                        "fashion-mnist --data-dir DIR"),
     mini.NAME: DatasetSpec(lambda f, s, v: mini.read_split(s), None),
     glyphs.NAME: DatasetSpec(glyphs.read_split, glyphs.cache_key, flip=False, generated=True, describe=glyphs.describe),
+    "python": DatasetSpec(lambda f, s, v: _given_from_python(), None),
     "mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, [str(d) for d in range(10)]),
                          lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
                          flip=False, locate=lambda root: idx.locate("mnist", root)),
@@ -183,6 +184,56 @@ def check_available(data_cfg) -> None:
     folder, variant, split or number of classes), reading no image: a sweep checks this before its first run."""
     for split in DATASETS[data_cfg.name].splits if data_cfg.name in DATASETS else SPLITS:
         _source(data_cfg.name, data_cfg.data_dir, split, data_cfg.image_size, data_cfg.variant, data_cfg.num_classes)
+
+
+PYTHON = "python"  # data.name of a run whose data fit() was given as torch Datasets
+MAX_GIVEN = 10_000_000  # items one given Dataset may hold
+
+
+def _given_from_python():
+    raise UserError("this run's data was given from Python (fit(config, run, train_data=..., test_data=...)); "
+                    "resume it the same way, and measure it with fixedhead.analyze(model, loader)")
+
+
+def from_dataset(dataset, classes: list[str] | None = None, what: str = "train_data") -> ImageSet:
+    """A torch Dataset of (image, label) items as an ImageSet: images are PIL images, uint8 arrays or
+    tensors (H, W), (H, W, C) for arrays and PIL, (C, H, W) for tensors; float tensors must be in [0, 1]
+    (torchvision's ToTensor; fixedhead normalises them itself), all of one size. Class names: `classes`,
+    else the dataset's `classes` attribute, else the label numbers."""
+    import numpy as np
+
+    if not hasattr(dataset, "__len__") or not 0 < len(dataset) <= MAX_GIVEN:
+        raise UserError(f"{what} must be a Dataset with 1 to {MAX_GIVEN:,} items (a map-style torch Dataset)")
+    images, labels = [], []
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        images.append(_as_uint8_chw(image, what, index))
+        labels.append(int(label))
+    if len({tuple(x.shape) for x in images}) > 1:
+        raise UserError(f"{what} holds images of several sizes (e.g. {tuple(images[0].shape)}); resize them to one")
+    names = classes or [str(c) for c in getattr(dataset, "classes", [])] or [str(c) for c in range(max(labels) + 1)]
+    if min(labels) < 0 or max(labels) >= len(names):
+        raise UserError(f"{what} has labels outside 0..{len(names) - 1} (its {len(names)} classes)")
+    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), list(names))
+
+
+def _as_uint8_chw(image, what: str, index: int):
+    import numpy as np
+
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.is_floating_point():
+            if array.numel() and (array.min() < 0 or array.max() > 1):
+                raise UserError(f"{what}[{index}] is a float image outside [0, 1] (normalised already?); give images "
+                                "in [0, 1] or uint8: fixedhead normalises them with the training set's statistics")
+            array = (array * 255).round()
+        array = array.to(torch.uint8).numpy()
+        return array[None] if array.ndim == 2 else array
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise UserError(f"{what}[{index}] is {type(image).__name__} {array.dtype} {array.shape}; give PIL images, "
+                        "uint8 arrays or image tensors")
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def load_split(data_cfg, split: str) -> ImageSet:

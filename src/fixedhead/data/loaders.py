@@ -8,12 +8,13 @@ from .pipeline import BatchLoader, channel_stats, long_tail, split_validation
 
 
 def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, device, channels_last: bool = False,
-            with_val: bool = False) -> dict:
+            with_val: bool = False, given: dict | None = None) -> dict:
     """Training loaders: `train`, `test` and maybe `val`, plus `classes`, `mean`, `std`, `in_channels`,
     `image_size`. Normalisation statistics come from the training images after the validation hold-out.
     `val` is carved from train with `data_cfg.val_fraction` (0.1 when that is 0 and `with_val`).
+    `given` ({"train", "test"}: ImageSets) replaces the dataset the config names (fit's Python datasets).
     """
-    train = load_split(data_cfg, "train")
+    train = given["train"] if given else load_split(data_cfg, "train")
     if len(train.classes) < 2:
         raise UserError(f"dataset {data_cfg.name!r} has {len(train.classes)} class; a classifier needs two or more")
     fraction = data_cfg.val_fraction or (0.1 if with_val else 0.0)
@@ -48,6 +49,6 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
                                **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)
-    test = load_split(data_cfg, "test")
+    test = given["test"] if given else load_split(data_cfg, "test")
     out["test"] = BatchLoader(test.images, test.labels, eval_batch_size, **common)
     return out

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from .. import config as config_mod
+from .. import data as data_mod
 from ..data import made
 from ..data.loaders import prepare
 from ..devices import EMULATED_BF16, emulated_bf16, keep_freed_memory, resolve_device, use_bf16
@@ -187,17 +188,22 @@ def _evaluate(model, loader, tc, prefix: str, train_counts: list[int] | None = N
 
 
 def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True,
-        callbacks: tuple = ()) -> dict:
+        callbacks: tuple = (), train_data=None, test_data=None) -> dict:
     """Train the run `config` describes into `run_dir`; returns the final metrics (also final.json).
 
     The test split is evaluated once, at the end, on the weights chosen by `train.select`.
     `callbacks` are called with each epoch's record, plus the tracker train.log names (trackers.py).
+    `train_data` and `test_data` (torch Datasets of (image, label), e.g. torchvision's; both or neither)
+    replace the dataset the config names; the run records data.name python (data.from_dataset).
     """
+    given = _given(train_data, test_data)
+    if given:
+        config = config_mod.make_config(config_mod.to_dict(config), {"data.name": data_mod.PYTHON})
     ctx, device = distributed.setup(resolve_device(config.train.device))
     run = RunDir(run_dir, writable=ctx.is_main)
     with run.lock():
         config, checkpoint = _open_run(run, config, resume, overwrite)
-        training = _build(config, ctx, device, fresh=checkpoint is None)
+        training = _build(config, ctx, device, fresh=checkpoint is None, given=given)
         check_tracker_folder(config.train.log, run)
         _start(run, training, checkpoint, overwrite, device)
         callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
@@ -214,7 +220,16 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
                     callback.close(final)
 
 
-def _build(config, ctx, device, fresh: bool) -> Training:
+def _given(train_data, test_data) -> dict | None:
+    if (train_data is None) != (test_data is None):
+        raise UserError("fit(train_data=..., test_data=...) takes both datasets or neither")
+    if train_data is None:
+        return None
+    train = data_mod.from_dataset(train_data, what="train_data")
+    return {"train": train, "test": data_mod.from_dataset(test_data, train.classes, what="test_data")}
+
+
+def _build(config, ctx, device, fresh: bool, given: dict | None = None) -> Training:
     """Data, model, optimizer and schedules; a `fresh` run loads model.weights and computes patch-whitening
     filters (on resume the checkpoint holds them)."""
     tc = config.train
@@ -225,7 +240,8 @@ def _build(config, ctx, device, fresh: bool) -> Training:
     torch.backends.cudnn.benchmark = not tc.deterministic
     torch.backends.cudnn.deterministic = tc.deterministic
     data = prepare(config.data, seed=config.seed, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
-                   device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config))
+                   device=device, channels_last=tc.channels_last, with_val=config_mod.needs_validation(config),
+                   given=given)
     model = build_model(config.model, config.seed, len(data["classes"]), data["in_channels"], data["image_size"])
     if config.model.weights is not None and fresh:
         zoo.load_encoder_weights(model.encoder, config.model.weights)

@@ -1,0 +1,63 @@
+"""fit() on the user's own torch Datasets (a torchvision dataset, tensors or PIL images), instead of a
+dataset the config names."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from fixedhead.config import make_config
+from fixedhead.data import from_dataset
+from fixedhead.errors import UserError
+from fixedhead.training.fit import fit
+from tiny import TINY
+
+
+class Pictures(torch.utils.data.Dataset):
+    """Grey PIL images whose brightness gives the class, with names, as torchvision datasets have."""
+
+    classes = ["dark", "mid", "light"]
+
+    def __init__(self, n, seed):
+        rng = np.random.default_rng(seed)
+        self.labels = rng.integers(0, 3, n)
+        self.images = [Image.fromarray((40 + 80 * y + rng.integers(0, 30, (12, 12))).astype(np.uint8))
+                       for y in self.labels]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def test_fit_trains_on_given_datasets_and_says_so_in_the_run(tmp_path):
+    final = fit(make_config(TINY, {"train.epochs": 3, "train.batch_size": 32}), tmp_path / "run", verbose=False,
+                train_data=Pictures(192, 0), test_data=Pictures(60, 1))
+    assert final["num_test"] == 60 and final["test_acc"] > 0.8  # brightness is easy
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["classes"] == ["dark", "mid", "light"]
+    assert "name: python" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_float_tensors_in_0_1_become_the_same_uint8_images():
+    pixels = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    got = from_dataset(TensorDataset(pixels.float() / 255, labels))
+    assert torch.equal(got.images, pixels) and got.classes == ["0", "1"]
+    with pytest.raises(UserError, match="outside \\[0, 1\\]"):
+        from_dataset(TensorDataset(pixels.float() - 128, labels))
+
+
+def test_given_data_must_come_in_pairs_and_a_python_run_is_not_scored_from_files(tmp_path, capsys):
+    from fixedhead.cli import main
+
+    with pytest.raises(UserError, match="both datasets or neither"):
+        fit(make_config(TINY), tmp_path / "x", train_data=Pictures(10, 0))
+    fit(make_config(TINY, {"train.epochs": 1, "train.batch_size": 32}), tmp_path / "run", verbose=False,
+        train_data=Pictures(64, 0), test_data=Pictures(20, 1))
+    assert main(["score", str(tmp_path / "run")]) == 2
+    assert "given from Python" in capsys.readouterr().err
