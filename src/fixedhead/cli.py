@@ -299,7 +299,11 @@ def _sweep(args) -> int:
     from .experiments.sweep import run_sweep
 
     sets = parse_overrides(args.set)
-    if args.devices:
+    if args.on != "local" and (args.devices or args.shard):
+        raise UserError(f"--on {args.on} schedules every run itself; drop --devices / --shard")
+    if args.on != "local" and not args.dry_run:
+        summary = _on_cluster(args, sets)
+    elif args.devices:
         from .experiments.sweep import run_parallel
 
         if args.shard or args.dry_run:
@@ -315,13 +319,31 @@ def _sweep(args) -> int:
     if args.dry_run:  # the plan is the output: on stdout, one run a line, the count last
         for name, overrides in zip(summary["planned"], summary["overrides"]):
             print(f"{name}  {overrides}")
-        print(f"{len(summary['planned'])} runs planned")
+        each = (f"; each a {args.on} task of {args.cpus_per_run} CPU(s), {args.gpus_per_run} GPU(s)"
+                if args.on != "local" else "")
+        print(f"{len(summary['planned'])} runs planned{each}")
+        return 0
+    if summary.get("jobs") and not args.wait:
+        print(f"submitted {len(summary['jobs'])} job(s): {', '.join(summary['jobs'])}; fixedhead report {args.out} "
+              "when they are done")
         return 0
     busy = f", {len(summary['busy'])} in use by another process" if summary["busy"] else ""
     print(f"{len(summary['planned'])} runs: {len(summary['finished'])} trained, {len(summary['skipped'])} already "
           f"finished, {len(summary['failed'])} failed" + (f" ({', '.join(summary['failed'])})" if summary["failed"] else "")
           + busy)
     return 1 if summary["failed"] or summary["busy"] else 0
+
+
+def _on_cluster(args, sets: dict) -> dict:
+    from .experiments import cluster
+
+    if not 1 <= args.cpus_per_run <= 1024 or not 0 <= args.gpus_per_run <= 64 or not 0 <= args.retries <= 100:
+        raise UserError("--cpus-per-run takes 1-1024, --gpus-per-run 0-64, --retries 0-100")
+    if args.on == "ray":
+        return cluster.run_on_ray(args.experiment, args.out, args.seeds, sets, args.address, args.cpus_per_run,
+                                  args.gpus_per_run, args.retries)
+    return cluster.run_on_slurm(args.experiment, args.out, args.seeds, sets, args.partition, args.time_min,
+                                int(args.gpus_per_run), args.cpus_per_run, args.parallel, args.wait)
 
 
 def _report(args) -> int:
@@ -344,6 +366,16 @@ def _add_sweep(sub):
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     p.add_argument("--devices", help="comma list (e.g. cuda:0,cuda:1): one worker per device, each on its shard")
     p.add_argument("--summary", help=argparse.SUPPRESS)  # where a worker leaves its summary for --devices
+    p.add_argument("--on", default="local", choices=("local", "ray", "slurm"),
+                   help="where the runs train: here one after another (default), as Ray tasks, or as a Slurm job array")
+    p.add_argument("--address", help="--on ray: the cluster to join (default: RAY_ADDRESS, else a local one)")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="--on ray/slurm: CPUs (torch threads) of each run")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="--on ray/slurm: GPUs of each run")
+    p.add_argument("--retries", type=int, default=2, help="--on ray: retries of a run whose worker died")
+    p.add_argument("--partition", help="--on slurm: the partition")
+    p.add_argument("--time-min", type=int, default=60, help="--on slurm: each job's time limit in minutes")
+    p.add_argument("--parallel", type=int, default=8, help="--on slurm: jobs of the array running at once")
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="--on slurm: submit and return the job ids")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
     p = sub.add_parser("report", help="tables (mean ± std, n) from a sweep's run folders")
     p.add_argument("out_dir")

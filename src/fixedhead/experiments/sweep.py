@@ -97,47 +97,61 @@ def run_sweep(path, out, seeds: int | list[int] | None = None, sets: dict | None
     """Run (or list) this shard's runs; finished runs are skipped, interrupted ones resumed, failures
     recorded and passed over. Returns {"planned", "finished", "skipped", "failed", "busy"} run names; a dry
     run trains nothing and returns "overrides" too, each planned run's, in order."""
-    from ..trackers import Progress
-    from ..training.fit import fit
-
     experiment = load_experiment(path, seeds, sets)
     planned = shard(expand(experiment), *parse_shard(shard_spec))
     summary = {"planned": [r.name for r in planned], "finished": [], "skipped": [], "failed": [], "busy": []}
     if dry_run:
         return {**summary, "overrides": [run.overrides for run in planned]}
+    configs, sweep_dir = start(path, out, experiment, planned, log)
+    for number, (run, config) in enumerate(zip(planned, configs), 1):
+        status = train_one(run, config, sweep_dir.run(run.name), experiment, f"[{number}/{len(planned)}]", log)
+        summary[status].append(run.name)
+    return summary
+
+
+def start(path, out, experiment: dict, planned: list[PlannedRun], log, here: bool = True) -> tuple[list, SweepDir]:
+    """Everything checked before the first run trains (devices where `here`, i.e. the runs train on this
+    machine; finished runs of another config; the data), experiment.yaml written; the runs' configs."""
     configs = [make_config(experiment["base"], run.overrides) for run in planned]
-    _check_devices({config.train.device for config in configs})
+    if here:
+        _check_devices({config.train.device for config in configs})
     sweep_dir = SweepDir(out)
     finished = [_finished(sweep_dir.run(run.name)) for run in planned]
     _check_kept(sweep_dir, [(r, c) for r, c, done in zip(planned, configs, finished) if done])
     to_train = [c for c, done in zip(configs, finished) if not done]
     _check_data(to_train)
-    note = emulated_bf16_note(to_train)
+    note = emulated_bf16_note(to_train) if here else None
     if note:
         log(note)
     sweep_dir.write_experiment({**experiment, "source": str(path)})
-    for number, (run, config) in enumerate(zip(planned, configs), 1):
-        run_dir = sweep_dir.run(run.name)
-        try:
-            if run_dir.is_finished():  # kept: _check_kept found it trained with this config
-                summary["skipped"].append(run.name)
-            else:
-                log(f"[{number}/{len(planned)}] {run.name}")
-                run_dir.write_sweep_info({"variant": run.variant, "overrides": run.overrides})
-                total = None if config.train.images_seen else math.ceil(config.train.epochs)  # a budget: known later
-                progress = Progress(f"[{number}/{len(planned)}] {run.name}", total, log)
-                fit(config, run_dir.path, resume=True, verbose=False, callbacks=[progress])
-                summary["finished"].append(run.name)
-            _after(run_dir.path, experiment, log)
-        except RunInUse as error:  # another sweep or train is on it: not a failure of the run, leave it alone
-            log(f"{run.name} skipped: {error}")
-            summary["busy"].append(run.name)
-        except (UserError, RuntimeError, ValueError) as error:  # one run's failure does not stop the sweep
-            message = reason(error, 500)
-            log(f"{run.name} failed: {message}")
-            run_dir.write_failure({"error": message, "traceback": traceback.format_exc()})
-            summary["failed"].append(run.name)
-    return summary
+    return configs, sweep_dir
+
+
+def train_one(run: PlannedRun, config, run_dir: RunDir, experiment: dict, label: str, log) -> str:
+    """Train (or resume) one planned run and make its `after` measurements; the status for the summary:
+    skipped (finished before), finished, busy (another process holds it) or failed (recorded in
+    failure.json). The unit every engine runs: this loop, a Slurm job, a Ray task (cluster.py)."""
+    from ..trackers import Progress
+    from ..training.fit import fit
+
+    try:
+        status = "skipped"
+        if not run_dir.is_finished():  # a finished one is kept: _check_kept found it trained with this config
+            log(f"{label} {run.name}")
+            run_dir.write_sweep_info({"variant": run.variant, "overrides": run.overrides})
+            total = None if config.train.images_seen else math.ceil(config.train.epochs)  # a budget: known later
+            fit(config, run_dir.path, resume=True, verbose=False, callbacks=[Progress(f"{label} {run.name}", total, log)])
+            status = "finished"
+        _after(run_dir.path, experiment, log)
+        return status
+    except RunInUse as error:  # another sweep or train is on it: not a failure of the run, leave it alone
+        log(f"{run.name} skipped: {error}")
+        return "busy"
+    except (UserError, RuntimeError, ValueError) as error:  # one run's failure does not stop the sweep
+        message = reason(error, 500)
+        log(f"{run.name} failed: {message}")
+        run_dir.write_failure({"error": message, "traceback": traceback.format_exc()})
+        return "failed"
 
 
 def _finished(run_dir: RunDir) -> bool:
