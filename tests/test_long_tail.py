@@ -118,3 +118,5 @@ def test_a_long_tailed_run_reports_its_groups_and_its_analysis_the_collapse(tmp_
     assert main(["analyze", str(run)]) == 0
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert {"nc1", "nc2_equiangular", "nc3", "nc4", "minority_collapse"} <= set(analysis)
+    assert {"confusion.png", "accuracy_vs_training_images.png"} <= set(analysis["figures"])
+    assert (run / "analysis" / "accuracy_vs_training_images.pdf").stat().st_size > 1000

@@ -31,8 +31,8 @@ def _save(fig, stem: Path) -> list[str]:
     return paths
 
 
-def _heatmap(ax, matrix: np.ndarray, classes: list[str], title: str):
-    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+def _heatmap(ax, matrix: np.ndarray, classes: list[str], title: str, cmap: str = "RdBu_r", limits=(-1, 1)):
+    image = ax.imshow(matrix, cmap=cmap, vmin=limits[0], vmax=limits[1])
     if len(classes) <= 30:
         ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -47,6 +47,27 @@ def _heatmap(ax, matrix: np.ndarray, classes: list[str], title: str):
 def class_vector_heatmap(matrix: np.ndarray, classes: list[str], stem: Path, title: str) -> list[str]:
     fig, ax = _figure((5, 4.5))
     fig.colorbar(_heatmap(ax, matrix, classes, title), ax=ax, fraction=0.046, label="cos(w_i, w_j)")
+    return _save(fig, stem)
+
+
+def confusion_heatmap(confusion: np.ndarray, classes: list[str], stem: Path) -> list[str]:
+    """The confusion matrix with each row (true class) as fractions of its images."""
+    totals = confusion.sum(1, keepdims=True)
+    rows = np.divide(confusion, totals, out=np.zeros(confusion.shape, float), where=totals > 0)
+    fig, ax = _figure((5, 4.5))
+    image = _heatmap(ax, rows, classes, "confusions (row: true class, column: predicted)", "viridis", (0, 1))
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class's images")
+    return _save(fig, stem)
+
+
+def accuracy_vs_count(accuracies: list[float], counts: list[int], stem: Path) -> list[str]:
+    """Each class's test accuracy against its training images (a long-tailed run), count axis logarithmic."""
+    fig, ax = _figure((4.5, 3.5))
+    ax.scatter(np.maximum(counts, 1), accuracies, s=14)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("test accuracy of the class")
+    ax.set_ylim(-0.02, 1.02)
     return _save(fig, stem)
 
 

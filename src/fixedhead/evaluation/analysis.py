@@ -74,6 +74,12 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
     off = ~np.eye(len(cosines), dtype=bool)
     files += plots.similarity_confusion_scatter(cosines[off], result["confusion"][off],
                                                 result["spearman_rho"], folder / "similarity_vs_confusion")
+    files += plots.confusion_heatmap(result["confusion"][np.ix_(order, order)], [classes[k] for k in order],
+                                     folder / "confusion")
+    counts = outputs.get("train_counts")
+    if counts is not None and len(set(counts)) > 1:
+        accuracies = metrics.class_accuracies(outputs["logits"].argmax(1), outputs["labels"], len(classes))
+        files += plots.accuracy_vs_count(accuracies, counts, folder / "accuracy_vs_training_images")
     features, labels = outputs["features"], outputs["labels"].numpy()
     if features.shape[1] == 2:  # the paper's way: raw 2-d features with the class vectors as rays
         return files + plots.feature_scatter(features.numpy(), labels, classes, folder / "features_2d",
