@@ -120,3 +120,14 @@ def test_a_long_tailed_run_reports_its_groups_and_its_analysis_the_collapse(tmp_
     assert {"nc1", "nc2_equiangular", "nc3", "nc4", "minority_collapse"} <= set(analysis)
     assert {"confusion.png", "accuracy_vs_training_images.png"} <= set(analysis["figures"])
     assert (run / "analysis" / "accuracy_vs_training_images.pdf").stat().st_size > 1000
+
+
+def test_data_info_shows_the_per_class_counts_of_a_long_tailed_split(capsys):
+    import json
+
+    from fixedhead.cli import main
+
+    assert main(["data", "info", "digits", "--imbalance", "10", "--imbalance-type", "step"]) == 0
+    counts = json.loads(capsys.readouterr().out)["train_per_class"]
+    plain = torch.bincount(load_split(make_config(TINY).data, "train").labels).tolist()
+    assert list(counts.values()) == long_tail_counts(plain, 10, "step")

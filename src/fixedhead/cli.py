@@ -187,8 +187,9 @@ def _data(args) -> int:
     else:
         from .config import make_config
 
-        make_config({"data.name": args.name, "data.num_classes": args.num_classes})  # the bounds a run has
-        print(json.dumps(data.info(args.name, args.data_dir, args.variant, args.num_classes), indent=2))
+        config = make_config({"data.name": args.name, "data.num_classes": args.num_classes,  # the bounds a run has
+                              "data.imbalance": args.imbalance, "data.imbalance_type": args.imbalance_type})
+        print(json.dumps(data.info(args.name, args.data_dir, args.variant, args.num_classes, config.data), indent=2))
     return 0
 
 
@@ -388,6 +389,9 @@ def _add_data(sub):
     p.add_argument("--data-dir", help="folder to download into / read from")
     p.add_argument("--variant", help="cifar100: fine|coarse; cifar10.1: v6|v4")
     p.add_argument("--num-classes", type=int, help="glyphs: how many classes (default 100)")
+    p.add_argument("--imbalance", type=float, default=1.0, help="info: per-class training images of the "
+                   "long-tailed split data.imbalance makes (before any validation hold-out)")
+    p.add_argument("--imbalance-type", default="exp", help="info: exp or step")
 
 
 def build_parser(argv: list | None = None) -> Parser:

@@ -277,9 +277,9 @@ def load_folder_onto(path, classes: list[str], image_size: int | None = None) ->
     return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(arrays["labels"])), list(classes))
 
 
-def info(name: str, root=None, variant: str | None = None, num_classes: int | None = None) -> dict:
-    """Split sizes, image size, classes and per-channel mean/std of the training split (and, for a
-    generated dataset, how it was made: fonts per split, images per class)."""
+def info(name: str, root=None, variant: str | None = None, num_classes: int | None = None, data_cfg=None) -> dict:
+    """Split sizes, image size, classes and per-channel mean/std of the training split, its images per class
+    (long-tailed as `data_cfg` says, if it does), and, for a generated dataset, how it was made."""
     from .pipeline import channel_stats
 
     spec = DATASETS.get(name)
@@ -293,4 +293,16 @@ def info(name: str, root=None, variant: str | None = None, num_classes: int | No
         "image_size": list(first.images.shape[1:]), "num_classes": len(first.classes), "classes": first.classes,
         "mean": mean, "std": std, "stats_split": "train" if "train" in splits else next(iter(splits)),
         **({"made": spec.describe(num_classes)} if spec and spec.describe else {}),
+        "train_per_class": train_counts(splits.get("train", first).labels, data_cfg),
     }
+
+
+def train_counts(labels: torch.Tensor, data_cfg=None) -> dict:
+    """{class index: training images}, as data.imbalance (and its type and seed) in `data_cfg` leave them;
+    over the whole training split (a run holds validation out first)."""
+    from .pipeline import long_tail
+
+    num_classes = int(labels.max()) + 1
+    kept = labels if data_cfg is None or data_cfg.imbalance == 1 else labels[long_tail(
+        labels, num_classes, data_cfg.imbalance, data_cfg.imbalance_type, data_cfg.imbalance_seed)]
+    return {str(c): n for c, n in enumerate(torch.bincount(kept, minlength=num_classes).tolist())}
