@@ -80,6 +80,21 @@ def test_wandb_tracker_logs_each_epoch(tmp_path, monkeypatch):
     assert logged[0][1]["train_loss"] == RunDir(tmp_path / "run").read_metrics()[0]["train_loss"]
 
 
+def test_mlflow_holds_the_logged_curves_and_the_config_inside_the_run(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    fit(make_config(TINY, {"train.log": "mlflow"}), tmp_path / "run", verbose=False)
+    client = mlflow.MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").as_uri())
+    (found,) = client.search_runs([client.get_experiment_by_name("fixedhead").experiment_id])
+    history = client.get_metric_history(found.info.run_id, "train_loss")
+    logged = RunDir(tmp_path / "run").read_metrics()
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx([r["train_loss"] for r in logged])
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert found.data.metrics["test_acc"] == pytest.approx(final["test_acc"]) and found.info.status == "FINISHED"
+    assert found.data.params["model.similarity"] == "dot" and found.info.run_name == "run"
+
+
 def test_a_tracker_without_its_package_is_one_line_and_writes_nothing(tmp_path, capsys):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")

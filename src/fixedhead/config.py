@@ -180,8 +180,8 @@ class TrainConfig:
     eval_batch_size: int = _key(1000, "batch of validation and test passes", within=_count(1, 1 << 20))
     tta: str = _key("none", "test-time augmentation of every reported accuracy: none, flip, shift, flip-shift",
                     choices="tta")
-    log: str = _key("none", "per-epoch metrics also to tensorboard (<run>/tensorboard) or wandb (extras of the same "
-                    "names)", choices="trackers")
+    log: str = _key("none", "per-epoch metrics also to tensorboard (<run>/tensorboard), wandb or mlflow (<run>/mlruns "
+                    "unless MLFLOW_TRACKING_URI; extras of the same names)", choices="trackers")
 
 
 @dataclass

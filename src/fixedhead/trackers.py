@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 
 from . import metrics
 from .errors import UserError
 
-TRACKERS = ("none", "tensorboard", "wandb")  # train.log
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")  # train.log
 
 
 def head_numbers(head) -> dict:
@@ -90,11 +91,58 @@ class WandB:
         self.run.finish()
 
 
+class MLflow:
+    """Per-epoch metrics and the config as parameters to an MLflow run named after the run folder, through
+    an MlflowClient (no global active run): the server MLFLOW_TRACKING_URI names, else a local file store in
+    RUN_DIR/mlruns (nothing written outside the run; `mlflow ui --backend-store-uri RUN_DIR/mlruns`); the
+    experiment MLFLOW_EXPERIMENT_NAME, else fixedhead."""
+
+    def __init__(self, run, config: dict):
+        check_tracker("mlflow")
+        import mlflow
+        from mlflow.entities import Param
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:  # MLflow's file store (in maintenance, still read by `mlflow ui`): no database to install
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = mlflow_store(run).resolve().as_uri()
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "fixedhead")
+        found = self.client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name)
+        self.run_id = self.client.create_run(experiment, run_name=run.path.name).info.run_id
+        params = [Param(key, str(value)[:500]) for key, value in config.items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a batch
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def _log(self, values: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, step) for key, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch"]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def __call__(self, record: dict) -> None:
+        self._log(record, record["epoch"])
+
+    def close(self, final: dict | None) -> None:
+        if final:
+            self._log({k: final[k] for k in ("test_acc", "test_loss") if k in final}, final["epochs"])
+        self.client.set_terminated(self.run_id, "FINISHED" if final else "KILLED")
+
+
+def mlflow_store(run):
+    """Where train.log=mlflow keeps its local store when no MLFLOW_TRACKING_URI names a server."""
+    return run.path / "mlruns"
+
+
 def check_tracker_folder(kind: str, run) -> None:
     """Refuse, before anything of the run is written, a tracker folder that its writer would fail on halfway
     (a read-only one: TensorBoard's writer thread fails after training started) or that sends its writes
     out of the run folder (a link)."""
-    folder = {"tensorboard": run.tensorboard_dir, "wandb": run.path / "wandb"}.get(kind)
+    folder = {"tensorboard": run.tensorboard_dir, "wandb": run.path / "wandb", "mlflow": mlflow_store(run)}.get(kind)
     if folder is None:
         return
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -107,7 +155,7 @@ def check_tracker_folder(kind: str, run) -> None:
 
 def open_tracker(kind: str, run, config: dict):
     """The tracker train.log names for a run folder (a RunDir), or None."""
-    return None if kind == "none" else {"tensorboard": TensorBoard, "wandb": WandB}[kind](run, config)
+    return None if kind == "none" else {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}[kind](run, config)
 
 
 class Progress:
