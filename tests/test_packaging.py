@@ -63,3 +63,16 @@ def test_a_built_wheel_runs_its_commands_without_the_clone(tmp_path):
                                  "--dry-run").stdout
     assert "authors-dot-learned" in listed or "seed=0" in listed
     run("-c", "import fixedhead.data as d; assert len(d.load('fashion-mnist-mini', split='test').labels) == 2000")
+
+
+def test_a_command_that_needs_an_extra_names_it_in_one_line(tmp_path, capsys, monkeypatch):
+    """The core install leaves scipy, scikit-learn and matplotlib out (the analysis extra): a command that
+    needs one says which extra brings it."""
+    import sys
+
+    from fixedhead.cli import main
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    code = main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install 'fixedhead[analysis]'" in err and "sklearn" in err

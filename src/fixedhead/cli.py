@@ -443,6 +443,12 @@ COMMANDS = {"train": _train, "score": _score, "export": _export, "predict": _pre
             "report": _report}
 
 
+# A package a command may need that the core install leaves out -> the extra that brings it (pyproject.toml).
+EXTRA_OF = {"scipy": "analysis", "sklearn": "analysis", "matplotlib": "analysis", "timm": "timm",
+            "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "onnx": "export",
+            "onnxscript": "export", "safetensors": "export", "ray": "ray", "submitit": "slurm"}
+
+
 def _tolerant_output() -> None:
     """Paths come from the user as bytes: a name that is not valid in the locale's encoding reaches Python as
     lone surrogates, which a strict stdout (a UTF-8 locale) refuses to print, after the work is done. Print
@@ -467,6 +473,13 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"fixedhead: error: {one_line(str(error))}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        extra = EXTRA_OF.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"fixedhead: error: this needs {error.name.split('.')[0]}, which is not installed: "
+              f"pip install 'fixedhead[{extra}]'", file=sys.stderr)
         return 2
     except OSError as error:  # the machine's fault, not ours: a full disk, a read-only or missing place
         where = f": {shown(error.filename, 200)}" if error.filename else ""
