@@ -72,7 +72,8 @@ def test_a_command_that_needs_an_extra_names_it_in_one_line(tmp_path, capsys, mo
 
     from fixedhead.cli import main
 
-    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    for name in [n for n in sys.modules if n == "sklearn" or n.startswith("sklearn.")] or ["sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if scikit-learn were not installed (loaded parts too)
     code = main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "pip install 'fixedhead[analysis]'" in err and "sklearn" in err
