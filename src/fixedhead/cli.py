@@ -446,7 +446,8 @@ COMMANDS = {"train": _train, "score": _score, "export": _export, "predict": _pre
 # A package a command may need that the core install leaves out -> the extra that brings it (pyproject.toml).
 EXTRA_OF = {"scipy": "analysis", "sklearn": "analysis", "matplotlib": "analysis", "timm": "timm",
             "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "onnx": "export",
-            "onnxscript": "export", "safetensors": "export", "ray": "ray", "submitit": "slurm"}
+            "onnxscript": "export", "safetensors": "export", "ray": "ray", "submitit": "slurm",
+            "lightning": "lightning"}
 
 
 def _tolerant_output() -> None:

@@ -101,8 +101,9 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
 
 
 def classifier_head(model: nn.Module) -> nn.Module:
-    """The module that turns features into logits: a fixedhead head (model.head), timm's get_classifier(),
-    or the model's last nn.Linear (torchvision's fc / classifier / heads)."""
+    """The module that turns features into logits: a fixedhead head (model.head, or the last one anywhere in
+    the model, e.g. inside a LightningModule), timm's get_classifier(), or the model's last nn.Linear
+    (torchvision's fc / classifier / heads)."""
     head = getattr(model, "head", None)
     if isinstance(head, ClassHead):
         return head
@@ -110,6 +111,9 @@ def classifier_head(model: nn.Module) -> nn.Module:
     found = getter() if callable(getter) else None
     if isinstance(found, (nn.Linear, ClassHead)):
         return found
+    heads = [m for m in model.modules() if isinstance(m, ClassHead)]  # a Classifier inside a wrapper module
+    if heads:
+        return heads[-1]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise UserError("the model has no classification layer to measure (no fixedhead head, no nn.Linear)")
