@@ -64,3 +64,57 @@ def test_cluster_flags_that_contradict_are_one_line(sequential, capsys):
     assert main(["sweep", str(sequential / "two.yaml"), "--out", str(sequential / "x"), "--on", "ray", "--dry-run",
                  "--cpus-per-run", "4", "--gpus-per-run", "1"]) == 0
     assert "2 runs planned; each a ray task of 4 CPU(s), 1.0 GPU(s)" in capsys.readouterr().out
+
+
+def test_a_ray_worker_killed_mid_run_is_retried_and_the_run_ends_as_if_never_killed(sequential, tmp_path):
+    """kill -9 of the Ray worker training a run, after its first epoch's checkpoint: Ray retries the task,
+    the run resumes from its checkpoint, and its final.json is the uninterrupted run's."""
+    pytest.importorskip("ray")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.epochs": 4, "train.batch_size": 32},
+                  "variants": {"fixed": {"model.fixed": True}}}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(experiment))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(tmp_path / "one.yaml", tmp_path / "straight", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "ray"
+    sweep = subprocess.Popen([sys.executable, "-m", "fixedhead", "sweep", str(tmp_path / "one.yaml"), "--out", str(out),
+                              "--on", "ray", "--retries", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (run,) = [p.name for p in (tmp_path / "straight").iterdir() if p.is_dir()]
+    metrics = out / run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    workers = [pid for pid in _pids() if b"train_planned_run" in _cmdline(pid)]
+    if not workers:
+        sweep.kill()
+        pytest.skip("no Ray worker process found to kill (its title is set by Ray on Linux)")
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    stdout, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, stderr[-2000:]
+    read = lambda path: json.loads(path.read_text())
+    assert all(read(out / run / "final.json")[k] == read(tmp_path / "straight" / run / "final.json")[k] for k in KEYS)
+    assert len(read(out / run / "meta.json").get("resumed", [])) >= 1  # it did resume, not start again
+
+
+def _pids() -> list[int]:
+    from pathlib import Path
+
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()] if Path("/proc").exists() else []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:  # gone meanwhile, or not ours to read
+        return b""
