@@ -106,3 +106,19 @@ def test_ddp_sigterm_stops_every_rank_after_the_same_step(ddp_uninterrupted, tmp
     done = subprocess.run(_torchrun(29525, out, "--resume"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert same_result(ddp_uninterrupted, out), f"resumed from {checkpoint['epoch']} epochs + {checkpoint['partial']}"
+
+
+def test_two_nodes_by_c10d_rendezvous_match_one_node_with_two_processes(ddp_uninterrupted, tmp_path):
+    """torchrun's multi-node form (docs/cluster.md): two agents on this machine as two one-process nodes
+    meeting at a c10d rendezvous give the one-node two-process run, bit for bit."""
+    out = tmp_path / "run"
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:29531", "--rdzv_id", "two-nodes",
+            "-m", "fixedhead", *DDP_ARGS, "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # what torchrun gives each of several processes on one node
+    agents = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+              for _ in range(2)]
+    results = [agent.communicate(timeout=300) for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert sum(stdout.count("test accuracy") for stdout, _ in results) == 1  # the global rank 0 alone
+    assert same_result(ddp_uninterrupted, out)
