@@ -61,3 +61,23 @@ def test_given_data_must_come_in_pairs_and_a_python_run_is_not_scored_from_files
         train_data=Pictures(64, 0), test_data=Pictures(20, 1))
     assert main(["score", str(tmp_path / "run")]) == 2
     assert "given from Python" in capsys.readouterr().err
+
+
+def test_a_dataset_of_mappings_as_hugging_face_gives_them_is_read_with_its_class_names():
+    class Labels:
+        names = ["cat", "dog"]
+
+    class Mappings(torch.utils.data.Dataset):  # what datasets.load_dataset("imagefolder", ...)["train"] yields
+        features = {"image": object(), "label": Labels()}
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"image": Image.fromarray(np.full((6, 6, 3), 60 * i, np.uint8)), "label": i % 2}
+
+    got = from_dataset(Mappings())
+    assert got.classes == ["cat", "dog"] and got.images.shape == (4, 3, 6, 6) and got.labels.tolist() == [0, 1, 0, 1]
+    assert got.images[3].max().item() == 180
+    with pytest.raises(UserError, match="mapping without an image"):
+        from_dataset([{"pixels": 1, "label": 0}])

@@ -196,25 +196,47 @@ def _given_from_python():
 
 
 def from_dataset(dataset, classes: list[str] | None = None, what: str = "train_data") -> ImageSet:
-    """A torch Dataset of (image, label) items as an ImageSet: images are PIL images, uint8 arrays or
-    tensors (H, W), (H, W, C) for arrays and PIL, (C, H, W) for tensors; float tensors must be in [0, 1]
-    (torchvision's ToTensor; fixedhead normalises them itself), all of one size. Class names: `classes`,
-    else the dataset's `classes` attribute, else the label numbers."""
+    """A torch Dataset of (image, label) items, or of {"image"/"img", "label"/"labels"} mappings (a Hugging
+    Face `datasets` image dataset), as an ImageSet: images are PIL images, uint8 arrays or tensors (H, W),
+    (H, W, C) for arrays and PIL, (C, H, W) for tensors; float tensors must be in [0, 1] (torchvision's
+    ToTensor; fixedhead normalises them itself), all of one size. Class names: `classes`, else the
+    dataset's `classes` attribute, else its label feature's `names` (Hugging Face), else the numbers."""
     import numpy as np
 
     if not hasattr(dataset, "__len__") or not 0 < len(dataset) <= MAX_GIVEN:
         raise UserError(f"{what} must be a Dataset with 1 to {MAX_GIVEN:,} items (a map-style torch Dataset)")
     images, labels = [], []
     for index in range(len(dataset)):
-        image, label = dataset[index]
+        image, label = _item(dataset[index], what, index)
         images.append(_as_uint8_chw(image, what, index))
         labels.append(int(label))
     if len({tuple(x.shape) for x in images}) > 1:
         raise UserError(f"{what} holds images of several sizes (e.g. {tuple(images[0].shape)}); resize them to one")
-    names = classes or [str(c) for c in getattr(dataset, "classes", [])] or [str(c) for c in range(max(labels) + 1)]
+    names = (classes or [str(c) for c in getattr(dataset, "classes", None) or _feature_names(dataset)]
+             or [str(c) for c in range(max(labels) + 1)])
     if min(labels) < 0 or max(labels) >= len(names):
         raise UserError(f"{what} has labels outside 0..{len(names) - 1} (its {len(names)} classes)")
     return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), list(names))
+
+
+def _item(item, what: str, index: int) -> tuple:
+    if isinstance(item, dict):
+        image = next((item[k] for k in ("image", "img", "pixel_values") if k in item), None)
+        label = next((item[k] for k in ("label", "labels") if k in item), None)
+        if image is None or label is None:
+            raise UserError(f"{what}[{index}] is a mapping without an image ('image', 'img') or a label ('label') "
+                            f"key; it has {', '.join(map(str, list(item)[:8]))}")
+        return image, label
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise UserError(f"{what}[{index}] is not an (image, label) pair nor a mapping with image and label")
+    return item
+
+
+def _feature_names(dataset) -> list:
+    """A Hugging Face dataset's class names (its label feature's `names`), or []."""
+    features = getattr(dataset, "features", None) or {}
+    label = next((features[k] for k in ("label", "labels") if k in features), None) if hasattr(features, "keys") else None
+    return list(getattr(label, "names", None) or [])
 
 
 def _as_uint8_chw(image, what: str, index: int):
