@@ -74,3 +74,15 @@ def test_cpu_allocator_times_each_side_in_a_process_of_its_own(monkeypatch, caps
     rows = [line for line in lines if "kept / default" in line and "(n = 2," in line]
     assert len(rows) == 2 and rows[0].startswith("peer, linear head") and rows[1].startswith("fixedhead airnet")
     assert "--data-dir" in _refused_in_process(script, ["--epochs", "1"], monkeypatch, capsys)
+
+
+def test_machine_limit_counts_a_steps_flops_as_torch_does_and_reports_the_fraction():
+    """The FLOPs are torch.utils.flop_counter's; here checked to scale with the batch (a step is linear in
+    it) and to give a fraction of the matmul peak between 0 and 1.5 (a tiny step runs far from it)."""
+    runs = [json.loads(subprocess.run([sys.executable, str(REPO / "benchmarks" / "machine_limit.py"), "--batch", str(b),
+                                       "--rounds", "1", "--size", "256", "--bf16", "off"],
+                                      capture_output=True, text=True, timeout=600, check=True).stdout) for b in (4, 8)]
+    for name in runs[0]["nets"]:
+        small, large = (r["nets"][name]["gflop_per_step"] for r in runs)
+        assert large == pytest.approx(2 * small, rel=1e-3)
+        assert 0 < runs[1]["nets"][name]["fraction_of_peak"] < 1.5
