@@ -105,8 +105,10 @@ def _scores(run: str, images: torch.Tensor, labels: torch.Tensor) -> dict:
     out = predict(trained.model, trained.loader(images, labels), trained.config.train.bf16, tta=trained.config.train.tta)
     predicted = out["logits"].argmax(1)
     confusion = metrics.confusion_matrix(labels, predicted, len(trained.classes))
-    rho = metrics.similarity_confusion_spearman(metrics.cosine_matrix(trained.model.head.vectors().cpu()), confusion)
-    return {"acc": metrics.accuracy(predicted, labels), "spearman_rho": rho["spearman_rho"], "num_images": len(labels)}
+    cosines = metrics.cosine_matrix(trained.model.head.vectors().cpu())
+    rho = metrics.similarity_confusion_spearman(cosines, confusion)
+    return {"acc": metrics.accuracy(predicted, labels), "spearman_rho": rho["spearman_rho"], "num_images": len(labels),
+            "confusion": confusion.tolist(), "class_vector_cosine": cosines.tolist()}
 
 
 def heldout(seeds: list[int], out: Path, source=None) -> dict:
@@ -139,11 +141,32 @@ def _m1_verdicts(per_seed: dict) -> dict:
     learned = {s: min(rho(r, "dot-learned"), rho(r, "cosine-learned")) for s, r in per_seed.items()}
     rho_gap = paired_difference_ci(learned, {s: max(abs(rho(r, "dot-fixed")), abs(rho(r, "cosine-fixed")))
                                              for s, r in per_seed.items()})
-    return {"cosine_gap_points": gap["cosine"], "cosine_superior_p_holm": adjusted[0],
+    return {"exploratory_close_pairs": {kind: _close_pairs(per_seed, kind) for kind in ("dot", "cosine")},
+            "cosine_gap_points": gap["cosine"], "cosine_superior_p_holm": adjusted[0],
             "cosine_verdict": "superior" if adjusted[0] < 0.05 else "not shown",
             "dot_gap_points": gap["dot"], "dot_non_inferior_p_holm": adjusted[1],
             "dot_verdict": "non-inferior (margin 1 point)" if adjusted[1] < 0.05 else "not shown",
             "claim1_per_seed": claim1, "rho_learned_minus_fixed": rho_gap}
+
+
+CLOSE_PAIRS = 5  # the class pairs a learned head places closest
+
+
+def _close_pairs(per_seed: dict, kind: str) -> dict:
+    """Exploratory (not in the protocol, read after M1): on the CLOSE_PAIRS class pairs whose vectors the
+    learned head places closest, does the fixed head of the same seed confuse fewer images? Confusions both
+    ways of each pair, as a share of the head's confusions, fixed - learned, paired by seed."""
+    shares = {"learned": {}, "fixed": {}}
+    for seed, runs in per_seed.items():
+        cosines = np.asarray(runs[f"{kind}-learned"]["class_vector_cosine"])
+        upper = [(cosines[i, j], i, j) for i in range(len(cosines)) for j in range(i + 1, len(cosines))]
+        close = [(i, j) for _, i, j in sorted(upper, reverse=True)[:CLOSE_PAIRS]]
+        for side in shares:
+            confusion = np.asarray(runs[f"{kind}-{side}"]["confusion"])
+            off = confusion.sum() - np.trace(confusion)
+            shares[side][seed] = sum(confusion[i, j] + confusion[j, i] for i, j in close) / off if off else 0.0
+    return {"share_learned": shares["learned"], "share_fixed": shares["fixed"],
+            "fixed_minus_learned": paired_difference_ci(shares["fixed"], shares["learned"])}
 
 
 def main() -> None:
