@@ -76,7 +76,7 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_the_run_ends_as_if_never_kil
     import sys
     import time
 
-    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.epochs": 4, "train.batch_size": 32},
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.epochs": 4, "train.batch_size": 16},
                   "variants": {"fixed": {"model.fixed": True}}}
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(experiment))
     threads = torch.get_num_threads()
@@ -89,9 +89,9 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_the_run_ends_as_if_never_kil
     sweep = subprocess.Popen([sys.executable, "-m", "fixedhead", "sweep", str(tmp_path / "one.yaml"), "--out", str(out),
                               "--on", "ray", "--retries", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     (run,) = [p.name for p in (tmp_path / "straight").iterdir() if p.is_dir()]
-    metrics = out / run / "metrics.jsonl"
+    checkpoint = out / run / "checkpoint.pt"  # written (atomically) after each epoch: what a retry resumes from
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+    while time.time() < deadline and not checkpoint.exists():
         time.sleep(0.05)
     workers = [pid for pid in _pids() if b"train_planned_run" in _cmdline(pid)]
     if not workers:
