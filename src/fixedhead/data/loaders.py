@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..errors import UserError
 from . import DATASETS, load_split
 from .pipeline import BatchLoader, channel_stats, long_tail, split_validation
@@ -13,6 +15,8 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     `image_size`. Normalisation statistics come from the training images after the validation hold-out.
     `val` is carved from train with `data_cfg.val_fraction` (0.1 when that is 0 and `with_val`).
     `given` ({"train", "test"}: ImageSets) replaces the dataset the config names (fit's Python datasets).
+    `train_counts`: the training images per class (after the hold-out and any long tail), counted once here
+    for the class weights, the logit adjustment and final.json.
     """
     train = given["train"] if given else load_split(data_cfg, "train")
     if len(train.classes) < 2:
@@ -40,7 +44,8 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     flip = DATASETS[data_cfg.name].flip if data_cfg.flip is None else data_cfg.flip
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     out = {"classes": train.classes, "mean": mean, "std": std, "in_channels": train.images.shape[1],
-           "image_size": side, "val_fraction": fraction}
+           "image_size": side, "val_fraction": fraction,
+           "train_counts": torch.bincount(train_labels, minlength=len(train.classes)).tolist()}
     out["train"] = BatchLoader(train_images, train_labels, batch_size, shuffle=True,
                                drop_last=len(train_labels) > batch_size,
                                crop_padding=padding if data_cfg.augment else 0, flip=flip and data_cfg.augment,

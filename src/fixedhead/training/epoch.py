@@ -62,23 +62,23 @@ class LossOf(nn.Module):
         return loss, logits.argmax(1)
 
 
-def class_weight(name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+def class_weight(name: str, train_counts: list[int], device) -> torch.Tensor | None:
     """train.class_weights: none, or balanced (scikit-learn's rule: n / (C x n_c), so that every class's
     images weigh as much in all; a class without training images gets weight 0)."""
     if name == "none":
         return None
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
-    weight = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
-    return weight.float().to(labels.device)
+    counts = torch.tensor(train_counts, dtype=torch.float64)
+    weight = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weight.float().to(device)
 
 
-def log_prior(loss: str, tau: float, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-    """tau x log(class prior) from the training labels, for train.loss=logit-adjusted (else None); a class
-    without training images gets the prior of one image, so the logit stays finite."""
+def log_prior(loss: str, tau: float, train_counts: list[int], device) -> torch.Tensor | None:
+    """tau x log(class prior) from the training images per class, for train.loss=logit-adjusted (else None);
+    a class without training images gets the prior of one image, so the logit stays finite."""
     if loss != "logit-adjusted":
         return None
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).double().clamp(min=1)
-    return (tau * (counts / counts.sum()).log()).float().to(labels.device)
+    counts = torch.tensor(train_counts, dtype=torch.float64).clamp(min=1)
+    return (tau * (counts / counts.sum()).log()).float().to(device)
 
 
 def make_mix(mixup: float, cutmix: float, num_classes: int):

@@ -261,9 +261,9 @@ def _build(config, ctx, device, fresh: bool, given: dict | None = None) -> Train
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=PLATEAU_MODES[tc.plateau_on],
                                                           factor=0.2, patience=3)
                if tc.schedule == "plateau" else None)
-    labels, num_classes = data["train"].labels, len(data["classes"])
-    loss = LossOf(model, class_weight(tc.class_weights, labels, num_classes), make_mix(tc.mixup, tc.cutmix, num_classes),
-                  tc.loss, log_prior(tc.loss, tc.logit_tau, labels, num_classes))
+    counts = data["train_counts"]
+    loss = LossOf(model, class_weight(tc.class_weights, counts, device), make_mix(tc.mixup, tc.cutmix, len(counts)),
+                  tc.loss, log_prior(tc.loss, tc.logit_tau, counts, device))
     return Training(config, data, model, _wrap(loss, tc, ctx, device), optimizer, scheduler, plateau,
                     Lookahead(model, tc.lookahead, steps) if tc.lookahead else None, make_ema(model, tc.ema),
                     torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
@@ -448,7 +448,7 @@ def _finish(run: RunDir, training: Training) -> dict:
     if best is not None or training.ema is not None:  # the final weights: the best on validation, or the EMA's
         model.load_state_dict(best["model"] if best is not None else training.evaluated().state_dict())
     start = time.perf_counter()
-    counts = torch.bincount(data["train"].labels.cpu(), minlength=len(data["classes"])).tolist()
+    counts = data["train_counts"]
     test = _evaluate(model, data["test"], config.train, "test", counts)
     test_time_s = time.perf_counter() - start
     run.clear_derived()  # an analysis made of a checkpoint while training ran describes other weights
