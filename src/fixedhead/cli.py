@@ -36,6 +36,17 @@ def _seed(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """A rate flag's value: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"takes a number above 0, got {shown(text)}")
+    return value
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -323,6 +334,10 @@ def _sweep(args) -> int:
         each = (f"; each a {args.on} task of {args.cpus_per_run} CPU(s), {args.gpus_per_run} GPU(s)"
                 if args.on != "local" else "")
         print(f"{len(summary['planned'])} runs planned{each}")
+        if args.on != "local":
+            from .experiments.cluster import estimate_plan
+
+            print(estimate_plan(args.experiment, args.seeds, sets, args.gpu_tflops).line())
         return 0
     if summary.get("jobs") and not args.wait:
         print(f"submitted {len(summary['jobs'])} job(s): {', '.join(summary['jobs'])}; fixedhead report {args.out} "
@@ -373,6 +388,8 @@ def _add_sweep(sub):
     p.add_argument("--cpus-per-run", type=int, default=1, help="--on ray/slurm: CPUs (torch threads) of each run")
     p.add_argument("--gpus-per-run", type=float, default=0, help="--on ray/slurm: GPUs of each run")
     p.add_argument("--retries", type=int, default=2, help="--on ray: retries of a run whose worker died")
+    p.add_argument("--gpu-tflops", type=_positive_float, default=None, metavar="RATE",
+                   help="--dry-run --on ray/slurm: the sustained GPU rate the GPU-hours estimate assumes (default 100)")
     p.add_argument("--partition", help="--on slurm: the partition")
     p.add_argument("--time-min", type=int, default=60, help="--on slurm: each job's time limit in minutes")
     p.add_argument("--parallel", type=int, default=8, help="--on slurm: jobs of the array running at once")

@@ -78,30 +78,44 @@ class DatasetSpec:
     howto: str = ""
     generated: bool = False  # made here: read(split, num_classes), sources(split, num_classes) -> (files, key text)
     describe: Callable | None = None  # (num_classes) -> what `data info` adds (generated datasets)
+    # (data config) -> (train images, test images, channels, side, classes) of the published set: what a plan
+    # needs without reading the files (experiments.cost); None where only the files tell
+    size: Callable | None = None
+
+
+def _published(train: int, test: int, channels: int, side: int, classes: int) -> Callable:
+    return lambda data_cfg: (train, test, channels, side, classes)
 
 
 DATASETS = {
-    "digits": DatasetSpec(_digits, None, flip=False),
+    "digits": DatasetSpec(_digits, None, flip=False, size=_published(1257, 540, 1, 16, 10)),
     "imagefolder": DatasetSpec(_imagefolder, _imagefolder_sources,
                                howto="lay out DIR/train/<class>/<images> and DIR/test/<class>/<images> (or val/)"),
-    "cifar10": DatasetSpec(formats.read_cifar10, formats.cifar10_files, "cifar-10-batches-py"),
+    "cifar10": DatasetSpec(formats.read_cifar10, formats.cifar10_files, "cifar-10-batches-py",
+                           size=_published(50_000, 10_000, 3, 32, 10)),
     "cifar100": DatasetSpec(formats.read_cifar100, formats.cifar100_files, "cifar-100-python",
-                            variants=("fine", "coarse")),
+                            variants=("fine", "coarse"),
+                            size=lambda d: (50_000, 10_000, 3, 32, 20 if d.variant == "coarse" else 100)),
     "cifar10.1": DatasetSpec(formats.read_cifar101, formats.cifar101_files, variants=("v6", "v4"), splits=("test",)),
-    "stl10": DatasetSpec(formats.read_stl10, formats.stl10_files, "stl10_binary"),
-    "tinyimagenet": DatasetSpec(formats.read_tinyimagenet, formats.tinyimagenet_files, "tiny-imagenet-200"),
+    "stl10": DatasetSpec(formats.read_stl10, formats.stl10_files, "stl10_binary", size=_published(5_000, 8_000, 3, 96, 10)),
+    "tinyimagenet": DatasetSpec(formats.read_tinyimagenet, formats.tinyimagenet_files, "tiny-imagenet-200",
+                                 size=_published(100_000, 10_000, 3, 64, 200)),
     "fashion-mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, idx.FASHION_CLASSES),
                                  lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
                                  locate=lambda root: idx.locate("fashion-mnist", root),
                                  howto="get it with: apt-get install dataset-fashion-mnist (it lands in "
                                        "/usr/share/datasets/fashion-mnist/), or fixedhead data download "
-                                       "fashion-mnist --data-dir DIR"),
-    mini.NAME: DatasetSpec(lambda f, s, v: mini.read_split(s), None),
-    glyphs.NAME: DatasetSpec(glyphs.read_split, glyphs.cache_key, flip=False, generated=True, describe=glyphs.describe),
+                                       "fashion-mnist --data-dir DIR",
+                                 size=_published(60_000, 10_000, 1, 28, 10)),
+    mini.NAME: DatasetSpec(lambda f, s, v: mini.read_split(s), None,
+                           size=_published(*(10 * mini.PER_CLASS[s] for s in ("train", "test")), 1, 28, 10)),
+    glyphs.NAME: DatasetSpec(glyphs.read_split, glyphs.cache_key, flip=False, generated=True, describe=glyphs.describe,
+                             size=glyphs.size),
     "python": DatasetSpec(lambda f, s, v: _given_from_python(), None),
     "mnist": DatasetSpec(lambda f, s, v: idx.read_split(f, s, [str(d) for d in range(10)]),
                          lambda f, s, v: [idx.idx_file(f, s, "images"), idx.idx_file(f, s, "labels")],
-                         flip=False, locate=lambda root: idx.locate("mnist", root)),
+                         flip=False, locate=lambda root: idx.locate("mnist", root),
+                         size=_published(60_000, 10_000, 1, 28, 10)),
 }
 
 

@@ -269,6 +269,12 @@ def read_split(split: str, num_classes: int | None) -> dict:
     return render(plan_, split)
 
 
+def size(data_cfg) -> tuple[int, int, int, int, int]:
+    """(train images, test images, channels, side, classes) of a glyphs set, without rendering it."""
+    classes = DEFAULT_CLASSES if data_cfg.num_classes is None else data_cfg.num_classes
+    return TRAIN_PER_CLASS * classes, TEST_PER_CLASS * classes, 1, SIZE, classes
+
+
 def describe(num_classes: int | None) -> dict:
     """Classes, fonts per split and images: `fixedhead data info glyphs`, and the run's meta."""
     plan_ = plan(DEFAULT_CLASSES if num_classes is None else num_classes)

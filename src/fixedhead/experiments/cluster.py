@@ -51,6 +51,16 @@ def train_planned_run(path: str, out: str, name: str, seeds=None, sets: dict | N
     return train_one(run, config, run_dir, experiment, f"[{name}]", lambda m: print(m, file=sys.stderr, flush=True))
 
 
+def estimate_plan(path, seeds=None, sets: dict | None = None, tflops: float | None = None):
+    """The GPU-hours estimate of every run the experiment plans (experiments.cost)."""
+    from ..config import make_config
+    from .cost import DEFAULT_TFLOPS, estimate
+
+    experiment = load_experiment(path, seeds, sets)
+    return estimate([(run.name, make_config(experiment["base"], run.overrides)) for run in expand(experiment)],
+                    DEFAULT_TFLOPS if tflops is None else tflops)
+
+
 def _todo(path, out, seeds, sets, log) -> tuple[list[str], dict]:
     """The planned runs not yet finished, after every check the local sweep makes (data, kept runs)."""
     experiment = load_experiment(path, seeds, sets)
