@@ -72,9 +72,48 @@ def test_a_pretrained_library_model_normalises_as_its_data_config_says():
     encoder = build_encoder("timm:resnet10t", 3, 32)  # its pretrained_cfg is there without the weights
     config = make_config(TINY)
     data = prepare(config.data, seed=0, batch_size=64, eval_batch_size=500, device="cpu")
-    _normalise_as_pretrained(data, encoder, "timm:resnet10t", say=False)
+    _normalise_as_pretrained(data, encoder)
     resolved = resolve_data_config({}, model=encoder)
     grey = sum(resolved["mean"]) / 3  # digits has one channel: the colour channels' mean
     assert data["mean"] == pytest.approx([grey]) and data["test"].mean.item() == pytest.approx(grey * 255)
     with pytest.raises(UserError, match="model.weights and model.pretrained"):
         make_config(TINY, {"model.pretrained": True, "model.arch": "timm:resnet10t", "model.weights": "w.pt"})
+
+
+def test_a_pretrained_library_models_input_size_is_read_without_building_it():
+    timm = pytest.importorskip("timm")
+    from timm.data import resolve_data_config
+    from torchvision.models import ResNet18_Weights
+
+    expected = resolve_data_config({}, model=timm.create_model("resnet10t", pretrained=False))["input_size"][-1]
+    assert zoo.pretrained_input_size("timm:resnet10t") == expected
+    assert zoo.pretrained_input_size("torchvision:resnet18") == ResNet18_Weights.DEFAULT.transforms().crop_size[0]
+    assert zoo.pretrained_input_size("fastnet") is None
+
+
+def test_fine_tuning_a_pretrained_model_resizes_to_its_input_size_and_the_run_records_it(tmp_path, monkeypatch, capsys):
+    """--pretrained with no data.image_size: the run trains at the side the model was
+    pretrained at, recorded for scoring, predict and export; a data.image_size given is kept. (The weights are not downloaded: timm builds the model
+    as it would, with its pretrained config, from random weights.)"""
+    timm = pytest.importorskip("timm")
+    from torch.utils.data import TensorDataset
+
+    from fixedhead.evaluation.trained import load_trained
+    from fixedhead.training.fit import fit
+
+    monkeypatch.setattr(zoo, "_timm_create", lambda library, name, pretrained, channels: timm.create_model(
+        name, pretrained=False, num_classes=0, in_chans=channels))
+    side = zoo.pretrained_input_size("timm:resnet10t")
+    images = torch.randint(0, 256, (12, 3, 20, 20), dtype=torch.uint8)
+    labels = torch.arange(12) % 2
+    train = TensorDataset(images, labels)
+    config = make_config(TINY, {"model.arch": "timm:resnet10t", "model.pretrained": True, "train.epochs": 1,
+                                "train.batch_size": 6})
+    fit(config, tmp_path / "run", train_data=train, test_data=train)
+    assert f"pretrained on {side} px images" in capsys.readouterr().err
+    trained = load_trained(tmp_path / "run")
+    assert trained.image_size == side and trained.config.data.image_size == side
+    chosen = make_config(TINY, {"model.arch": "timm:resnet10t", "model.pretrained": True, "train.epochs": 1,
+                                "train.batch_size": 6, "data.image_size": 24})
+    fit(chosen, tmp_path / "chosen", train_data=train, test_data=train, verbose=False)
+    assert load_trained(tmp_path / "chosen").image_size == 24

@@ -59,7 +59,8 @@ class DataConfig:
     variant: Optional[str] = _key(None, "cifar100: fine | coarse; cifar10.1: v6 | v4; None: the dataset's default")
     num_classes: Optional[int] = _key(None, "glyphs: how many characters (classes); None: 100",
                                       within=_count(2, 100_000, optional=True, note=" (glyphs only)"))
-    image_size: Optional[int] = _key(None, "resize every image to this side (imagefolder); None keeps the size",
+    image_size: Optional[int] = _key(None, "resize every image to this side; None keeps the size (with model.pretrained: "
+                                     "the side the model was pretrained at)",
                                      within=_count(8, 1024, optional=True))
     val_fraction: float = _key(0.0, "held out of train; 0.1 is used when the schedule or selection needs one",
                                within=_within(0, 1, high_open=True))

@@ -29,6 +29,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def resized(self, side: int | None) -> ImageSet:
+        """These images at side x side (bilinear, antialiased when shrinking); itself where side is None or theirs."""
+        if side is None or tuple(self.images.shape[-2:]) == (side, side):
+            return self
+        return ImageSet(torch.from_numpy(_resize(self.images, side)), self.labels, self.classes)
+
 
 def _digits(root, split, variant):
     """scikit-learn's 8x8 digits (1797 images), upsampled x2 to 16 px; fixed stratified 70/30 split."""

@@ -18,7 +18,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
     `train_counts`: the training images per class (after the hold-out and any long tail), counted once here
     for the class weights, the logit adjustment and final.json.
     """
-    train = given["train"] if given else load_split(data_cfg, "train")
+    train = given["train"].resized(data_cfg.image_size) if given else load_split(data_cfg, "train")
     if len(train.classes) < 2:
         raise UserError(f"dataset {data_cfg.name!r} has {len(train.classes)} class; a classifier needs two or more")
     fraction = data_cfg.val_fraction or (0.1 if with_val else 0.0)
@@ -54,6 +54,6 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
                                **common)
     if val_index is not None:
         out["val"] = BatchLoader(train.images[val_index], train.labels[val_index], eval_batch_size, **common)
-    test = given["test"] if given else load_split(data_cfg, "test")
+    test = given["test"].resized(data_cfg.image_size) if given else load_split(data_cfg, "test")
     out["test"] = BatchLoader(test.images, test.labels, eval_batch_size, **common)
     return out

@@ -270,6 +270,24 @@ def load_encoder_weights(encoder: nn.Module, path) -> None:
     encoder.load_state_dict({k: state[k] for k in own})
 
 
+def pretrained_input_size(arch: str) -> int | None:
+    """The image side a library model's pretrained weights were trained at (timm's pretrained config,
+    torchvision's weights' transforms), read without building the model or downloading anything; None
+    for a built-in encoder or a model with no such record."""
+    if not is_library_arch(arch):
+        return None
+    prefix, _, name = arch.partition(":")
+    library = _library(prefix)
+    try:
+        if prefix == "timm":
+            cfg = library.models.get_pretrained_cfg(name)
+            return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+        crop = getattr(library.get_model_weights(name).DEFAULT.transforms(), "crop_size", None)
+        return int(crop[0]) if crop else None
+    except (ValueError, KeyError, AttributeError, RuntimeError):  # a name the library cannot say this for
+        return None
+
+
 def data_config(encoder: nn.Module) -> dict | None:
     """The normalisation a pretrained library model was trained with: {"mean", "std", "input_size"}
     (timm's resolve_data_config; torchvision's weights' transforms), or None where the model says none."""

@@ -200,10 +200,13 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     if given:
         config = config_mod.make_config(config_mod.to_dict(config), {"data.name": data_mod.PYTHON})
     ctx, device = distributed.setup(resolve_device(config.train.device))
+    config, note = _pretrained_input_size(config)
     run = RunDir(run_dir, writable=ctx.is_main)
     with run.lock():
         config, checkpoint = _open_run(run, config, resume, overwrite)
         training = _build(config, ctx, device, fresh=checkpoint is None, given=given)
+        if note and verbose and ctx.is_main:  # once the model is there (a pretrained one may be refused offline)
+            print(note, file=sys.stderr)
         check_tracker_folder(config.train.log, run)
         _start(run, training, checkpoint, overwrite, device)
         callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
@@ -246,7 +249,7 @@ def _build(config, ctx, device, fresh: bool, given: dict | None = None) -> Train
     if config.model.weights is not None and fresh:
         zoo.load_encoder_weights(model.encoder, config.model.weights)
     if config.model.pretrained:
-        _normalise_as_pretrained(data, model.encoder, config.model.arch, ctx.is_main)
+        _normalise_as_pretrained(data, model.encoder)
     if config.model.whiten != "none" and fresh:
         whiten_first_conv(model.encoder, data["train"].sample(MAX_IMAGES))
     if config.model.whiten == "frozen":
@@ -269,10 +272,24 @@ def _build(config, ctx, device, fresh: bool, given: dict | None = None) -> Train
                     torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
 
 
-def _normalise_as_pretrained(data: dict, encoder, arch: str, say: bool) -> None:
+def _pretrained_input_size(config) -> tuple[object, str | None]:
+    """With model.pretrained and no data.image_size, the images are resized to the side the model was
+    pretrained at (its data config); the run's config records that side, so that scoring, predict and
+    export resize the same way. A data.image_size given is kept. Returns the config and a note to print."""
+    if not config.model.pretrained or config.data.image_size is not None:
+        return config, None
+    side = zoo.pretrained_input_size(config.model.arch)
+    if side is None:
+        return config, None
+    note = (f"note: {config.model.arch} was pretrained on {side} px images: the images are resized to that "
+            f"(data.image_size={side}; set data.image_size to choose another side)")
+    return config_mod.make_config(config_mod.to_dict(config), {"data.image_size": side}), note
+
+
+def _normalise_as_pretrained(data: dict, encoder) -> None:
     """Normalise the images as the pretrained model's own data config says (timm's resolve_data_config,
     torchvision's weights), not with the training set's statistics; a grey dataset gets the channels'
-    mean. A different input size is said in one line (images are not resized)."""
+    mean."""
     found = zoo.data_config(encoder)
     if found is None:
         return
@@ -283,9 +300,6 @@ def _normalise_as_pretrained(data: dict, encoder, arch: str, say: bool) -> None:
         if split in data:
             data[split].set_statistics(mean, std)
     data["mean"], data["std"] = mean, std
-    if say and found.get("input_size") and found["input_size"] != data["image_size"]:
-        print(f"note: {arch} was pretrained on {found['input_size']} px images; these are {data['image_size']} px "
-              "(set data.image_size to resize an image folder)", file=sys.stderr)
 
 
 def images_per_epoch(loader) -> int:
