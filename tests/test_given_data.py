@@ -81,3 +81,24 @@ def test_a_dataset_of_mappings_as_hugging_face_gives_them_is_read_with_its_class
     assert got.images[3].max().item() == 180
     with pytest.raises(UserError, match="mapping without an image"):
         from_dataset([{"pixels": 1, "label": 0}])
+
+
+def test_a_hugging_face_image_folder_dataset_trains_as_the_same_images_from_files(tmp_path, image_folder):
+    """datasets.load_dataset("imagefolder", data_dir=...) from a local folder, given to fit: the same images,
+    labels and class names as fixedhead's own reading of that folder."""
+    datasets = pytest.importorskip("datasets")
+    from fixedhead.data import load
+
+    splits = datasets.load_dataset("imagefolder", data_dir=str(image_folder), cache_dir=str(tmp_path / "hf"))
+    ours = load("imagefolder", image_folder, "train")
+    given = from_dataset(splits["train"])
+    assert given.classes == ours.classes
+    order = lambda s: sorted(zip(s.labels.tolist(), s.images.flatten(1).tolist()))  # noqa: E731 (files' order may differ)
+    assert order(given) == order(ours)
+    final = fit(make_config(TINY, {"train.epochs": 1, "train.batch_size": 6}), tmp_path / "run", verbose=False,
+                train_data=splits["train"], test_data=splits["test"])
+    from fixedhead.evaluation.trained import load_trained
+
+    saved = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert saved["train_class_counts"] == torch.bincount(ours.labels).tolist() and saved["num_test"] == 18
+    assert load_trained(tmp_path / "run").classes == ours.classes and saved["test_acc"] == final["test_acc"]

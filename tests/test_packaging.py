@@ -77,3 +77,12 @@ def test_a_command_that_needs_an_extra_names_it_in_one_line(tmp_path, capsys, mo
     code = main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "pip install 'fixedhead[analysis]'" in err and "sklearn" in err
+
+
+def test_the_package_type_checks(tmp_path):
+    """The wheel says Typing :: Typed (py.typed): mypy, configured in pyproject.toml, finds no error."""
+    api = pytest.importorskip("mypy.api")
+    root = Path(__file__).resolve().parents[1]
+    out, err, status = api.run(["--config-file", str(root / "pyproject.toml"), "--cache-dir", str(tmp_path),
+                                str(root / "src" / "fixedhead")])
+    assert status == 0, out + err

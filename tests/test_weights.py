@@ -92,9 +92,9 @@ def test_a_pretrained_library_models_input_size_is_read_without_building_it():
 
 
 def test_fine_tuning_a_pretrained_model_resizes_to_its_input_size_and_the_run_records_it(tmp_path, monkeypatch, capsys):
-    """--pretrained with no data.image_size: the run trains at the side the model was
-    pretrained at, recorded for scoring, predict and export; a data.image_size given is kept. (The weights are not downloaded: timm builds the model
-    as it would, with its pretrained config, from random weights.)"""
+    """--pretrained with no data.image_size: the run trains at the side the model was pretrained at,
+    recorded for scoring, predict and export; a data.image_size given is kept. (The weights are not
+    downloaded: timm builds the model as it would, with its pretrained config, from random weights.)"""
     timm = pytest.importorskip("timm")
     from torch.utils.data import TensorDataset
 

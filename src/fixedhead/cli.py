@@ -496,7 +496,7 @@ def main(argv=None) -> int:
         extra = EXTRA_OF.get((error.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"fixedhead: error: this needs {error.name.split('.')[0]}, which is not installed: "
+        print(f"fixedhead: error: this needs {(error.name or '').split('.')[0]}, which is not installed: "
               f"pip install 'fixedhead[{extra}]'", file=sys.stderr)
         return 2
     except OSError as error:  # the machine's fault, not ours: a full disk, a read-only or missing place

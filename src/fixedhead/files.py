@@ -64,7 +64,7 @@ def atomic_write(path, write) -> None:
         raise
 
 
-def write_bytes(path, data: bytes) -> None:
+def write_bytes(path, data: bytes | memoryview) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 

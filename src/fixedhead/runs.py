@@ -248,7 +248,7 @@ class RunDir:
     def _removals(self, own: bool) -> list[tuple[list[Path], Path | None]]:
         """(files, folder to remove if that empties it): the run's own files and tracker logs if `own`, and
         what describes its weights."""
-        groups = []
+        groups: list[tuple[list[Path], Path | None]] = []
         if own:
             groups.append((self._own_files(), None))
             if self.tensorboard_dir.is_dir() and not self.tensorboard_dir.is_symlink():
@@ -316,8 +316,8 @@ class RunDir:
         """Add to meta.json's `resumed` list where and in which precision training went on after `epoch`;
         returns the bf16 the run started with (None when meta.json does not say)."""
         meta = self.read_meta()
-        resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
-        meta["resumed"] = [*resumed, {"epoch": epoch, "device": device, "bf16": bf16}]
+        resumed = meta.get("resumed")
+        meta["resumed"] = [*(resumed if isinstance(resumed, list) else []), {"epoch": epoch, "device": device, "bf16": bf16}]
         self.write_meta(meta)
         return meta.get("bf16") if isinstance(meta.get("bf16"), bool) else None
 
@@ -509,8 +509,9 @@ class CompareDir:
 def precision(meta: dict) -> str | None:
     """How a run computed, from its meta.json: "bf16" or "float32" (train.bf16 auto resolves per machine),
     "bf16 + float32" when it was resumed in the other one; None when meta.json does not say."""
-    resumed = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
-    used = {entry.get("bf16") for entry in [meta, *resumed] if isinstance(entry, dict)} & {True, False}
+    resumed = meta.get("resumed")
+    entries = [meta, *(resumed if isinstance(resumed, list) else [])]
+    used = {entry.get("bf16") for entry in entries if isinstance(entry, dict)} & {True, False}
     return " + ".join(name for flag, name in ((True, "bf16"), (False, "float32")) if flag in used) or None
 
 

@@ -33,7 +33,7 @@ class ImageSet:
         """These images at side x side (bilinear, antialiased when shrinking); itself where side is None or theirs."""
         if side is None or tuple(self.images.shape[-2:]) == (side, side):
             return self
-        return ImageSet(torch.from_numpy(_resize(self.images, side)), self.labels, self.classes)
+        return ImageSet(torch.from_numpy(_resize(self.images.numpy(), side)), self.labels, self.classes)
 
 
 def _digits(root, split, variant):
@@ -114,7 +114,7 @@ DATASETS = {
                                        "fashion-mnist --data-dir DIR",
                                  size=_published(60_000, 10_000, 1, 28, 10)),
     mini.NAME: DatasetSpec(lambda f, s, v: mini.read_split(s), None,
-                           size=_published(*(10 * mini.PER_CLASS[s] for s in ("train", "test")), 1, 28, 10)),
+                           size=_published(10 * mini.PER_CLASS["train"], 10 * mini.PER_CLASS["test"], 1, 28, 10)),
     glyphs.NAME: DatasetSpec(glyphs.read_split, glyphs.cache_key, flip=False, generated=True, describe=glyphs.describe,
                              size=glyphs.size),
     "python": DatasetSpec(lambda f, s, v: _given_from_python(), None),
@@ -168,7 +168,7 @@ def _source(name: str, root, split: str, image_size: int | None, variant: str | 
     if variant not in spec.variants:
         accepted = ", ".join(str(v) for v in spec.variants)
         raise UserError(f"dataset {name!r} has no variant {variant!r}; accepted: {accepted}")
-    if spec.generated:
+    if spec.generated and spec.sources is not None:
         paths, key = spec.sources(num_classes, split)
         return cache.source_key(paths, key), lambda: spec.read(split, num_classes)
     if spec.sources is None:
@@ -249,7 +249,7 @@ def _item(item, what: str, index: int) -> tuple:
         return image, label
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise UserError(f"{what}[{index}] is not an (image, label) pair nor a mapping with image and label")
-    return item
+    return tuple(item)
 
 
 def _feature_names(dataset) -> list:
@@ -263,14 +263,14 @@ def _as_uint8_chw(image, what: str, index: int):
     import numpy as np
 
     if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.is_floating_point():
-            if array.numel() and (array.min() < 0 or array.max() > 1):
+        tensor = image.detach().cpu()
+        if tensor.is_floating_point():
+            if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
                 raise UserError(f"{what}[{index}] is a float image outside [0, 1] (normalised already?); give images "
                                 "in [0, 1] or uint8: fixedhead normalises them with the training set's statistics")
-            array = (array * 255).round()
-        array = array.to(torch.uint8).numpy()
-        return array[None] if array.ndim == 2 else array
+            tensor = (tensor * 255).round()
+        chw = tensor.to(torch.uint8).numpy()
+        return chw[None] if chw.ndim == 2 else chw
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise UserError(f"{what}[{index}] is {type(image).__name__} {array.dtype} {array.shape}; give PIL images, "

@@ -66,7 +66,7 @@ def _idx_files(name: str, root: Path) -> None:
     for filename, md5 in source.resources:
         if check_integrity(str(folder / filename), md5):
             continue
-        error = None
+        error: OSError = OSError(f"no mirror lists {filename}")
         for mirror in source.mirrors:
             try:
                 download_url(f"{mirror}{filename}", str(folder), filename, md5)

@@ -96,7 +96,7 @@ def _render(face: Face, ch: str, size: int, angle: float, dx: float, dy: float, 
     canvas = 2 * SIZE
     image = Image.new("L", (canvas, canvas), 0)
     ImageDraw.Draw(image).text((canvas / 2 + dx, canvas / 2 + dy), ch, font=fonts[key], fill=255, anchor="mm")
-    image = image.rotate(angle, resample=Image.BILINEAR)
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR)
     low = (canvas - SIZE) // 2
     return np.asarray(image.crop((low, low, low + SIZE, low + SIZE)), dtype=np.uint8)
 
@@ -136,7 +136,7 @@ def _sides() -> tuple:
             drawers[ch].append(face)
     eligible = []
     for ch in candidates():
-        sides = {True: [], False: []}
+        sides: dict[bool, list] = {True: [], False: []}
         for face in drawers.get(ch, ()):
             sides[design[face] in test_designs].append(face)
         if (len({design[f] for f in sides[False]}) >= MIN_TRAIN_DESIGNS
@@ -173,7 +173,8 @@ def plan(num_classes: int) -> Plan:
             continue
         probes = [f for f in broad if ch in drawn[f]][:PROBES]
         mine = {face: _reference(face, ch, fonts) for face in probes}  # rendered once, compared, then kept
-        near, both = collections.Counter(), collections.Counter()
+        near: collections.Counter = collections.Counter()
+        both: collections.Counter = collections.Counter()
         for face in probes:
             if face not in kept:
                 kept[face] = ([c for c in classes if c in drawn[face]], [_reference(face, c, fonts) for c in classes

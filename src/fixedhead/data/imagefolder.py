@@ -48,7 +48,7 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except Image.DecompressionBombError:
-        raise UserError(f"image {path} claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels; refusing to decode it "
+        raise UserError(f"image {path} claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; refusing to decode it "
                         "(a decompression bomb, or far too large for this tool)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
         raise UserError(f"cannot read image {path}: {shown(str(error), 120)}") from None

@@ -23,7 +23,7 @@ def prepare(data_cfg, *, seed: int, batch_size: int, eval_batch_size: int, devic
         raise UserError(f"dataset {data_cfg.name!r} has {len(train.classes)} class; a classifier needs two or more")
     fraction = data_cfg.val_fraction or (0.1 if with_val else 0.0)
     train_index, val_index = split_validation(len(train), fraction, train.labels, seed) if fraction else (None, None)
-    if train_index is not None and (len(train_index) == 0 or len(val_index) == 0):
+    if train_index is not None and val_index is not None and (len(train_index) == 0 or len(val_index) == 0):
         raise UserError(f"data.val_fraction {fraction} leaves {len(train_index)} training and {len(val_index)} "
                         f"validation images of {len(train)}; choose a fraction that leaves both non-empty")
     if data_cfg.imbalance != 1:  # after the validation hold-out: validation stays balanced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -89,7 +90,8 @@ def _pictures(outputs: dict, result: dict, folder: Path, tsne: bool, cluster: bo
     explained = (s[:2] ** 2 / (s**2).sum() * 100).tolist()
     files += plots.feature_scatter((centred @ v[:2].T).numpy(), labels, classes, folder / "features_pca",
                                    "features, first two principal components",
-                                   axes=tuple(f"PC {k + 1} ({e:.0f}% of variance)" for k, e in enumerate(explained)))
+                                   axes=(f"PC 1 ({explained[0]:.0f}% of variance)",
+                                         f"PC 2 ({explained[1]:.0f}% of variance)"))
     if tsne:
         from sklearn.manifold import TSNE
 
@@ -142,7 +144,7 @@ def measure_model(model: nn.Module, loader) -> dict:
     finally:
         hook.remove()
         model.train(was_training)
-    weight = head.vectors().cpu() if isinstance(head, ClassHead) else head.weight.detach().float().cpu()
+    weight = head.vectors().cpu() if isinstance(head, ClassHead) else cast(torch.Tensor, head.weight).detach().float().cpu()
     outputs = {key: torch.cat(value) for key, value in parts.items()} | {"weight": weight}
     return measure(outputs)
 
@@ -211,9 +213,9 @@ def compare(run_dirs: list, out=None, split: str = "test", device: str = "auto")
         panels = {name: (r["class_vector_cosine"], r["classes"]) for name, r in results.items()}
         folder = CompareDir(out)
         figures = plots.heatmap_grid(panels, folder.heatmaps)
-        loaded = {name: RunDir(r).read_evaluation() for name, r in zip(names, run_dirs)}
-        if all(loaded.values()):  # robustness side by side, when every run was evaluated
-            if all(e["corruptions"] for e in loaded.values()):
-                figures += plots.accuracy_vs_severity(loaded, folder.severity_figure)
+        read = {name: RunDir(r).read_evaluation() for name, r in zip(names, run_dirs)}
+        loaded = {name: e for name, e in read.items() if e}
+        if len(loaded) == len(read) and all(e["corruptions"] for e in loaded.values()):  # every run evaluated
+            figures += plots.accuracy_vs_severity(loaded, folder.severity_figure)
         folder.write_table(table)
     return {"table": table, "figures": figures, "runs": {n: {k: r[k] for k in SUMMARY_KEYS} for n, r in results.items()}}

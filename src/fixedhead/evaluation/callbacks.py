@@ -8,6 +8,8 @@ head, timm's get_classifier(), or the last nn.Linear) unless one is given.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -20,9 +22,10 @@ class HeadNumbers(pl.Callback):
     """Logs head/cos_mean, head/cos_max, head/scale (training epochs) and head/compactness (validation)."""
 
     def __init__(self, head: torch.nn.Module | None = None):
-        self.head, self._hook, self._sum, self._count = head, None, 0.0, 0
+        self.head, self._sum, self._count = head, 0.0, 0
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
 
-    def _find(self, pl_module) -> torch.nn.Module:
+    def _find(self, pl_module) -> Any:
         return self.head if self.head is not None else classifier_head(pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

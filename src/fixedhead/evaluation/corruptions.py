@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+from typing import Callable
 
 import numpy as np
 import torch
@@ -146,7 +147,8 @@ def defocus_blur(images: np.ndarray, radius: float, alias_blur: float, seed: int
     return blurred.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # .to(uint8) truncates, as the reference
 
 
-FUNCTIONS = {"impulse_noise": impulse_noise, "jpeg_compression": jpeg_compression, "defocus_blur": defocus_blur}
+FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {"impulse_noise": impulse_noise, "jpeg_compression": jpeg_compression,
+                                                   "defocus_blur": defocus_blur}
 
 
 def parameters(name: str, severity: int, preset: str = "imagenet-c"):

@@ -26,6 +26,9 @@ class Deployable(nn.Module):
     """A run's classifier with its input normalisation: (N, C, H, W) float images in [0, 1] -> (N, classes)
     logits. `classes` names the columns."""
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, classifier: nn.Module, mean: list[float], std: list[float], classes: list[str]):
         super().__init__()
         self.classifier = classifier
@@ -92,6 +95,8 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> No
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
                                 dynamic_shapes={"images": {0: batch}}, dynamo=True, verbose=False)
+    if program is None:  # dynamo=True always gives one
+        raise UserError("torch.onnx.export returned no program")
     program.save(str(path))
 
 

@@ -11,7 +11,7 @@ from ..devices import autocast
 
 
 @torch.no_grad()
-def predict(model, loader, bf16: bool = False, with_features: bool = False, tta: str = "none") -> dict:
+def predict(model, loader, bf16: bool | str = False, with_features: bool = False, tta: str = "none") -> dict:
     """Run `model` over a BatchLoader in eval mode: logits (N, C) float32, labels (N,), [features (N, D)].
 
     With `tta`, logits are the weighted mean over tta_views(); features are always the plain view's.
@@ -22,7 +22,7 @@ def predict(model, loader, bf16: bool = False, with_features: bool = False, tta:
     model.eval()
     device = loader.labels.device
     blockwise = getattr(model.head, "blockwise", False)
-    out = {key: [] for key in ("labels", *(("losses", "predicted") if blockwise else ("logits",)),
+    out: dict[str, list] = {key: [] for key in ("labels", *(("losses", "predicted") if blockwise else ("logits",)),
                                 *(("features",) if with_features else ()))}
     for images, targets in loader.epoch():
         views = tta_views(images, tta)  # views[0] is the plain batch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def generalization_set(spec: str, trained: TrainedRun) -> data.ImageSet:
 
 
 def evaluate_suite(run_dir, corruptions=CORRUPTIONS, severities=(1, 2, 3, 4, 5), preset: str = "imagenet-c",
-                   seed: int = 0, generalization: list[str] = (), device: str = "auto") -> dict:
+                   seed: int = 0, generalization: tuple[str, ...] | list[str] = (), device: str = "auto") -> dict:
     """Clean, corrupted and generalisation accuracy of a run; writes RUN_DIR/evaluation.json. The run is held
     (RunDir.lock) from reading its weights to writing the result, as `analyze` holds it."""
     run = RunDir(run_dir)
@@ -77,8 +78,8 @@ def _measure(trained: TrainedRun, corruptions, severities, preset: str, seed: in
     test = data.load_split(trained.config.data, "test")
     check_same_data(trained, test, f"the test split of {trained.config.data.name}")
     clean = trained.accuracy(test.images, test.labels)
-    result = {"run": str(trained.path), "num_test": len(test), "clean_acc": clean, "preset": preset, "seed": seed,
-              "corruptions": {}, "generalization": {}}
+    result: dict[str, Any] = {"run": str(trained.path), "num_test": len(test), "clean_acc": clean, "preset": preset,
+                              "seed": seed, "corruptions": {}, "generalization": {}}
     for name in corruptions:
         per_severity = {str(s): trained.accuracy(corrupted_set(test.images, name, s, preset, seed), test.labels)
                         for s in severities}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import data
 from ..config import Config, make_config, saved_config, to_dict
@@ -21,7 +20,7 @@ from ..data.pipeline import BatchLoader
 from ..devices import resolve_device
 from ..errors import UserError, reason, shown
 from ..files import check_fields
-from ..models.classifier import build_model
+from ..models.classifier import Classifier, build_model
 from ..runs import RunDir
 from .predict import predict, scores
 
@@ -35,7 +34,7 @@ class TrainedRun:
     """A run's weights in eval mode on `device`, with everything needed to feed them images."""
 
     path: Path
-    model: nn.Module
+    model: Classifier
     config: Config
     classes: list[str]
     in_channels: int

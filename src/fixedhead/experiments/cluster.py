@@ -67,7 +67,7 @@ def _todo(path, out, seeds, sets, log) -> tuple[list[str], dict]:
     planned = expand(experiment)
     _, sweep_dir = start(path, out, experiment, planned, log, here=False)
     summary = {"planned": [r.name for r in planned], "finished": [], "skipped": [], "failed": [], "busy": []}
-    todo = []
+    todo: list[str] = []
     for run in planned:
         (summary["skipped"] if sweep_dir.run(run.name).is_finished() else todo).append(run.name)
     return todo, summary

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 DEFAULT_TFLOPS = 100.0
 HOST_S_PER_OP = 20e-6
@@ -66,7 +70,7 @@ class Plan:
     evaluated: int  # images passed forward in evaluation: validation each epoch, test at the end (or each epoch)
 
 
-def plan(config, shape: tuple[int, int, int, int, int]) -> Plan:
+def plan(config: Config, shape: tuple[int, int, int, int, int]) -> Plan:
     """A run's steps and evaluated images from its config and data shape, as fit counts them (planned_steps,
     prepare's hold-out and long tail), assuming balanced classes as the published sets have."""
     from ..config import needs_validation
@@ -120,7 +124,7 @@ def step_cost(model_cfg, classes: int, channels: int, side: int) -> StepCost:
     return StepCost(3 * forward, forward, operations.count * HOST_S_PER_OP)
 
 
-def estimate(named_configs: list[tuple[str, object]], tflops: float = DEFAULT_TFLOPS) -> Estimate:
+def estimate(named_configs: list[tuple[str, Config]], tflops: float = DEFAULT_TFLOPS) -> Estimate:
     """GPU-hours of these (run name, Config) pairs at `tflops` sustained (see the module's docstring)."""
     rate = tflops * 1e12
     costs: dict[tuple, StepCost] = {}

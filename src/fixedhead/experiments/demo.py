@@ -9,6 +9,7 @@ smoke test, not evidence: every model learns it.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def demo(out="runs/demo", data: str = "auto", data_dir=None, seed: int = 0, over
     write_report(folder.path)
     keep = ("acc", "spearman_rho", "spearman_p", "mean_cos_to_predicted", "class_vector_cos_max", "num_images")
     title = f"The paper's four models on {TITLES.get(dataset, dataset)} (seed {seed}, n = 1 run each, test split)"
-    summary = {"dataset": dataset, "title": title, "seed": seed, "n_seeds": 1,
+    summary: dict[str, Any] = {"dataset": dataset, "title": title, "seed": seed, "n_seeds": 1,
                "runs": {name: r["run"] for name, r in results.items()},
                "results": {name: {k: r[k] for k in keep} for name, r in results.items()},
                "mcnemar": tests, "reading": reading(results, tests)}

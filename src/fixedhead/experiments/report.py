@@ -48,7 +48,7 @@ def _curve_figures(table: dict, figure, factor: float) -> list:
         xs = {row: float(row) for row in table["rows"]}
     except ValueError:
         raise UserError(f"a report with curve: true needs one numeric row key; got rows {table['rows'][:3]}") from None
-    rows = sorted(table["rows"], key=xs.get)
+    rows = sorted(table["rows"], key=lambda row: xs[row])
     x = [xs[r] for r in rows]
     log_x = min(x) > 0 and max(x) >= 10 * min(x)
     xlabel = ", ".join(table["row_keys"])

@@ -18,11 +18,11 @@ def summarise(values: list[float]) -> dict:
 
 def difference_ci(a: list[float], b: list[float], level: float = 0.95) -> dict:
     """mean(a) - mean(b) with a Welch t confidence interval (unequal variances)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = a.mean() - b.mean()
-    if len(a) < 2 or len(b) < 2:
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    diff = x.mean() - y.mean()
+    if len(x) < 2 or len(y) < 2:
         return {"diff": float(diff), "low": float("nan"), "high": float("nan"), "df": float("nan")}
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(va + vb)
     if se == 0:
         return {"diff": float(diff), "low": float(diff), "high": float(diff), "df": float("inf")}

@@ -227,7 +227,7 @@ def run_parallel(path, out, devices: list[str], seeds: int | None = None, sets: 
             command += ["--seeds", str(seeds)] if seeds is not None else []
             log(f"worker {index}/{len(devices)} on {device}")
             workers.append((subprocess.Popen(command), summary_path))
-        merged = {"planned": [], "finished": [], "skipped": [], "failed": [], "busy": []}
+        merged: dict[str, list] = {"planned": [], "finished": [], "skipped": [], "failed": [], "busy": []}
         for process, summary_path in workers:
             process.wait()
             if summary_path.exists():

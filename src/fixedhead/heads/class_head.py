@@ -9,6 +9,7 @@ buffer (in `state_dict`, never in `parameters()`); learned heads keep it as a Pa
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,9 @@ class ClassHead(nn.Module):
     Learned and fixed heads start from the same vectors for the same `seed`, so a fixed-vs-learned
     comparison differs only in whether the vectors move.
     """
+
+    if TYPE_CHECKING:  # for type checkers only: TorchScript cannot read this module's string annotations
+        log_scale_fixed: torch.Tensor  # a buffer where S is not learned
 
     def __init__(
         self,

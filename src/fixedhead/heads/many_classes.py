@@ -17,6 +17,7 @@ tests check it against F.cross_entropy on the full logits.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,8 @@ class ManyClassHead(nn.Module):
     fixed = True
     bias = None
     log_scale = None
+    if TYPE_CHECKING:  # for type checkers only: TorchScript cannot read this module's string annotations
+        log_scale_fixed: torch.Tensor
 
     def __init__(self, num_features: int, num_classes: int, similarity: str = "dot", scale: float = 1.0,
                  init: str = "random", seed: int = 0, vectors: str = "bf16", block_size: int = BLOCK_SIZE):

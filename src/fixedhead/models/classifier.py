@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from ..heads.class_head import ClassHead
 from ..heads.many_classes import ManyClassHead
 from . import encoders, zoo
 
-ENCODERS = {
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": encoders.resnet18,  # CIFAR ResNet-18, 512-d (the paper's encoder)
     "resnet20": encoders.resnet20,  # CIFAR ResNet-20, 64-d
     "vgg16": encoders.VGG,  # VGG-16 with batch norm, 512-d
@@ -44,12 +45,17 @@ def build_encoder(name: str, in_channels: int = 3, image_size: int = 32, pool: s
     return ENCODERS[name](in_channels=in_channels)
 
 
+def width(encoder: nn.Module) -> int:
+    """The width of an encoder's features: its `num_features` (every encoder here has one, as timm's do)."""
+    return cast(int, encoder.num_features)
+
+
 class Projected(nn.Module):
     """An encoder followed by a linear map to `num_features` features (2 gives the paper's Fig. 3 and 5)."""
 
     def __init__(self, encoder: nn.Module, num_features: int):
         super().__init__()
-        self.encoder, self.project = encoder, nn.Linear(encoder.num_features, num_features)
+        self.encoder, self.project = encoder, nn.Linear(width(encoder), num_features)
         self.num_features = num_features
 
     def forward(self, x):
@@ -66,8 +72,8 @@ class Neck(nn.Module):
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
-        self.encoder, self.norm = encoder, nn.BatchNorm1d(encoder.num_features)
-        self.num_features = encoder.num_features
+        self.encoder, self.norm = encoder, nn.BatchNorm1d(width(encoder))
+        self.num_features = width(encoder)
 
     def forward(self, x):
         return self.norm(self.encoder(x))
@@ -103,10 +109,15 @@ class Classifier(nn.Module):
     timm's hooks of the encoder (no_weight_decay, group_matcher, set_grad_checkpointing,
     pretrained_cfg, default_cfg) are answered by the Classifier with the `encoder.` prefix."""
 
+    if TYPE_CHECKING:  # for type checkers only: TorchScript takes no nn.Module annotations
+        encoder: nn.Module
+        head: Any  # a ClassHead, a ManyClassHead, another head module, or nn.Identity once removed
+        num_features: int
+
     def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
-        self.num_features = getattr(head, "num_features", getattr(encoder, "num_features", None))
+        self.num_features = cast(int, getattr(head, "num_features", getattr(encoder, "num_features", None)))
 
     def __getattr__(self, name: str):
         try:
@@ -161,18 +172,18 @@ def swap_head(model: nn.Module, num_classes: int | None = None, **head_kwargs) -
     returns that object's `logits` field, which holds the features once the classifier is an identity.
     """
     if hasattr(model, "reset_classifier") and hasattr(model, "num_features"):
-        num_classes = num_classes or model.num_classes
-        model.reset_classifier(0)
-        num_features = model.num_features
-        if hasattr(model, "head_hidden_size"):  # timm >= 1.0: pre-logits width may differ
-            num_features = model.head_hidden_size
+        timm_model: Any = model  # timm's contract: attributes nn.Module does not declare
+        num_classes = num_classes or timm_model.num_classes
+        timm_model.reset_classifier(0)
+        # timm >= 1.0: the pre-logits width (head_hidden_size) may differ from num_features
+        num_features = timm_model.head_hidden_size if hasattr(model, "head_hidden_size") else timm_model.num_features
     else:
         zoo.drop_auxiliary(model)
         linear = zoo.remove_last_linear(model)
         num_classes, num_features = num_classes or linear.out_features, linear.in_features
         if type(model).__module__.startswith("transformers."):
             model = TransformersFeatures(model)
-    return Classifier(model, ClassHead(num_features, num_classes, **head_kwargs))
+    return Classifier(model, ClassHead(num_features, cast(int, num_classes), **head_kwargs))
 
 
 class TransformersFeatures(nn.Module):
@@ -198,12 +209,13 @@ def build_model(model_cfg, seed: int, num_classes: int, in_channels: int, image_
     if model_cfg.neck == "bn":
         encoder = Neck(encoder)
     head_seed = seed if model_cfg.head_seed is None else model_cfg.head_seed
+    head: nn.Module
     if model_cfg.vectors != "stored":
-        head = ManyClassHead(encoder.num_features, num_classes, similarity=model_cfg.similarity, scale=model_cfg.scale,
+        head = ManyClassHead(width(encoder), num_classes, similarity=model_cfg.similarity, scale=model_cfg.scale,
                              init=model_cfg.init, seed=head_seed, vectors=model_cfg.vectors)
     else:
         head = ClassHead(
-            encoder.num_features, num_classes, similarity=model_cfg.similarity, fixed=model_cfg.fixed,
+            width(encoder), num_classes, similarity=model_cfg.similarity, fixed=model_cfg.fixed,
             scale=model_cfg.scale, learn_scale=model_cfg.learn_scale, init=model_cfg.init, bias=model_cfg.bias,
             seed=head_seed,
         )

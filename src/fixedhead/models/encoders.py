@@ -6,6 +6,8 @@ Every encoder sets `num_features`. All use global pooling, so they work at any i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -61,6 +63,9 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet: 3x3 stride-1 stem, no max-pool, stages of BasicBlocks, then pooling."""
 
+    if TYPE_CHECKING:  # for type checkers only: TorchScript takes no nn.Module annotations
+        pool: nn.Module
+
     def __init__(self, widths, depths, in_channels: int = 3, pool: str = "avg", image_size: int = 32):
         super().__init__()
         layers = [*_conv_bn(in_channels, widths[0]), nn.ReLU(inplace=True)]
@@ -79,7 +84,8 @@ class ResNet(nn.Module):
                 raise UserError(f"model.pool=authors (a fixed 4x4 average pool after {len(widths) - 1} halvings) needs "
                                 f"images of at least {4 * 2 ** (len(widths) - 1)} px; these are {image_size} px; "
                                 "use model.pool=avg")
-            self.pool, self.num_features = nn.Sequential(nn.AvgPool2d(4), nn.Flatten()), cin * side * side
+            self.pool = nn.Sequential(nn.AvgPool2d(4), nn.Flatten())
+            self.num_features = cin * side * side
         else:
             raise ValueError(f"unknown pool {pool!r}; choose 'avg' or 'authors'")
 
@@ -103,9 +109,10 @@ class VGG(nn.Module):
 
     def __init__(self, in_channels: int = 3):
         super().__init__()
-        layers, cin = [], in_channels
+        layers: list[nn.Module] = []
+        cin = in_channels
         for item in _VGG16:
-            if item == "M":
+            if isinstance(item, str):  # "M"
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 16 px inputs survive five pools
             else:
                 layers += [*_conv_bn(cin, item), nn.ReLU(inplace=True)]

@@ -19,6 +19,7 @@ import difflib
 import inspect
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ def drop_auxiliary(model: nn.Module) -> None:
     """Remove the auxiliary classifiers of torchvision's Inception v3 and GoogLeNet, whose training
     forward would otherwise return (main, auxiliary) outputs: training then sees the main output."""
     if getattr(model, "aux_logits", False):
-        model.aux_logits = False
+        cast(Any, model).aux_logits = False
         for name in ("AuxLogits", "aux1", "aux2"):
             if hasattr(model, name):
                 setattr(model, name, None)
@@ -103,12 +104,13 @@ def _adapt_channels(model: nn.Module, arch: str, in_channels: int, pretrained: b
     parent, attr, conv = found
     if in_channels != 1 or conv.groups != 1:
         raise UserError(f"{arch} takes 3-channel images; the data has {in_channels} channels (1 or 3 work)")
-    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    shape: dict[str, Any] = {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
+                             "dilation": conv.dilation}
+    new = nn.Conv2d(1, conv.out_channels, bias=conv.bias is not None, padding_mode=conv.padding_mode, **shape)
     if pretrained:  # grey = the sum of the colour filters' responses to equal R, G and B
         with torch.no_grad():
             new.weight.copy_(conv.weight.sum(1, keepdim=True))
-            if conv.bias is not None:
+            if conv.bias is not None and new.bias is not None:
                 new.bias.copy_(conv.bias)
     setattr(parent, attr, new)
 
@@ -215,7 +217,7 @@ def build(arch: str, in_channels: int, image_size: int, pretrained: bool = False
         raise UserError(f"{arch} gives {type(out).__name__} {tuple(getattr(out, 'shape', ()))} where features (batch, "
                         "width) were expected once its classifier is removed; choose a model with a pooled output")
     # timm: num_features is the pooled width; the output is wider when the model has a pre-logits layer
-    model.num_features = out.shape[1]
+    cast(Any, model).num_features = out.shape[1]
     return model
 
 
@@ -248,7 +250,7 @@ def load_encoder_weights(encoder: nn.Module, path) -> None:
         except ImportError:
             raise UserError("model.weights in safetensors needs safetensors: pip install safetensors") from None
         try:
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         except Exception as error:  # safetensors raises its own errors on a damaged header
             raise UserError(f"cannot read {path} as safetensors ({reason(error)})") from None
     else:

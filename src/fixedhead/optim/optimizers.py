@@ -9,6 +9,7 @@ batch-norm shifts, and what the model exempts from weight decay through timm's `
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from .muon import SGDMuon, is_filter
 
 # train.optimizer: torch's SGD and AdamW; muon: SGD whose filter group takes Muon steps; timm:NAME: timm's
 TIMM_PREFIX = "timm:"
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "muon": SGDMuon, f"{TIMM_PREFIX}NAME": None}
+OPTIMIZERS: dict[str, Any] = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "muon": SGDMuon,
+                              f"{TIMM_PREFIX}NAME": None}
 
 
 def check_optimizer(name: str) -> None:
@@ -31,7 +33,7 @@ def check_optimizer(name: str) -> None:
         from timm.optim import list_optimizers
     except ImportError:
         raise UserError(f"train.optimizer={shown(name)} needs timm: pip install 'fixedhead[timm]'") from None
-    known = list_optimizers()
+    known = [str(n) for n in list_optimizers()]
     if name[len(TIMM_PREFIX):] not in known:
         close = difflib.get_close_matches(name[len(TIMM_PREFIX):], known, n=3)
         hint = f"did you mean {' or '.join(TIMM_PREFIX + c for c in close)}?" if close else "timm.optim.list_optimizers()"
@@ -63,10 +65,12 @@ def parameter_groups(model: nn.Module, muon: bool = False, shifts_apart: bool = 
     head_params = {id(p) for p in head.parameters()} if head is not None else set()
     vectors = getattr(head, "weight", None)
     by_name = dict(model.named_parameters())  # timm's hook answers with names: the one place names are read
-    exempt = {id(by_name[n]) for n in (model.no_weight_decay() if hasattr(model, "no_weight_decay") else ())
-              if n in by_name}
+    hooked: Any = model  # timm's no_weight_decay() hook, where the model has one
+    named = hooked.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    exempt = {id(by_name[n]) for n in named if n in by_name}
     shifts = {id(m.bias) for m in model.modules() if shifts_apart and isinstance(m, NORM_LAYERS) and m.bias is not None}
-    groups = {name: [] for name in ("encoder", "class_vectors", "head_other", "no_weight_decay", "bn_shifts", "filters")}
+    groups: dict[str, list] = {name: [] for name in ("encoder", "class_vectors", "head_other", "no_weight_decay",
+                                                     "bn_shifts", "filters")}
     for param in model.parameters():
         if not param.requires_grad:
             continue

@@ -8,6 +8,7 @@ ReduceLROnPlateau acts on it once per epoch, on a validation metric (PLATEAU_MOD
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from ..errors import UserError
 
@@ -32,7 +33,7 @@ def _constant(progress: float, final: float) -> float:
 SCHEDULES = {"linear": _linear, "cosine": _cosine, "step": _step, "constant": _constant, "plateau": _constant}
 
 # train.plateau_on: what ReduceLROnPlateau watches on validation, and which way is better
-PLATEAU_MODES = {"loss": "min", "acc": "max"}
+PLATEAU_MODES: dict[str, Literal["min", "max"]] = {"loss": "min", "acc": "max"}
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float = 0.0, start: float = 0.0) -> float:

@@ -51,7 +51,7 @@ def check_same_everywhere(tensor: torch.Tensor, what: str) -> None:
     if not dist.is_initialized():
         return
     digest = int(hashlib.sha256(tensor.detach().cpu().numpy().tobytes()).hexdigest()[:12], 16)
-    gathered = [None] * dist.get_world_size()
+    gathered: list[int | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, digest)
     if len(set(gathered)) != 1:
         raise UserError(f"{what} differ between ranks; every rank must build the model from the same seed")

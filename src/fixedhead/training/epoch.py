@@ -9,6 +9,7 @@ import itertools
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import nn
 from ..devices import autocast
 from ..errors import UserError
 from . import distributed
+
+if TYPE_CHECKING:
+    from ..models.classifier import Classifier
 
 
 class LossOf(nn.Module):
@@ -33,7 +37,10 @@ class LossOf(nn.Module):
     the batch's own labels.
     """
 
-    def __init__(self, model: nn.Module, class_weight: torch.Tensor | None = None, mix=None, loss: str = "ce",
+    class_weight: torch.Tensor | None  # buffers
+    log_prior: torch.Tensor | None
+
+    def __init__(self, model: Classifier, class_weight: torch.Tensor | None = None, mix=None, loss: str = "ce",
                  log_prior: torch.Tensor | None = None):
         super().__init__()
         self.model, self.mix, self.kind = model, mix, loss
@@ -57,7 +64,7 @@ class LossOf(nn.Module):
             vectors = F.normalize(self.model.head.vectors().float(), dim=1)
             cosines = (F.normalize(features.float(), dim=1) * vectors[targets]).sum(1)
             return 0.5 * (cosines - 1).square().mean(), logits.argmax(1)
-        adjusted = logits + self.log_prior if self.kind == "logit-adjusted" and self.training else logits
+        adjusted = logits + self.log_prior if self.log_prior is not None and self.training else logits
         loss = F.cross_entropy(adjusted, targets, weight=self.class_weight, label_smoothing=label_smoothing)
         return loss, logits.argmax(1)
 

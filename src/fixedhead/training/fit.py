@@ -6,8 +6,10 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .. import config as config_mod
@@ -116,7 +118,7 @@ class Training:
     """What one run trains with, and where it stands: `epoch` epochs done (plus `partial` steps of the
     next after an interruption), the best weights so far (train.select=best_val) and the time spent."""
 
-    config: object
+    config: config_mod.Config
     data: dict  # loaders train / val / test and the data meta (see data.loaders.prepare)
     model: torch.nn.Module
     stepped: torch.nn.Module  # what the training steps call: the model, wrapped by DDP / torch.compile
@@ -124,7 +126,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     plateau: object = None  # ReduceLROnPlateau for schedule=plateau
     lookahead: Lookahead | None = None
-    ema: torch.nn.Module | None = None  # train.ema: the weights' moving average (stepping.make_ema)
+    ema: AveragedModel | None = None  # train.ema: the weights' moving average (stepping.make_ema)
     scaler: torch.amp.GradScaler | None = None  # train.fp16
     epoch: int = 0
     best: dict | None = None
@@ -173,7 +175,7 @@ class Training:
 
     def evaluated(self) -> torch.nn.Module:
         """The weights that validation scores and that become the run's: the moving average with train.ema."""
-        return self.ema.module if self.ema is not None else self.model
+        return cast(torch.nn.Module, self.ema.module) if self.ema is not None else self.model
 
 
 def _evaluate(model, loader, tc, prefix: str, train_counts: list[int] | None = None) -> dict:
@@ -188,7 +190,7 @@ def _evaluate(model, loader, tc, prefix: str, train_counts: list[int] | None = N
 
 
 def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose: bool = True,
-        callbacks: tuple = (), train_data=None, test_data=None) -> dict:
+        callbacks: tuple | list = (), train_data=None, test_data=None) -> dict:
     """Train the run `config` describes into `run_dir`; returns the final metrics (also final.json).
 
     The test split is evaluated once, at the end, on the weights chosen by `train.select`.
@@ -209,16 +211,16 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
             print(note, file=sys.stderr)
         check_tracker_folder(config.train.log, run)
         _start(run, training, checkpoint, overwrite, device)
-        callbacks = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
+        called = list(callbacks) if ctx.is_main else []  # under torchrun only rank 0 prints and reports
         tracker = open_tracker(config.train.log, run, config_mod.flat(config)) if ctx.is_main else None
-        callbacks += [tracker] if tracker else []
+        called += [tracker] if tracker else []
         final = None
         try:
-            _loop(run, training, ctx, verbose=verbose and ctx.is_main, callbacks=callbacks)
+            _loop(run, training, ctx, verbose=verbose and ctx.is_main, callbacks=called)
             final = _finish(run, training)
             return final
         finally:
-            for callback in callbacks:
+            for callback in called:
                 if hasattr(callback, "close"):
                     callback.close(final)
 
@@ -255,7 +257,9 @@ def _build(config, ctx, device, fresh: bool, given: dict | None = None) -> Train
     if config.model.whiten == "frozen":
         first_conv(model.encoder).weight.requires_grad_(False)
     _check_whiten_bias(config, model, ctx)
-    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, tc)
     steps = planned_steps(tc, data["train"])
     warmup = round(tc.warmup_epochs * len(data["train"]))
@@ -409,20 +413,22 @@ def _whiten_bias(model, model_cfg, epoch: int) -> None:
     before the second convolution needs a gradient, so backward skips that convolution's input gradient at
     full resolution (airbench93's rule: the later epochs are cheaper)."""
     if model_cfg.whiten_bias_epochs is not None:
-        first_conv(model.encoder).bias.requires_grad_(epoch < model_cfg.whiten_bias_epochs)
+        cast(torch.Tensor, first_conv(model.encoder).bias).requires_grad_(epoch < model_cfg.whiten_bias_epochs)
 
 
-def _wrap(step: LossOf, tc, ctx, device):
+def _wrap(step: LossOf, tc, ctx, device) -> Any:
     """The module the training steps call: DistributedDataParallel under torchrun, compiled if asked."""
     distributed.check_same_everywhere(step.model.head.identity(), "class vectors")
     if tc.sync_bn and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm is GPU-only); on CPUs each process "
                         "keeps batch-norm statistics over its share of the batch")
+    wrapped: torch.nn.Module = step
     if torch.distributed.is_initialized():
         if tc.sync_bn:
-            step = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step)  # in place: the model's layers are replaced
-        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
-    return torch.compile(step) if tc.compile else step
+            wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step)  # in place: the model's layers are replaced
+        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped,
+                                                            device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if tc.compile else wrapped
 
 
 def _end_epoch(run: RunDir, record: dict, model, data, plateau, tc, best, config):
