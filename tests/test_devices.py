@@ -66,3 +66,31 @@ def test_fit_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
     fit(make_config({"data.name": "digits", "model.arch": "resnet20", "train.epochs": 0.05, "train.device": "cpu"}),
         tmp_path / "run", verbose=False)
     assert calls == [1]
+
+
+def test_bf16_counts_as_native_only_with_bf16_instructions():
+    """On x86, bf16 autocast is fast only with AVX-512 BF16 or AMX: read independently from the kernel's list
+    of CPU flags. (oneDNN's own check also says yes on AVX-512 CPUs without them, where bf16 is slower.)"""
+    from pathlib import Path
+
+    import torch
+
+    from fixedhead.devices import native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        pytest.skip("needs Linux on x86_64 (the CPU flags in /proc/cpuinfo)")
+    flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    assert native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert native_bf16(torch.device("cpu")) == native_bf16("cpu")
+
+
+def test_elsewhere_than_x86_onednns_check_decides(monkeypatch):
+    import torch
+
+    from fixedhead import devices
+
+    monkeypatch.setattr(devices.platform, "machine", lambda: "aarch64")
+    for answer in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda answer=answer: answer)
+        assert devices.native_bf16("cpu") is answer

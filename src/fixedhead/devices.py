@@ -36,10 +36,14 @@ EMULATED_BF16 = ("this CPU has no bf16 instructions, so bf16 autocast is emulate
 
 
 def native_bf16(device) -> bool:
-    """Whether bf16 autocast is fast on `device`: CUDA, or a CPU with bf16 instructions (AVX-512 BF16,
-    AMX). Elsewhere PyTorch emulates bf16: measured 6-12x slower than float32 on a 2-core AVX2 CPU."""
+    """Whether bf16 autocast is fast on `device`: CUDA, or a CPU with bf16 instructions. On x86 that is
+    AVX-512 BF16 or AMX: oneDNN also runs bf16 on AVX-512 CPUs without them (its own check says yes there),
+    converting in software, and that is slower than float32 (docs/speed.md); on AVX2 PyTorch emulates bf16,
+    several times slower. Elsewhere (ARM) oneDNN's check decides."""
     if torch.device(device).type == "cuda":
         return True
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 either
