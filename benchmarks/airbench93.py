@@ -91,13 +91,16 @@ def make_net(head: str = "linear", scale: float = 16.0, num_classes: int = 10, s
 
 
 @torch.no_grad()
-def init_whitening(stem: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
-    """Uncentred second moment of the 2x2 patches, its eigenvectors (largest first) / sqrt(eigenvalue + eps), +/-."""
+def init_whitening(stem: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4, largest_first: bool = True) -> None:
+    """Uncentred second moment of the 2x2 patches, its eigenvectors / sqrt(eigenvalue + eps), +/-: largest
+    first (airbench93), or in eigh's ascending order (airbench94_muon)."""
     c, (h, w) = images.shape[1], stem.weight.shape[2:]
     patches = images.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w).float()
     flat = patches.view(len(patches), -1)
     values, vectors = torch.linalg.eigh(flat.T @ flat / len(flat), UPLO="U")
-    values, vectors = values.flip(0).view(-1, 1, 1, 1), vectors.T.reshape(c * h * w, c, h, w).flip(0)
+    values, vectors = values.view(-1, 1, 1, 1), vectors.T.reshape(c * h * w, c, h, w)
+    if largest_first:
+        values, vectors = values.flip(0), vectors.flip(0)
     scaled = vectors / torch.sqrt(values + eps)
     stem.weight.copy_(torch.cat((scaled, -scaled)))
 

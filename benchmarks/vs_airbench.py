@@ -1,4 +1,5 @@
-"""fixedhead's CPU speed recipe against the peer, airbench93 (benchmarks/airbench93.py), side by side in one
+"""fixedhead's CPU speed recipe against a peer, airbench93 (benchmarks/airbench93.py, the default) or
+airbench94_muon (benchmarks/airbench94_muon.py, --peer airbench94_muon), side by side in one
 invocation: seed by seed, the peer and ours back to back (the peer first on even seeds, ours first on odd
 ones), on the same machine and data, so that every time is a
 ratio against a run made minutes apart (this machine's speed drifts by about 10% within an hour).
@@ -10,6 +11,7 @@ hyperparameters (the peer's, with a fixed cosine head S = 16 on both), once thro
 through `fixedhead`'s trainer, and the ratio of seconds per epoch is the trainer's overhead.
 
     python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3
+    python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3 --peer airbench94_muon --recipe configs/speed/cpu-accurate.yaml
     python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 2 --overhead --epochs 2
     python benchmarks/vs_airbench.py --tiny [--overhead]   # 6,144 noise images, 1 epoch: checks the script
 
@@ -31,7 +33,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import airbench93  # noqa: E402  (the peer, beside this file)
+import airbench93  # noqa: E402  (the peers, beside this file)
+import airbench94_muon  # noqa: E402
 
 from fixedhead import fit  # noqa: E402
 from fixedhead.config import flat, flatten, make_config, parse_overrides  # noqa: E402
@@ -45,6 +48,7 @@ from fixedhead.files import check_fields, read_json, write_json  # noqa: E402
 # Which side trains first, by seed parity: the first run of a process pays one-time costs (measured: the peer
 # took 409 s first and 360 s second for the same 2 epochs), so alternating cancels them over an even n.
 FIRST = (("peer", "ours"), ("ours", "peer"))
+PEERS = {"airbench93": airbench93, "airbench94_muon": airbench94_muon}
 
 # The peer's network and hyperparameters in fixedhead's keys (for --overhead); epochs set by --epochs.
 PEER_AS_CONFIG = {
@@ -130,10 +134,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="the CIFAR-10 JPEG folder (train/, test/)")
     parser.add_argument("--recipe", default="configs/speed/cpu-fast.yaml")
+    parser.add_argument("--peer", choices=tuple(PEERS), default="airbench93")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.88, 0.89])
     parser.add_argument("--overhead", action="store_true", help="same network and hyperparameters on both sides")
-    parser.add_argument("--epochs", type=int, default=airbench93.HYP["epochs"], help="--overhead only")
+    parser.add_argument("--epochs", type=int, help="--overhead only (default: the peer's)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="both sides: bf16 autocast (auto: where the CPU has bf16 instructions)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
@@ -141,14 +146,18 @@ def main():
     parser.add_argument("--out", type=Path, help="keep each finished seed's pair here; a rerun skips kept seeds")
     args = parser.parse_args()
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(torch.device("cpu")))
+    peer_module = PEERS[args.peer]
+    if args.overhead and args.peer != "airbench93":
+        raise UserError("--overhead trains airbench93's network on both sides; leave --peer at airbench93")
     if args.tiny:
         args.data_dir, args.epochs, args.seeds = tiny_folder(Path(tempfile.mkdtemp())), 1, 1
+    args.epochs = args.epochs or peer_module.HYP["epochs"]
     if args.overhead:
         overrides = {**PEER_AS_CONFIG, "train.epochs": args.epochs, "train.warmup_epochs": 0.23 * args.epochs}
         peer_head = "cosine-fixed"
     else:
         overrides, peer_head = recipe_config(args.recipe), "linear"
-    peer_epochs = args.epochs if args.overhead or args.tiny else airbench93.HYP["epochs"]
+    peer_epochs = args.epochs if args.overhead or args.tiny else peer_module.HYP["epochs"]
     if args.tiny:
         overrides["train.epochs"] = args.epochs
     overrides.update(parse_overrides(args.set))
@@ -161,7 +170,8 @@ def main():
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'bf16 autocast' if bf16 else 'float32'}; {len(train_set)} training images; freed memory "
           f"{'kept for reuse (glibc)' if memory_kept else 'left to the C library'} on both sides", flush=True)
-    setup = {"overrides": {k: v for k, v in overrides.items() if k != "data.data_dir"}, "peer_head": peer_head,
+    setup = {"overrides": {k: v for k, v in overrides.items() if k != "data.data_dir"}, "peer": args.peer,
+             "peer_head": peer_head,
              "peer_epochs": peer_epochs, "overhead": args.overhead, "train_images": len(train_set),
              "freed_memory_kept": memory_kept}
     rows = []
@@ -171,7 +181,7 @@ def main():
             if kept:
                 peer, mine = kept
             else:
-                sides = {"peer": functools.partial(airbench93.train, train_set, test_set, seed, peer_head, 16.0, bf16,
+                sides = {"peer": functools.partial(peer_module.train, train_set, test_set, seed, peer_head, 16.0, bf16,
                                                    peer_epochs, every_epoch=not args.overhead),
                          "ours": functools.partial(ours, overrides, args.data_dir, seed, Path(scratch))}
                 order = FIRST[seed % 2]
@@ -190,7 +200,7 @@ def main():
         print(f"fixedhead / peer: {summary(ratios)}")
         return
     ours_name = " ".join([args.recipe, *args.set])  # the recipe with what --set changed in it
-    for side, index in (("peer (airbench93, learned head)", 0), (f"ours ({ours_name})", 1)):
+    for side, index in ((f"peer ({args.peer}, learned head)", 0), (f"ours ({ours_name})", 1)):
         runs = [r[index] for r in rows]
         print(f"{side}: TTA test accuracy {summary([r['test_acc_tta'] for r in runs])}; "
               f"training s {summary([r['train_time_s'] for r in runs])}")

@@ -349,3 +349,68 @@ def test_the_whitening_bias_learns_for_its_epochs_then_stays_put_with_no_gradien
     with pytest.raises(UserError, match="fastnet-small's has none"):
         fit(make_config({**overrides, "model.arch": "fastnet-small"}), tmp_path / "no-bias", verbose=False)
     assert not (tmp_path / "no-bias").exists()
+
+
+def test_the_airbench94_muon_ports_muon_takes_torch_muons_steps():
+    """The port's Muon (the peer's: summed momentum, Nesterov, filters rescaled to norm sqrt(rows), here in
+    float32) against torch.optim.Muon (momentum as an average: the same direction, which orthogonalisation
+    keeps) on wide filter banks, where torch's lr factor is 1."""
+    port = _port("airbench94_muon")
+
+    def net():
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.GELU(),
+                             nn.Conv2d(8, 16, 3, bias=False), nn.BatchNorm2d(16), nn.GELU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    g = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(16, 3, 9, 9, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(4)]
+
+    def run(model, step):
+        filters = [m.weight for m in model if isinstance(m, nn.Conv2d)]
+        for x, y in batches:
+            for f in filters:
+                f.grad = None
+            nn.functional.cross_entropy(model(x), y).backward()
+            step(filters)
+        return filters
+
+    ours = net()
+    muon = port.Muon([m.weight for m in ours if isinstance(m, nn.Conv2d)], lr=0.2, momentum=0.6, nesterov=True)
+    run(ours, lambda filters: muon.step())
+    theirs = net()
+    views = [m.weight.detach().view(len(m.weight), -1) for m in theirs if isinstance(m, nn.Conv2d)]
+    reference = torch.optim.Muon(views, lr=0.2, weight_decay=0.0, momentum=0.6, nesterov=True, ns_steps=3)
+
+    def reference_step(filters):
+        with torch.no_grad():
+            for f, view in zip(filters, views):
+                view.mul_(len(view) ** 0.5 / view.norm())
+                view.grad = f.grad.view(len(f), -1)
+        reference.step()
+    expected = run(theirs, reference_step)
+    for mine, their in zip((m.weight for m in ours if isinstance(m, nn.Conv2d)), expected):
+        torch.testing.assert_close(mine, their, rtol=0, atol=2e-2)  # bf16 inside torch's
+    assert (ours[0].weight - net()[0].weight).norm() > 0.5
+
+
+def test_the_airbench94_muon_port_is_the_published_network_and_trains(monkeypatch):
+    port = _port("airbench94_muon")
+    net = port.CifarNet()
+    shapes = {name: tuple(p.shape) for name, p in net.named_parameters() if p.requires_grad and p.ndim == 4}
+    assert sorted(shapes.values()) == sorted([(64, 24, 3, 3), (64, 64, 3, 3), (256, 64, 3, 3), (256, 256, 3, 3),
+                                              (256, 256, 3, 3), (256, 256, 3, 3)])
+    assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
+    assert net.head.weight.shape == (10, 256) and net.head.weight.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # the loop end to end, at a size a test affords: narrower, smaller batches
+    monkeypatch.setitem(port.HYP, "widths", (8, 16, 16))
+    monkeypatch.setitem(port.HYP, "batch_size", 64)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(256) % 4
+    images = (torch.rand(256, 3, 32, 32, generator=g) * 60 + labels.view(-1, 1, 1, 1) * 50).to(torch.uint8)
+    from fixedhead.data import ImageSet
+
+    data = ImageSet(images, labels, ["a", "b", "c", "d"])
+    result = port.train(data, data, seed=0, epochs=4, every_epoch=True)
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4] and result["train_time_s"] > 0
+    assert result["test_acc_tta"] > 0.5  # four bright levels: learnable in 16 steps
