@@ -11,7 +11,7 @@ hyperparameters (the peer's, with a fixed cosine head S = 16 on both), once thro
 through `fixedhead`'s trainer, and the ratio of seconds per epoch is the trainer's overhead.
 
     python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3
-    python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3 --peer airbench94_muon --recipe configs/speed/cpu-accurate.yaml
+    python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 3 --peer airbench94_muon --recipe speed/cpu-fast-long
     python benchmarks/vs_airbench.py --data-dir /tmp/cifar --seeds 2 --overhead --epochs 2
     python benchmarks/vs_airbench.py --tiny [--overhead]   # 6,144 noise images, 1 epoch: checks the script
 
