@@ -76,7 +76,8 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_the_run_ends_as_if_never_kil
     import sys
     import time
 
-    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.epochs": 4, "train.batch_size": 16},
+    # 10 epochs of about half a second: a kill delayed by a loaded machine still lands before the run ends
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "train.epochs": 10, "train.batch_size": 16},
                   "variants": {"fixed": {"model.fixed": True}}}
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(experiment))
     threads = torch.get_num_threads()
@@ -97,6 +98,7 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_the_run_ends_as_if_never_kil
     if not workers:
         sweep.kill()
         pytest.skip("no Ray worker process found to kill (its title is set by Ray on Linux)")
+    assert not (out / run / "final.json").exists(), "the run ended before the kill: nothing left to resume"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     stdout, stderr = sweep.communicate(timeout=300)
