@@ -50,15 +50,6 @@ def image_folder(tmp_path):
     return write_image_folder(tmp_path / "images")
 
 
-def pytest_configure(config):
-    """Under pytest-xdist each worker is a process of its own: one torch thread each, so that the workers
-    share the cores instead of each taking all of them."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)
-
-
 def pytest_report_header(config):
     cifar = "present" if SHARED_CIFAR.exists() else "absent"
     return f"cifar10-jpeg: {cifar}; cpu count {os.cpu_count()}"
