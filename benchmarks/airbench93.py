@@ -232,28 +232,34 @@ def train(train_set, test_set, seed: int = 0, head: str = "linear", scale: float
                             "test_acc_tta": evaluate(net, test_loader, True, bf16)})
             if report:
                 report(history[-1])
+    return scored(net, test_loader, bf16, train_time_s=train_time, epochs=epochs, seed=seed, head=head,
+                  history=history, scale=scale if head != "linear" else HYP["logit_scale"])
+
+
+def scored(net: nn.Module, test_loader: Loader, bf16: bool, **record) -> dict:
+    """A finished run's result: TTA accuracy (its pass timed apart, as `tta_time_s`), plain accuracy, `record`."""
     start = time.perf_counter()
     result = {"test_acc_tta": evaluate(net, test_loader, True, bf16)}
-    result.update(tta_time_s=time.perf_counter() - start, test_acc=evaluate(net, test_loader, False, bf16),
-                  train_time_s=train_time, epochs=epochs, seed=seed, head=head, history=history,
-                  scale=scale if head != "linear" else HYP["logit_scale"])
-    return result
+    return {**result, "tta_time_s": time.perf_counter() - start, "test_acc": evaluate(net, test_loader, False, bf16),
+            **record}
 
 
-def main():
+def main(run=None, epochs: int = HYP["epochs"], description: str = __doc__.splitlines()[0]):
+    """The command line of a port: one run on the CIFAR-10 JPEG folder, a JSON line per epoch, then the result."""
     from fixedhead.data import load
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    run = run or train
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", required=True, help="the CIFAR-10 JPEG folder (train/, test/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head", choices=("linear", "cosine-fixed"), default="linear")
     parser.add_argument("--scale", type=float, default=16.0, help="S of the fixed cosine head")
-    parser.add_argument("--epochs", type=int, default=HYP["epochs"])
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (only where the CPU has bf16)")
     args = parser.parse_args()
     train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
-    result = train(train_set, test_set, args.seed, args.head, args.scale, args.bf16, args.epochs, every_epoch=True,
-                   report=lambda r: print(json.dumps(r), flush=True))
+    result = run(train_set, test_set, args.seed, args.head, args.scale, args.bf16, args.epochs, every_epoch=True,
+                 report=lambda r: print(json.dumps(r), flush=True))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
 
 

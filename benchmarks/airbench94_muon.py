@@ -34,8 +34,6 @@ and its 1/256 for fixedhead's fixed cosine head with scale S (no head parameters
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -46,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from airbench93 import Loader, ShiftOnlyBN, conv_group, evaluate, init_whitening  # noqa: E402  (shared parts)
+from airbench93 import Loader, ShiftOnlyBN, conv_group, evaluate, init_whitening, scored  # noqa: E402  (shared parts)
+from airbench93 import main as command_line  # noqa: E402
 
 HYP = {"epochs": 8, "batch_size": 2000, "bias_lr": 0.053, "head_lr": 0.67, "filter_lr": 0.24, "weight_decay": 2e-6,
        "momentum": 0.85, "muon_momentum": 0.6, "label_smoothing": 0.2, "whiten_bias_epochs": 3,
@@ -137,7 +136,8 @@ def train(train_set, test_set, seed: int = 0, head: str = "linear", scale: float
     sgd = torch.optim.SGD(groups, lr=HYP["bias_lr"], momentum=HYP["momentum"], nesterov=True)
     filters = [p for p in net.parameters() if p.ndim == 4 and p.requires_grad]
     muon = Muon(filters, lr=HYP["filter_lr"], momentum=HYP["muon_momentum"], nesterov=True, bf16=bf16)
-    initial = [[g["lr"] for g in opt.param_groups] for opt in (sgd, muon)]
+    groups = sgd.param_groups + muon.param_groups  # the first: the whitening bias, on its own 3-epoch decay
+    initial = [group["lr"] for group in groups]
 
     start = time.perf_counter()
     with torch.no_grad():
@@ -152,11 +152,8 @@ def train(train_set, test_set, seed: int = 0, head: str = "linear", scale: float
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 outputs = net(images)
             F.cross_entropy(outputs.float(), labels, label_smoothing=HYP["label_smoothing"], reduction="sum").backward()
-            sgd.param_groups[0]["lr"] = initial[0][0] * (1 - step / bias_steps)
-            for opt, lrs in ((sgd, initial[0]), (muon, initial[1])):
-                for k, group in enumerate(opt.param_groups):
-                    if opt is not sgd or k > 0:
-                        group["lr"] = lrs[k] * (1 - step / total)
+            for k, group in enumerate(groups):
+                group["lr"] = initial[k] * (1 - step / (bias_steps if k == 0 else total))
             sgd.step()
             muon.step()
             net.zero_grad(set_to_none=True)
@@ -170,30 +167,9 @@ def train(train_set, test_set, seed: int = 0, head: str = "linear", scale: float
                             "test_acc_tta": evaluate(net, test_loader, True, bf16)})
             if report:
                 report(history[-1])
-    start = time.perf_counter()
-    result = {"test_acc_tta": evaluate(net, test_loader, True, bf16)}
-    result.update(tta_time_s=time.perf_counter() - start, test_acc=evaluate(net, test_loader, False, bf16),
-                  train_time_s=train_time, epochs=epochs, seed=seed, head=head, history=history,
-                  scale=scale if head != "linear" else 1 / HYP["widths"][-1])
-    return result
-
-
-def main():
-    from fixedhead.data import load
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="the CIFAR-10 JPEG folder (train/, test/)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--head", choices=("linear", "cosine-fixed"), default="linear")
-    parser.add_argument("--scale", type=float, default=16.0, help="S of the fixed cosine head")
-    parser.add_argument("--epochs", type=int, default=HYP["epochs"])
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (only where the CPU has bf16)")
-    args = parser.parse_args()
-    train_set, test_set = load("imagefolder", args.data_dir, "train"), load("imagefolder", args.data_dir, "test")
-    result = train(train_set, test_set, args.seed, args.head, args.scale, args.bf16, args.epochs, every_epoch=True,
-                   report=lambda r: print(json.dumps(r), flush=True))
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    return scored(net, test_loader, bf16, train_time_s=train_time, epochs=epochs, seed=seed, head=head,
+                  history=history, scale=scale if head != "linear" else 1 / HYP["widths"][-1])
 
 
 if __name__ == "__main__":
-    main()
+    command_line(train, HYP["epochs"], __doc__.splitlines()[0])

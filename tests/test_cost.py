@@ -97,3 +97,16 @@ def test_a_cluster_dry_run_ends_with_the_estimate(tmp_path, capsys):
     assert main(["sweep", str(experiment), "--out", str(tmp_path / "o"), "--on", "ray", "--dry-run",
                  "--gpu-tflops", "0"]) == 2
     assert "--gpu-tflops: takes a number above 0, got '0'" in capsys.readouterr().err
+
+
+def test_a_pretrained_model_is_estimated_at_the_side_fit_will_resize_to():
+    """--pretrained with no data.image_size trains at the model's pretrained side (fit.pretrained_input_size):
+    the plan counts that side, 224 px for torchvision's resnet18, not CIFAR's 32."""
+    pytest.importorskip("torchvision")
+    base = {"data.name": "cifar10", "model.arch": "torchvision:resnet18", "train.epochs": 1}
+    native, pretrained = (cost.estimate([("r", make_config({**base, **extra}, {}))])
+                          for extra in ({}, {"model.pretrained": True}))
+    expected = cost.step_cost(make_config(base, {}).model, 10, 3, 224).eval_flops
+    assert pretrained.flops / native.flops > 30
+    # one epoch of 390 full batches of 128 (3 x the forward each image) and one pass over the 10,000 test images
+    assert pretrained.flops == pytest.approx(expected * (3 * 390 * 128 + 10_000), rel=1e-9)

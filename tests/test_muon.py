@@ -13,6 +13,7 @@ from fixedhead import optim
 from fixedhead.config import TrainConfig
 from fixedhead.errors import UserError
 from fixedhead.optim import muon
+from muon_reference import filter_views, reference_step
 
 A, B, C = 3.4445, -4.7750, 2.0315  # airbench94_muon's coefficients
 
@@ -174,17 +175,13 @@ def test_filter_steps_are_torch_muons_on_the_rescaled_matrix():
 
     theirs = net()
     filters = [m.weight for m in theirs if isinstance(m, nn.Conv2d)]
-    views = [f.detach().view(len(f), -1) for f in filters]
+    views = filter_views(filters)
     reference = torch.optim.Muon(views, lr=0.2, weight_decay=0.0, momentum=0.8, nesterov=config.nesterov, ns_steps=3)
     for x, y in batches:
         for f in filters:
             f.grad = None
         nn.functional.cross_entropy(theirs(x), y).backward()
-        with torch.no_grad():
-            for f, view in zip(filters, views):
-                view.mul_(len(view) ** 0.5 / view.norm())
-                view.grad = f.grad.view(len(f), -1)
-        reference.step()
+        reference_step(reference, filters, views)
     for ours_filter, their_filter in zip((m.weight for m in ours if isinstance(m, nn.Conv2d)), filters):
         torch.testing.assert_close(ours_filter, their_filter, rtol=0, atol=2e-2)  # bf16 in torch's
     assert (ours[0].weight - net()[0].weight).norm() > 0.5  # they moved, far beyond the tolerance

@@ -17,6 +17,7 @@ from fixedhead import optim
 from fixedhead.config import TrainConfig, make_config
 from fixedhead.models.classifier import build_encoder, build_model
 from fixedhead.models.whitening import whiten_first_conv, whitening_filters
+from muon_reference import filter_views, reference_step
 
 PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench93.py"
 SEARCHES = PORT.parent / "experiments" / "speed"  # the validation searches behind the shipped recipes
@@ -378,16 +379,9 @@ def test_the_airbench94_muon_ports_muon_takes_torch_muons_steps():
     muon = port.Muon([m.weight for m in ours if isinstance(m, nn.Conv2d)], lr=0.2, momentum=0.6, nesterov=True)
     run(ours, lambda filters: muon.step())
     theirs = net()
-    views = [m.weight.detach().view(len(m.weight), -1) for m in theirs if isinstance(m, nn.Conv2d)]
+    views = filter_views([m.weight for m in theirs if isinstance(m, nn.Conv2d)])
     reference = torch.optim.Muon(views, lr=0.2, weight_decay=0.0, momentum=0.6, nesterov=True, ns_steps=3)
-
-    def reference_step(filters):
-        with torch.no_grad():
-            for f, view in zip(filters, views):
-                view.mul_(len(view) ** 0.5 / view.norm())
-                view.grad = f.grad.view(len(f), -1)
-        reference.step()
-    expected = run(theirs, reference_step)
+    expected = run(theirs, lambda filters: reference_step(reference, filters, views))
     for mine, their in zip((m.weight for m in ours if isinstance(m, nn.Conv2d)), expected):
         torch.testing.assert_close(mine, their, rtol=0, atol=2e-2)  # bf16 inside torch's
     assert (ours[0].weight - net()[0].weight).norm() > 0.5

@@ -25,6 +25,17 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def held_out(count: int, fraction: float) -> int:
+    """Images of one class that validation takes (split_validation's rule)."""
+    return int(round(count * fraction))
+
+
+def batches_per_epoch(count: int, batch_size: int, drop_last: bool) -> int:
+    """Batches an epoch of `count` images makes (BatchLoader's rule: a last partial batch unless dropped)."""
+    full, rest = divmod(count, batch_size)
+    return full + (0 if drop_last or rest == 0 else 1)
+
+
 def split_validation(num_items: int, fraction: float, labels: torch.Tensor, seed: int):
     """Stratified (train_index, val_index) with about `fraction` of each class held out."""
     generator = torch.Generator().manual_seed(seed)
@@ -32,7 +43,7 @@ def split_validation(num_items: int, fraction: float, labels: torch.Tensor, seed
     for label in labels.unique().tolist():
         index = (labels == label).nonzero().flatten()
         index = index[torch.randperm(len(index), generator=generator)]
-        cut = int(round(len(index) * fraction))
+        cut = held_out(len(index), fraction)
         val.append(index[:cut])
         train.append(index[cut:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
@@ -109,8 +120,7 @@ class BatchLoader:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.labels), self.batch_size)
-        return full + (0 if self.drop_last or rest == 0 else 1)
+        return batches_per_epoch(len(self.labels), self.batch_size, self.drop_last)
 
     def normalise(self, images: torch.Tensor, side: int | None = None) -> torch.Tensor:
         """Floats of zero mean and unit variance per channel; with `side`, scaled down to side x side

@@ -74,20 +74,18 @@ def plan(config: Config, shape: tuple[int, int, int, int, int]) -> Plan:
     """A run's steps and evaluated images from its config and data shape, as fit counts them (planned_steps,
     prepare's hold-out and long tail), assuming balanced classes as the published sets have."""
     from ..config import needs_validation
-    from ..data.pipeline import long_tail_counts
+    from ..data.pipeline import batches_per_epoch, held_out, long_tail_counts
+    from ..training.fit import steps_for
 
     train, test, _, _, classes = shape
     data_cfg, tc = config.data, config.train
     fraction = data_cfg.val_fraction or (0.1 if needs_validation(config) else 0.0)
-    val = classes * round(train / classes * fraction)  # per class, as split_validation holds out (exact when balanced)
+    val = classes * held_out(train // classes, fraction)
     kept = train - val
     if data_cfg.imbalance != 1:
         kept = sum(long_tail_counts([kept // classes] * classes, data_cfg.imbalance, data_cfg.imbalance_type))
-    per_epoch = kept // tc.batch_size if kept > tc.batch_size else 1  # the last partial batch is dropped
-    if tc.images_seen is None:
-        steps = max(round(tc.epochs * per_epoch), 1 if tc.epochs > 0 else 0)
-    else:
-        steps = max(1, round(tc.images_seen / (per_epoch * min(tc.batch_size, kept)))) * per_epoch
+    per_epoch = batches_per_epoch(kept, tc.batch_size, drop_last=kept > tc.batch_size)  # as prepare's loader
+    steps = steps_for(tc, per_epoch, min(per_epoch * tc.batch_size, kept))
     epochs = -(-steps // per_epoch)
     return Plan(steps, tc.batch_size, val * epochs + test * (epochs if tc.log_test else 1))
 
@@ -129,7 +127,10 @@ def estimate(named_configs: list[tuple[str, Config]], tflops: float = DEFAULT_TF
     rate = tflops * 1e12
     costs: dict[tuple, StepCost] = {}
     total_s, total_flops, missing = 0.0, 0.0, []
+    from ..training.fit import pretrained_input_size
+
     for name, config in named_configs:
+        config, _ = pretrained_input_size(config)  # the side fit will train at
         shape = _data_shape(config.data)
         if shape is None:
             missing.append(name)

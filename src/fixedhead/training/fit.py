@@ -202,7 +202,7 @@ def fit(config, run_dir, resume: bool = False, overwrite: bool = False, verbose:
     if given:
         config = config_mod.make_config(config_mod.to_dict(config), {"data.name": data_mod.PYTHON})
     ctx, device = distributed.setup(resolve_device(config.train.device))
-    config, note = _pretrained_input_size(config)
+    config, note = pretrained_input_size(config)
     run = RunDir(run_dir, writable=ctx.is_main)
     with run.lock():
         config, checkpoint = _open_run(run, config, resume, overwrite)
@@ -276,7 +276,7 @@ def _build(config, ctx, device, fresh: bool, given: dict | None = None) -> Train
                     torch.amp.GradScaler(device.type) if tc.fp16 else None, steps=steps)
 
 
-def _pretrained_input_size(config) -> tuple[object, str | None]:
+def pretrained_input_size(config) -> tuple[config_mod.Config, str | None]:
     """With model.pretrained and no data.image_size, the images are resized to the side the model was
     pretrained at (its data config); the run's config records that side, so that scoring, predict and
     export resize the same way. A data.image_size given is kept. Returns the config and a note to print."""
@@ -312,14 +312,21 @@ def images_per_epoch(loader) -> int:
 
 
 def planned_steps(tc, loader) -> int:
-    """Optimizer steps to train. train.epochs x steps per epoch, to the nearest step (at least one for any
-    epochs above 0), so that 5.5 epochs end the sixth halfway (airbench's fractional epochs count steps too).
+    """Optimizer steps to train over this training loader (steps_for)."""
+    return steps_for(tc, len(loader), images_per_epoch(loader))
+
+
+def steps_for(tc, batches: int, images: int) -> int:
+    """Optimizer steps to train, from an epoch's `batches` and the `images` they show (also what a plan
+    counts without the data: experiments.cost). train.epochs x steps per epoch, to the nearest step (at
+    least one for any epochs above 0), so that 5.5 epochs end the sixth halfway (airbench's fractional epochs
+    count steps too).
     With train.images_seen: the whole epochs nearest to that budget (at least one), counted in the images an
     epoch's steps show (images_per_epoch): with the last partial batch dropped, 1,000 images in batches of
     256 are 768 per epoch, so 200,000 images buy 260 epochs, not 200."""
     if tc.images_seen is None:
-        return max(round(tc.epochs * len(loader)), 1 if tc.epochs > 0 else 0)
-    return max(1, round(tc.images_seen / max(1, images_per_epoch(loader)))) * len(loader)
+        return max(round(tc.epochs * batches), 1 if tc.epochs > 0 else 0)
+    return max(1, round(tc.images_seen / max(1, images))) * batches
 
 
 def images_shown(steps: int, loader) -> int:
